@@ -1,1 +1,3 @@
+from ._module import STAGES, SpaCRDModule
 
+__all__ = ["STAGES", "SpaCRDModule"]

@@ -1,0 +1,141 @@
+"""Saving and loading models without pickle: tensors through ``torch.load(weights_only=True)``, the rest JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi.model._utils import parse_device_args
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ._model import SpaCRD
+
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+ADATA_FILE = "adata.h5ad"
+FORMAT = "spacrd-model"
+FORMAT_VERSION = 1
+
+
+def package_version() -> str:
+    try:
+        return version("spacrd")
+    except PackageNotFoundError:  # pragma: no cover - source tree without install
+        return "0.0.0"
+
+
+def _to_json(value: Any) -> Any:
+    """Encode registries and attributes (dicts, lists, numpy arrays and scalars) as JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        kind = "str" if value.dtype.kind in "OUS" else value.dtype.str
+        return {"__ndarray__": value.astype(str).tolist() if kind == "str" else value.tolist(), "dtype": kind}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, pd.Index):
+        return _to_json(value.to_numpy())
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            dtype = object if value["dtype"] == "str" else np.dtype(value["dtype"])
+            return np.asarray(value["__ndarray__"], dtype=dtype)
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def save_model(
+    model: SpaCRD, dir_path: str, overwrite: bool, save_anndata: bool, **anndata_write_kwargs
+) -> None:
+    if os.path.exists(dir_path) and not overwrite:
+        raise ValueError(f"{dir_path} already exists; pass `overwrite=True` or choose another directory.")
+    os.makedirs(dir_path, exist_ok=True)
+    init = model.init_params_
+    kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
+    non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k not in ("genes", "registry")}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spacrd_version": package_version(),
+        "init_params": {**non_kwargs, **kwargs},
+        "genes": model.gene_names.tolist(),
+        "registry": model.registry,
+        "is_trained": model.is_trained_,
+        "history": {k: v.reset_index().to_dict(orient="list") for k, v in (model.history_ or {}).items()},
+    }
+    torch.save(model.module.state_dict(), os.path.join(dir_path, MODEL_FILE))
+    with open(os.path.join(dir_path, META_FILE), "w") as f:
+        json.dump(_to_json(meta), f)
+    if save_anndata:
+        if model.adata is None:
+            raise ValueError("`save_anndata=True` but this model has no registered AnnData.")
+        model.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE), **anndata_write_kwargs)
+
+
+def load_model(
+    cls: type[SpaCRD], dir_path: str, adata: AnnData | None, accelerator: str, device: int | str
+) -> SpaCRD:
+    meta_path, weights_path = os.path.join(dir_path, META_FILE), os.path.join(dir_path, MODEL_FILE)
+    for path in (meta_path, weights_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} not found; {dir_path!r} is not a directory written by SpaCRD.save()."
+            )
+    try:
+        with open(meta_path) as f:
+            meta = _from_json(json.load(f))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_path} is not valid JSON (truncated or foreign file): {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} does not describe a SpaCRD model.")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{dir_path} was written by a newer spacrd ({meta.get('spacrd_version')}); upgrade spacrd."
+        )
+    _, _, torch_device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+    try:
+        state_dict = torch.load(weights_path, map_location=torch_device, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(
+            f"Could not read weights from {weights_path} (truncated or not a SpaCRD file): {err}"
+        ) from err
+
+    registry = meta["registry"]
+    if registry.get("model_name") not in (None, cls.__name__):
+        raise ValueError(f"{dir_path} holds a {registry.get('model_name')} model, not {cls.__name__}.")
+    if adata is not None:
+        saved_genes = registry["field_registries"]["X"]["state_registry"]["column_names"]
+        if not np.array_equal(adata.var_names.to_numpy(dtype=str), np.asarray(saved_genes, dtype=str)):
+            raise ValueError(
+                "The AnnData's var_names differ from the saved model's; load without `adata` and call "
+                "`model.predict(adata)`, which aligns genes by name."
+            )
+        cls.setup_anndata(adata, **registry["setup_args"])
+    params = dict(meta["init_params"])
+    for key in ("n_hidden",):
+        if key in params and isinstance(params[key], list):
+            params[key] = tuple(params[key])
+    model = cls(adata, registry=None if adata is not None else registry, genes=meta["genes"], **params)
+    try:
+        model.module.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise ValueError(f"Weights in {weights_path} do not fit the saved architecture: {err}") from err
+    model.to_device(torch_device)
+    model.module.eval()
+    model.is_trained_ = bool(meta["is_trained"])
+    model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
+    return model

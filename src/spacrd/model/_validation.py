@@ -1,0 +1,107 @@
+"""Checks of user input at the model's boundary, with errors that say what to fix."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from anndata import AnnData
+from scipy import sparse
+
+
+def check_counts(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmatrix:
+    """Return the raw-count matrix ``(n_spots, n_genes)`` after checking it.
+
+    Raises on an empty AnnData, a missing layer, negative or non-finite values. Warns when values are
+    not integers (normalised or log-transformed data passed where raw counts are expected) and when
+    spots have no counts.
+    """
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"The AnnData is empty ({adata.n_obs} spots × {adata.n_vars} genes).")
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(
+            f"Layer {layer!r} not found; available layers: {list(adata.layers)}. Pass `layer=None` to use "
+            "`adata.X`."
+        )
+    matrix = adata.X if layer is None else adata.layers[layer]
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    if matrix is None:
+        raise ValueError(f"{where} is empty; store raw counts there.")
+    values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix)
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+        raise TypeError(f"{where} has dtype {values.dtype}; raw counts must be numeric.")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{where} contains NaN or infinite values; raw counts must be finite.")
+    if values.size and values.min() < 0:
+        raise ValueError(
+            f"{where} contains negative values; SpaCRD needs raw counts (it normalises internally). Pass the "
+            "layer holding raw counts with `layer=`."
+        )
+    if np.issubdtype(values.dtype, np.floating) and values.size and not np.all(np.mod(values, 1) == 0):
+        warnings.warn(
+            f"{where} contains non-integer values; SpaCRD expects raw counts and normalises them itself. "
+            "If this is normalised or log-transformed data, pass the raw counts with `layer=`.",
+            UserWarning,
+            stacklevel=3,
+        )
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    if (totals == 0).any():
+        warnings.warn(
+            f"{int((totals == 0).sum())} spots have no counts; their expression features are all zero.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return matrix
+
+
+def check_coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
+    """Return finite ``(n_spots, 2)`` float coordinates from ``obsm[spatial_key]``."""
+    if spatial_key not in adata.obsm:
+        raise KeyError(
+            f"obsm[{spatial_key!r}] not found; SpaCRD needs spot coordinates to build neighbourhoods. "
+            f"Available obsm keys: {list(adata.obsm)}. Pass `spatial_key=`."
+        )
+    coordinates = np.asarray(adata.obsm[spatial_key])
+    if coordinates.ndim != 2 or coordinates.shape[1] < 2:
+        raise ValueError(
+            f"obsm[{spatial_key!r}] must be (n_spots, 2) coordinates, got shape {coordinates.shape}."
+        )
+    coordinates = coordinates[:, :2].astype(np.float64)
+    bad = ~np.isfinite(coordinates).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"obsm[{spatial_key!r}] has {int(bad.sum())} spots with NaN or infinite coordinates (e.g. "
+            f"{adata.obs_names[bad][:3].tolist()}); drop them or fill in their positions."
+        )
+    return coordinates
+
+
+def check_obs_key(adata: AnnData, key: str, argument: str) -> None:
+    """Check that ``obs[key]`` exists (named after the argument that asked for it)."""
+    if key not in adata.obs:
+        raise KeyError(
+            f"`{argument}={key!r}` is not a column of adata.obs; available: {list(adata.obs.columns)}."
+        )
+    if argument == "batch_key" and adata.obs[key].isna().any():
+        raise ValueError(f"obs[{key!r}] has missing values; every spot needs its section.")
+
+
+def check_image_features(adata: AnnData, image_key: str) -> np.ndarray:
+    """Return ``obsm[image_key]`` as float32 ``(n_spots, d)``; rows with NaN mark spots without an image."""
+    if image_key not in adata.obsm:
+        raise KeyError(
+            f"obsm[{image_key!r}] not found; compute histology embeddings first with "
+            "`spacrd.pp.image_features(adata, key_added=...)`, or pass `image_key=None` for an expression-only model."
+        )
+    features = np.asarray(adata.obsm[image_key], dtype=np.float32)
+    if features.ndim != 2:
+        raise ValueError(f"obsm[{image_key!r}] must be a 2-D (n_spots, d) array, got shape {features.shape}.")
+    if np.isinf(features).any():
+        raise ValueError(f"obsm[{image_key!r}] contains infinite values.")
+    partial = np.isnan(features).any(axis=1) & ~np.isnan(features).all(axis=1)
+    if partial.any():
+        raise ValueError(
+            f"{int(partial.sum())} rows of obsm[{image_key!r}] are partly NaN; a spot either has a full embedding "
+            "or an all-NaN row (no image)."
+        )
+    return features
