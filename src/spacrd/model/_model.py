@@ -379,7 +379,7 @@ class SpaCRD(BaseModelClass):
 
         rng = np.random.default_rng(settings.seed)
         order = rng.permutation(inputs.n_obs)
-        n_train = max(int(round(train_size * inputs.n_obs)), 1)
+        n_train = max(round(train_size * inputs.n_obs), 1)
         datamodule = NeighbourhoodDataModule(
             self._dataset(inputs), np.sort(order[:n_train]), np.sort(order[n_train:]), batch_size
         )
