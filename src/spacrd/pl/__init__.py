@@ -1,1 +1,5 @@
+from ._ctr import ctr
+from ._score_distribution import score_distribution
+from ._training_history import training_history
 
+__all__ = ["ctr", "score_distribution", "training_history"]

@@ -1,0 +1,402 @@
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.collections import PatchCollection
+from matplotlib.colors import Colormap, Normalize
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle, RegularPolygon
+
+from ._utils import (
+    CANCER,
+    as_axes_list,
+    as_class_labels,
+    as_list,
+    check_obs_key,
+    check_prob_key,
+    class_palette,
+    finish,
+    threshold_from_uns,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from spatialdata import SpatialData
+
+#: Colour of the outline drawn around spots the model called cancer; matches the "cancer" label colour.
+CALL_COLOR = "#e41a1c"
+
+
+def ctr(
+    data: AnnData | SpatialData,
+    prob_key: str = "ctr_prob",
+    call_key: str = "ctr",
+    labels_key: str | None = None,
+    library_key: str | None = "section",
+    library_id: str | Sequence[str] | None = None,
+    show_call: bool = True,
+    cmap: str | Colormap = "viridis",
+    call_color: str = CALL_COLOR,
+    call_linewidth: float = 1.0,
+    *,
+    table_name: str | None = None,
+    image_key: str | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+    return_ax: bool = False,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    **kwargs: Any,
+) -> Axes | list[Axes] | None:
+    """Plot the cancer-region probability of every spot on the H&E image.
+
+    Spots are filled by ``obs[prob_key]`` on a fixed 0–1 colour scale (so panels and sections can be
+    compared) and, with ``show_call``, the spots the model called cancer are outlined in ``call_color``.
+    With ``labels_key``, every section gets a second panel with the ground-truth labels, so that the
+    prediction (left) can be read against the annotation (right).
+
+    Parameters
+    ----------
+    data
+        Either an :class:`~anndata.AnnData` with ``obsm["spatial"]`` in full-resolution pixels and the
+        images in ``uns["spatial"][library_id]`` (the squidpy/scanpy Visium convention: ``images``,
+        ``scalefactors["tissue_hires_scalef"]``, ``scalefactors["spot_diameter_fullres"]``), or a
+        :class:`~spatialdata.SpatialData` whose table annotates a shapes element (the spots) and shares
+        a coordinate system with an image element.
+    prob_key
+        Column of ``obs`` with the cancer probability in [0, 1], as written by
+        :meth:`spacrd.model.SpaCRD.predict`.
+    call_key
+        Column of ``obs`` with the label-free call: categorical with a ``"cancer"`` category, or boolean
+        (True = cancer). Only read when ``show_call`` is true.
+    labels_key
+        Column of ``obs`` with ground-truth labels to show in a second panel per section: boolean
+        (True = cancer, missing = unlabelled) or categorical (e.g. the pathologist's region names).
+    library_key
+        Column of ``obs`` naming the section of each spot; one panel (or pair of panels) is drawn per
+        section. If the column is absent but ``uns["spatial"]`` holds a single library, that one is
+        used. For :class:`~spatialdata.SpatialData` the sections are the coordinate systems instead.
+    library_id
+        Section(s) to plot (default: all). For :class:`~spatialdata.SpatialData`, coordinate system(s).
+    show_call
+        Outline the spots where ``obs[call_key] == "cancer"``.
+    cmap
+        Colour map for the probability; keep it perceptually uniform so equal steps in colour are equal
+        steps in probability.
+    call_color
+        Edge colour of the outline around spots called cancer.
+    call_linewidth
+        Width of that outline, in points.
+    table_name
+        :class:`~spatialdata.SpatialData` only: the table holding ``prob_key`` (default: the only table).
+    image_key
+        :class:`~spatialdata.SpatialData` only: the H&E image element (default: the image in the same
+        coordinate system as the spots).
+    ax
+        Axes to draw into, one per panel (``2 × n_sections`` panels when ``labels_key`` is given).
+    return_ax
+        Return the axes (a single :class:`~matplotlib.axes.Axes` for a single panel, else a list).
+    show
+        Call :func:`matplotlib.pyplot.show`; by default only when the axes are not returned.
+    save
+        Path to save the figure to, with the extension choosing the format.
+    **kwargs
+        Passed on to :func:`squidpy.pl.spatial_scatter` (e.g. ``img_res_key``, ``size``, ``crop_coord``,
+        ``alpha``, ``img_alpha``, ``shape``, ``ncols``, ``figsize``, ``title``) for
+        :class:`~anndata.AnnData`, or to :meth:`spatialdata_plot.pl.basic.PlotAccessor.render_shapes` for
+        :class:`~spatialdata.SpatialData`.
+
+    Returns
+    -------
+    The axes if ``return_ax``, else `None`. Reads ``obs[prob_key]``, ``obs[call_key]``,
+    ``obs[labels_key]`` and ``uns["spacrd"]["threshold"]`` (only for the legend); writes nothing.
+
+    Examples
+    --------
+    >>> model.predict(target)  # doctest: +SKIP
+    >>> spacrd.pl.ctr(target, labels_key="cancer")  # doctest: +SKIP
+
+    """
+    if isinstance(data, AnnData):
+        axes = _ctr_anndata(
+            data,
+            prob_key=prob_key,
+            call_key=call_key,
+            labels_key=labels_key,
+            library_key=library_key,
+            library_id=library_id,
+            show_call=show_call,
+            cmap=cmap,
+            call_color=call_color,
+            call_linewidth=call_linewidth,
+            ax=ax,
+            **kwargs,
+        )
+    else:
+        from spatialdata import SpatialData
+
+        if not isinstance(data, SpatialData):
+            raise TypeError(f"`data` must be an AnnData or a SpatialData object, got {type(data).__name__}.")
+        from ._ctr_spatialdata import ctr_spatialdata
+
+        axes = ctr_spatialdata(
+            data,
+            prob_key=prob_key,
+            call_key=call_key,
+            labels_key=labels_key,
+            library_id=library_id,
+            show_call=show_call,
+            cmap=cmap,
+            call_color=call_color,
+            call_linewidth=call_linewidth,
+            table_name=table_name,
+            image_key=image_key,
+            ax=ax,
+            **kwargs,
+        )
+    return finish(axes[0].figure, axes, return_ax=return_ax, show=show, save=save)
+
+
+def call_mask(obs: pd.DataFrame, call_key: str) -> np.ndarray:
+    """Boolean mask of the spots called cancer in ``obs[call_key]``."""
+    check_obs_key(obs, call_key, "the label-free call; pass `show_call=False` to plot without it")
+    call = obs[call_key]
+    if (
+        isinstance(call.dtype, pd.CategoricalDtype)
+        or call.dtype == object
+        or pd.api.types.is_string_dtype(call)
+    ):
+        return np.asarray(call.astype(object) == CANCER, dtype=bool)
+    if pd.api.types.is_bool_dtype(call):
+        return np.asarray(call.astype("boolean").fillna(False), dtype=bool)
+    raise ValueError(
+        f"`adata.obs[{call_key!r}]` must be categorical with a {CANCER!r} category or boolean, "
+        f"found dtype {call.dtype}."
+    )
+
+
+def call_label(adata: AnnData, prob_key: str, call_key: str) -> str:
+    """Legend text for the call outline, with the threshold when the model recorded one."""
+    threshold, method = threshold_from_uns(adata, prob_key)
+    info = adata.uns.get("spacrd", {})
+    if threshold is None or (isinstance(info, dict) and info.get("call_key", call_key) != call_key):
+        return f"{call_key} = {CANCER}"
+    how = f", {method}" if method else ""
+    return f"{call_key} = {CANCER} ({prob_key} ≥ {threshold:.2f}{how})"
+
+
+def _resolve_libraries(
+    adata: AnnData, library_key: str | None, library_id: str | Sequence[str] | None
+) -> tuple[str | None, list[str]]:
+    spatial = adata.uns.get("spatial")
+    if not isinstance(spatial, Mapping) or not len(spatial):
+        raise KeyError(
+            "`adata.uns['spatial']` is missing or empty; it must hold one entry per section with "
+            "`images` and `scalefactors` (the squidpy/scanpy Visium convention)."
+        )
+    if library_key is None or library_key not in adata.obs:
+        if len(spatial) != 1:
+            raise KeyError(
+                f"`adata.uns['spatial']` holds {len(spatial)} sections ({', '.join(map(str, spatial))}) but "
+                f"there is no column {library_key!r} in `adata.obs` saying which spot belongs to which; "
+                f"pass the column as `library_key=`."
+            )
+        libraries, library_key = [str(next(iter(spatial)))], None
+    else:
+        sections = adata.obs[library_key]
+        if isinstance(sections.dtype, pd.CategoricalDtype):
+            libraries = [str(s) for s in sections.cat.remove_unused_categories().cat.categories]
+        else:
+            libraries = [str(s) for s in pd.unique(sections.dropna())]
+        missing = [lib for lib in libraries if lib not in spatial]
+        if missing:
+            raise KeyError(
+                f"Sections {missing} of `adata.obs[{library_key!r}]` have no entry in `adata.uns['spatial']` "
+                f"(which holds {list(spatial)})."
+            )
+    if library_id is not None:
+        wanted = [str(lib) for lib in as_list(library_id)]
+        unknown = [lib for lib in wanted if lib not in libraries]
+        if unknown:
+            raise ValueError(f"`library_id` {unknown} not found; available sections: {libraries}.")
+        libraries = wanted
+    return library_key, libraries
+
+
+def _plot_adata(
+    adata: AnnData,
+    prob_key: str,
+    prob: pd.Series,
+    labels_key: str | None,
+    library_key: str | None,
+    spatial_key: str,
+) -> AnnData:
+    """A light copy holding only what squidpy needs, so the user's object is never modified."""
+    obs = pd.DataFrame({prob_key: prob.to_numpy()}, index=adata.obs_names.copy())
+    uns: dict[str, Any] = {"spatial": adata.uns["spatial"]}
+    if library_key is not None:
+        obs[library_key] = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
+    if labels_key is not None:
+        check_obs_key(adata.obs, labels_key, "ground-truth labels")
+        labels = as_class_labels(adata.obs[labels_key], labels_key)
+        obs[labels_key] = labels
+        palette = class_palette(list(labels.categories))
+        if palette is not None:
+            uns[f"{labels_key}_colors"] = palette
+    if spatial_key not in adata.obsm:
+        raise KeyError(f"No spot coordinates in `adata.obsm[{spatial_key!r}]`.")
+    return AnnData(obs=obs, obsm={spatial_key: np.asarray(adata.obsm[spatial_key], dtype=float)}, uns=uns)
+
+
+def _per_library(value: Any, i: int, n: int, name: str) -> Any:
+    if isinstance(value, list):
+        if len(value) != n:
+            raise ValueError(f"`{name}` has {len(value)} entries for {n} sections.")
+        return value[i]
+    return value
+
+
+def spot_geometry(
+    adata: AnnData,
+    libraries: list[str],
+    library_key: str | None,
+    *,
+    spatial_key: str = "spatial",
+    img_res_key: str = "hires",
+    size_key: str = "spot_diameter_fullres",
+    size: float | list[float] | None = None,
+    scale_factor: float | list[float] | None = None,
+    crop_coord: tuple[float, float, float, float] | list[tuple[float, float, float, float]] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Spot centres and radius in the axes coordinates :func:`squidpy.pl.spatial_scatter` draws in.
+
+    Returns, per library, ``(mask, centres, radius)``: which rows of ``adata`` are in the panel
+    (``(n_obs,)`` bool), their centres (``(n, 2)``, image pixels at ``img_res_key`` resolution, shifted by
+    the crop) and the spot radius in the same pixels.
+    """
+    spatial = adata.uns["spatial"]
+    n = len(libraries)
+    keys = sorted(set.intersection(*(set(spatial[lib]["scalefactors"]) for lib in libraries)))
+    out = []
+    for i, lib in enumerate(libraries):
+        factors = spatial[lib]["scalefactors"]
+        sf = _per_library(scale_factor, i, n, "scale_factor")
+        if sf is None:
+            matching = [k for k in keys if img_res_key in k]
+            if not matching:
+                raise KeyError(f"No scale factor matching `img_res_key={img_res_key!r}` for section {lib!r}.")
+            sf = factors[matching[0]]
+        s = _per_library(size, i, n, "size")
+        radius = float(factors[size_key]) * (1.0 if s is None else float(s)) * float(sf) * 0.5
+        mask = np.ones(adata.n_obs, dtype=bool)
+        if library_key is not None:
+            mask &= np.asarray(adata.obs[library_key].astype(str) == lib)
+        centres = np.asarray(adata.obsm[spatial_key], dtype=float)[:, :2] * float(sf)
+        crop = _per_library(crop_coord, i, n, "crop_coord")
+        if crop is not None:
+            x0, y0, x1, y1 = (float(c) * float(sf) for c in crop)
+            mask &= (
+                (centres[:, 0] >= x0) & (centres[:, 0] <= x1) & (centres[:, 1] >= y0) & (centres[:, 1] <= y1)
+            )
+            centres = centres - np.array([x0, y0])
+        out.append((mask, centres[mask], radius))
+    return out
+
+
+def _outline(
+    ax: Axes, centres: np.ndarray, radius: float, shape: str, color: str, linewidth: float
+) -> PatchCollection:
+    if shape == "square":
+        from matplotlib.patches import Rectangle
+
+        patches = [Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) for x, y in centres]
+    elif shape == "hex":
+        # squidpy draws a hexagon of circumradius s / (2 sin(π/6)) = s with a vertex pointing up.
+        patches = [RegularPolygon((x, y), numVertices=6, radius=radius) for x, y in centres]
+    else:
+        patches = [Circle((x, y), radius=radius) for x, y in centres]
+    outline = PatchCollection(
+        patches, facecolor="none", edgecolor=color, linewidth=linewidth, zorder=3, label="_call_outline"
+    )
+    ax.add_collection(outline)
+    return outline
+
+
+def _ctr_anndata(
+    adata: AnnData,
+    *,
+    prob_key: str,
+    call_key: str,
+    labels_key: str | None,
+    library_key: str | None,
+    library_id: str | Sequence[str] | None,
+    show_call: bool,
+    cmap: str | Colormap,
+    call_color: str,
+    call_linewidth: float,
+    ax: Axes | Sequence[Axes] | None,
+    **kwargs: Any,
+) -> list[Axes]:
+    import squidpy as sq
+
+    prob = check_prob_key(adata.obs, prob_key)
+    called = call_mask(adata.obs, call_key) if show_call else None
+    library_key, libraries = _resolve_libraries(adata, library_key, library_id)
+    spatial_key = kwargs.pop("spatial_key", "spatial")
+    plot_adata = _plot_adata(adata, prob_key, prob, labels_key, library_key, spatial_key)
+
+    colors = [prob_key] if labels_key is None else [prob_key, labels_key]
+    kwargs.setdefault("shape", "circle")
+    kwargs.setdefault("norm", Normalize(vmin=0.0, vmax=1.0))
+    kwargs.setdefault("ncols", len(colors) if len(colors) > 1 else 4)
+    kwargs.setdefault("title", [f"{lib}: {key}" for lib in libraries for key in colors])
+    kwargs.setdefault("na_color", "lightgrey")
+    if "library_first" in kwargs:
+        raise TypeError("`library_first` is fixed so that each section's panels sit side by side.")
+    geometry_args = {
+        k: kwargs[k] for k in ("img_res_key", "size_key", "size", "scale_factor", "crop_coord") if k in kwargs
+    }
+
+    if ax is not None:
+        kwargs.setdefault("fig", as_axes_list(ax)[0].figure)  # squidpy needs it with a list of axes
+    returned = sq.pl.spatial_scatter(
+        plot_adata,
+        color=colors,
+        library_key=library_key,
+        library_id=libraries,
+        spatial_key=spatial_key,
+        cmap=cmap,
+        ax=ax,
+        return_ax=True,
+        **kwargs,
+    )
+    axes = as_axes_list(returned)
+    prob_axes = axes[:: len(colors)]
+
+    for prob_ax in prob_axes:
+        for collection in prob_ax.collections:
+            colorbar = getattr(collection, "colorbar", None)
+            if colorbar is not None:
+                colorbar.set_label(f"{prob_key} (cancer probability)")
+
+    if called is not None:
+        geometry = spot_geometry(plot_adata, libraries, library_key, spatial_key=spatial_key, **geometry_args)
+        label = call_label(adata, prob_key, call_key)
+        for prob_ax, (mask, centres, radius) in zip(prob_axes, geometry, strict=True):
+            _outline(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
+            handle = Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="none",
+                markerfacecolor="none",
+                markeredgecolor=call_color,
+                label=label,
+            )
+            # Inside the panel: below it the legend would collide with the axis label or the next row.
+            prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
+    return axes

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.colors import Colormap, Normalize
+from matplotlib.lines import Line2D
+
+from ._ctr import call_label, call_mask
+from ._utils import as_class_labels, as_list, check_obs_key, check_prob_key, class_palette, new_axes
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from spatialdata import SpatialData
+
+
+def _table(sdata: SpatialData, table_name: str | None) -> tuple[str, AnnData]:
+    if table_name is None:
+        if len(sdata.tables) != 1:
+            raise ValueError(
+                f"The SpatialData object holds {len(sdata.tables)} tables ({list(sdata.tables)}); "
+                f"say which one holds the probabilities with `table_name=`."
+            )
+        table_name = next(iter(sdata.tables))
+    if table_name not in sdata.tables:
+        raise KeyError(f"No table {table_name!r} in the SpatialData object; tables: {list(sdata.tables)}.")
+    return table_name, sdata.tables[table_name]
+
+
+def _coordinate_systems(element: Any) -> list[str]:
+    from spatialdata.transformations import get_transformation
+
+    return list(get_transformation(element, get_all=True))
+
+
+def _pick_image(sdata: SpatialData, cs: str, image_key: str | None) -> str:
+    if image_key is not None:
+        if image_key not in sdata.images:
+            raise KeyError(f"No image {image_key!r} in the SpatialData object; images: {list(sdata.images)}.")
+        return image_key
+    candidates = [name for name, image in sdata.images.items() if cs in _coordinate_systems(image)]
+    if not candidates:
+        raise ValueError(f"No image is registered in coordinate system {cs!r}; pass the H&E as `image_key=`.")
+    # A Visium reader registers the hires and lowres images side by side; the hires one shows more.
+    hires = [name for name in candidates if "hires" in name]
+    return (hires or candidates)[0]
+
+
+def ctr_spatialdata(
+    sdata: SpatialData,
+    *,
+    prob_key: str,
+    call_key: str,
+    labels_key: str | None,
+    library_id: str | Sequence[str] | None,
+    show_call: bool,
+    cmap: str | Colormap,
+    call_color: str,
+    call_linewidth: float,
+    table_name: str | None,
+    image_key: str | None,
+    ax: Axes | Sequence[Axes] | None,
+    **kwargs: Any,
+) -> list[Axes]:
+    """:func:`spacrd.pl.ctr` for a :class:`~spatialdata.SpatialData` object, drawn with spatialdata-plot.
+
+    The sections are the coordinate systems that the spots (the shapes the table annotates) live in.
+    A light SpatialData is assembled from the user's elements (no pixel or geometry data is copied) so
+    that nothing is written back into the user's object.
+    """
+    import spatialdata_plot  # noqa: F401  (registers the ``.pl`` accessor)
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel, get_table_keys
+
+    table_name, table = _table(sdata, table_name)
+    prob = check_prob_key(table.obs, prob_key)
+    called = call_mask(table.obs, call_key) if show_call else None
+    regions, region_key, instance_key = get_table_keys(table)
+    regions = as_list(regions)
+    not_shapes = [r for r in regions if r not in sdata.shapes]
+    if not_shapes:
+        raise ValueError(
+            f"Table {table_name!r} annotates {not_shapes}, which are not shapes (spots) elements."
+        )
+
+    systems = list(dict.fromkeys(cs for r in regions for cs in _coordinate_systems(sdata.shapes[r])))
+    if library_id is not None:
+        wanted = [str(x) for x in as_list(library_id)]
+        unknown = [cs for cs in wanted if cs not in systems]
+        if unknown:
+            raise ValueError(
+                f"`library_id` {unknown} is not a coordinate system of the spots; available: {systems}."
+            )
+        systems = wanted
+
+    obs = pd.DataFrame(
+        {
+            prob_key: prob.to_numpy(),
+            region_key: pd.Categorical(table.obs[region_key].astype(str).to_numpy()),
+            instance_key: table.obs[instance_key].to_numpy(),
+        },
+        index=table.obs_names.copy(),
+    )
+    uns: dict[str, Any] = {}
+    palette = None
+    if labels_key is not None:
+        check_obs_key(table.obs, labels_key, "ground-truth labels")
+        labels = as_class_labels(table.obs[labels_key], labels_key)
+        obs[labels_key] = labels
+        palette = class_palette(list(labels.categories))
+    thin = TableModel.parse(
+        AnnData(obs=obs, uns=uns), region=regions, region_key=region_key, instance_key=instance_key
+    )
+
+    shapes = {r: sdata.shapes[r] for r in regions}
+    called_names = []
+    if called is not None:
+        for r in regions:
+            in_region = np.asarray(table.obs[region_key].astype(str) == str(r))
+            ids = table.obs.loc[in_region & called, instance_key].to_numpy()
+            if len(ids) == 0:
+                continue
+            spots = sdata.shapes[r]
+            name = f"{r}__called"
+            # The row subset keeps the element's transformations in ``attrs``.
+            shapes[name] = ShapesModel.parse(spots.loc[spots.index.isin(ids)].copy())
+            called_names.append(name)
+    images = {_pick_image(sdata, cs, image_key) for cs in systems}
+    light = SpatialData(images={k: sdata.images[k] for k in images}, shapes=shapes, tables={table_name: thin})
+
+    n_cols = 1 if labels_key is None else 2
+    # spatialdata-plot draws the colour bar outside the panel, so leave room for it between columns.
+    axes = new_axes(
+        ax, n_cols * len(systems), ncols=n_cols if n_cols > 1 else 4, panel_size=(5.5, 4.5), wspace=0.55
+    )
+    prob_axes, label_axes = axes[::n_cols], axes[1::n_cols]
+
+    def with_images() -> Any:
+        plot = light
+        for name in sorted(images):
+            plot = plot.pl.render_images(name)
+        return plot
+
+    kwargs.setdefault("norm", Normalize(vmin=0.0, vmax=1.0))
+    colorbar_params = {"label": f"{prob_key} (cancer probability)", **kwargs.pop("colorbar_params", {})}
+    plot = with_images()
+    for r in regions:
+        plot = plot.pl.render_shapes(
+            r, color=prob_key, cmap=cmap, table_name=table_name, colorbar_params=colorbar_params, **kwargs
+        )
+    for name in called_names:
+        plot = plot.pl.render_shapes(
+            name, fill_alpha=0.0, outline_alpha=1.0, outline_color=call_color, outline_width=call_linewidth
+        )
+    plot.pl.show(coordinate_systems=systems, ax=prob_axes, title=[f"{cs}: {prob_key}" for cs in systems])
+
+    if called is not None:
+        label = call_label(table, prob_key, call_key)
+        handle = Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="none",
+            markerfacecolor="none",
+            markeredgecolor=call_color,
+            label=label,
+        )
+        for prob_ax in prob_axes:
+            prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
+
+    if labels_key is not None:
+        plot = with_images()
+        groups = list(obs[labels_key].cat.categories)
+        for r in regions:
+            plot = plot.pl.render_shapes(
+                r,
+                color=labels_key,
+                table_name=table_name,
+                groups=groups,
+                palette=palette,
+                na_color="lightgrey",
+            )
+        plot.pl.show(
+            coordinate_systems=systems, ax=label_axes, title=[f"{cs}: {labels_key}" for cs in systems]
+        )
+    return axes

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ._utils import (
+    CLASS_COLORS,
+    UNLABELLED_COLOR,
+    as_class_labels,
+    check_obs_key,
+    check_prob_key,
+    finish,
+    new_axes,
+    threshold_from_uns,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+
+def score_distribution(
+    adata: AnnData,
+    prob_key: str = "ctr_prob",
+    labels_key: str | None = None,
+    threshold: float | None = None,
+    bins: int = 40,
+    density: bool = True,
+    *,
+    ax: Axes | None = None,
+    return_ax: bool = False,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    **kwargs: Any,
+) -> Axes | None:
+    """Histogram of the cancer probabilities, split by ground-truth class when labels are given.
+
+    A good detector puts the two classes at opposite ends of [0, 1] with the threshold in the gap; the
+    overlap between the histograms is where the calls go wrong.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with the probabilities in ``obs[prob_key]``.
+    prob_key
+        Column of ``obs`` with the cancer probability in [0, 1], as written by
+        :meth:`spacrd.model.SpaCRD.predict`.
+    labels_key
+        Column of ``obs`` with ground-truth labels, boolean (True = cancer) or categorical; one
+        histogram is drawn per class, and spots with a missing label form an "unlabelled" group.
+    threshold
+        Where to draw the vertical threshold line. By default the threshold the model stored in
+        ``uns["spacrd"]["threshold"]``; no line if there is none.
+    bins
+        Number of equal-width bins over [0, 1], shared by all classes.
+    density
+        Normalise each class to unit area, so that a small class is as visible as a large one;
+        otherwise plot spot counts.
+    ax
+        Axes to draw into; a new figure is made if `None`.
+    return_ax
+        Return the axes.
+    show
+        Call :func:`matplotlib.pyplot.show`; by default only when the axes are not returned.
+    save
+        Path to save the figure to, with the extension choosing the format.
+    **kwargs
+        Passed on to :meth:`matplotlib.axes.Axes.hist` (e.g. ``histtype``, ``alpha``).
+
+    Returns
+    -------
+    The axes if ``return_ax``, else `None`. Reads ``obs[prob_key]``, ``obs[labels_key]`` and
+    ``uns["spacrd"]``; writes nothing.
+
+    """
+    prob = check_prob_key(adata.obs, prob_key)
+    ax = new_axes(ax, 1, ncols=1, panel_size=(5.0, 3.5))[0]
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    kwargs.setdefault("histtype", "stepfilled")
+    kwargs.setdefault("alpha", 0.5)
+    kwargs.setdefault("edgecolor", "black")
+    kwargs.setdefault("linewidth", 0.5)
+
+    if labels_key is None:
+        groups = {f"all spots (n={np.isfinite(prob).sum()})": (prob.to_numpy(), "#636363")}
+    else:
+        check_obs_key(adata.obs, labels_key, "ground-truth labels")
+        labels = pd.Series(as_class_labels(adata.obs[labels_key], labels_key), index=adata.obs_names)
+        groups = {}
+        for category in labels.cat.categories:
+            values = prob[labels == category].to_numpy()
+            if len(values):
+                groups[f"{category} (n={len(values)})"] = (values, CLASS_COLORS.get(category))
+        unlabelled = prob[labels.isna()].to_numpy()
+        if len(unlabelled):
+            groups[f"unlabelled (n={len(unlabelled)})"] = (unlabelled, UNLABELLED_COLOR)
+
+    for name, (values, color) in groups.items():
+        values = values[np.isfinite(values)]
+        ax.hist(values, bins=edges, density=density, label=name, color=color, **kwargs)
+
+    method = None
+    if threshold is None:
+        threshold, method = threshold_from_uns(adata, prob_key)
+    if threshold is not None:
+        how = f" ({method})" if method else ""
+        ax.axvline(
+            threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold{how} = {threshold:.2f}"
+        )
+
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel(f"{prob_key} (cancer probability)")
+    ax.set_ylabel("density" if density else "spots")
+    ax.legend(fontsize="small", frameon=False)
+    return finish(ax.figure, [ax], return_ax=return_ax, show=show, save=save)

@@ -1,0 +1,407 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from matplotlib import pyplot as plt
+from matplotlib.collections import PatchCollection
+
+import spacrd
+
+SECTIONS = ("S1", "S2")
+#: Different hires scale factors per section, so a mix-up of sections shows as misplaced spots.
+SCALE_FACTORS = (0.2, 0.1)
+HIRES_SHAPE = (240, 320)
+#: Tumour disc in hires image fractions: centre x, centre y, radius (of the width).
+TUMOUR = (0.35, 0.4, 0.18)
+
+
+def _section(name: str, sf: float, rng: np.random.Generator):
+    """A Visium-like section: pink tissue ellipse, purple tumour disc, spots on a grid over the tissue.
+
+    Spot probabilities fall off across the tumour edge, so high scores sit on the purple disc.
+    """
+    h, w = HIRES_SHAPE
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.ones((h, w, 3))
+    tissue = ((xx / w - 0.5) / 0.4) ** 2 + ((yy / h - 0.5) / 0.38) ** 2 <= 1
+    image[tissue] = (0.93, 0.72, 0.82)
+    cx, cy, r = TUMOUR
+    image[tissue & ((xx / w - cx) ** 2 + (yy / h - cy) ** 2 <= r**2)] = (0.45, 0.25, 0.6)
+
+    step = 0.06 * w / sf  # full-resolution pixels between spots
+    gx, gy = np.meshgrid(np.arange(step / 2, w / sf, step), np.arange(step / 2, h / sf, step))
+    xy = np.c_[gx.ravel(), gy.ravel()]
+    xy = xy[tissue[(xy[:, 1] * sf).astype(int), (xy[:, 0] * sf).astype(int)]]
+    dist = np.hypot(xy[:, 0] * sf / w - cx, xy[:, 1] * sf / h - cy)
+    prob = np.clip(1 / (1 + np.exp((dist - r) / 0.04)) + rng.normal(0, 0.05, len(dist)), 0, 1)
+    obs = pd.DataFrame(
+        {"section": name, "ctr_prob": prob, "cancer": dist <= r},
+        index=[f"{name}_{i}" for i in range(len(dist))],
+    )
+    spatial = {
+        "images": {"hires": image},
+        "scalefactors": {"tissue_hires_scalef": sf, "spot_diameter_fullres": 0.8 * step},
+    }
+    return obs, xy, spatial
+
+
+def make_adata(sections=SECTIONS, scale_factors=SCALE_FACTORS, threshold=0.5, seed=0) -> AnnData:
+    rng = np.random.default_rng(seed)
+    parts = [_section(name, sf, rng) for name, sf in zip(sections, scale_factors, strict=True)]
+    obs = pd.concat([p[0] for p in parts])
+    obs["section"] = pd.Categorical(obs["section"], categories=list(sections))
+    obs["cancer"] = obs["cancer"].astype("boolean")
+    obs["ctr"] = pd.Categorical(
+        np.where(obs["ctr_prob"] >= threshold, "cancer", "non-cancer"), categories=["non-cancer", "cancer"]
+    )
+    adata = AnnData(
+        X=rng.poisson(1.0, (len(obs), 4)).astype(np.float32),
+        obs=obs,
+        obsm={"spatial": np.vstack([p[1] for p in parts])},
+        uns={"spatial": {name: p[2] for name, p in zip(sections, parts, strict=True)}},
+    )
+    adata.uns["spacrd"] = {
+        "threshold": threshold,
+        "threshold_method": "gmm",
+        "prob_key": "ctr_prob",
+        "call_key": "ctr",
+        "version": "0.1.0",
+    }
+    return adata
+
+
+def make_sdata(sections=SECTIONS, scale_factors=SCALE_FACTORS):
+    """The same sections as a SpatialData: one coordinate system per section, as spatialdata-io writes."""
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity, Scale
+
+    adata = make_adata(sections, scale_factors)
+    images, shapes = {}, {}
+    instance = np.zeros(adata.n_obs, dtype=int)
+    for name in sections:
+        info = adata.uns["spatial"][name]
+        sf = info["scalefactors"]["tissue_hires_scalef"]
+        pixels = (np.moveaxis(info["images"]["hires"], -1, 0) * 255).astype(np.uint8)
+        images[f"{name}_hires_image"] = Image2DModel.parse(
+            pixels,
+            dims=("c", "y", "x"),
+            c_coords=["r", "g", "b"],
+            transformations={name: Scale([1 / sf, 1 / sf], axes=("x", "y"))},
+        )
+        in_section = (adata.obs["section"] == name).to_numpy()
+        instance[in_section] = np.arange(in_section.sum())
+        shapes[f"{name}_spots"] = ShapesModel.parse(
+            adata.obsm["spatial"][in_section],
+            geometry=0,
+            radius=np.full(in_section.sum(), info["scalefactors"]["spot_diameter_fullres"] / 2),
+            index=np.arange(in_section.sum()),
+            transformations={name: Identity()},
+        )
+    table = adata.copy()
+    del table.uns["spatial"]
+    table.obs["region"] = pd.Categorical([f"{s}_spots" for s in table.obs["section"]])
+    table.obs["spot_id"] = instance
+    table = TableModel.parse(
+        table, region=[f"{s}_spots" for s in sections], region_key="region", instance_key="spot_id"
+    )
+    return sd.SpatialData(images=images, shapes=shapes, tables={"table": table})
+
+
+@pytest.fixture
+def adata() -> AnnData:
+    return make_adata()
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _filled(ax) -> PatchCollection:
+    """squidpy's spot collection coloured by a continuous value."""
+    found = [c for c in ax.collections if isinstance(c, PatchCollection) and c.get_array() is not None]
+    assert len(found) == 1
+    return found[0]
+
+
+def _outline(ax) -> PatchCollection:
+    found = [c for c in ax.collections if c.get_label() == "_call_outline"]
+    assert len(found) == 1
+    return found[0]
+
+
+def _centres_radii(collection) -> tuple[np.ndarray, np.ndarray]:
+    boxes = np.array([[p.vertices.min(0), p.vertices.max(0)] for p in collection.get_paths()])
+    return boxes.mean(1), (boxes[:, 1, 0] - boxes[:, 0, 0]) / 2
+
+
+# ---------------------------------------------------------------------------------------------- ctr
+def test_ctr_one_panel_per_section_with_fixed_colour_scale(adata):
+    axes = spacrd.pl.ctr(adata, return_ax=True)
+    assert len(axes) == len(SECTIONS)
+    for ax, name in zip(axes, SECTIONS, strict=True):
+        assert name in ax.get_title()
+        assert len(ax.get_images()) == 1  # the H&E
+        colorbar = _filled(ax).colorbar
+        assert colorbar is not None
+        assert (colorbar.norm.vmin, colorbar.norm.vmax) == (0.0, 1.0)
+        assert "ctr_prob" in colorbar.ax.get_ylabel()
+
+
+def test_ctr_outline_marks_exactly_the_called_spots(adata):
+    axes = spacrd.pl.ctr(adata, return_ax=True)
+    for ax, name in zip(axes, SECTIONS, strict=True):
+        obs = adata.obs[adata.obs["section"] == name]
+        called = (obs["ctr"] == "cancer").to_numpy()
+        assert 0 < called.sum() < len(obs)
+        filled_centres, filled_radii = _centres_radii(_filled(ax))
+        outline_centres, outline_radii = _centres_radii(_outline(ax))
+        # The outline must sit on squidpy's own spots (same pixels, same size), one per called spot.
+        np.testing.assert_allclose(outline_centres, filled_centres[called], atol=1e-6)
+        np.testing.assert_allclose(outline_radii, filled_radii[called], rtol=1e-6)
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ctr = cancer (ctr_prob ≥ 0.50, gmm)"]
+
+
+def test_ctr_spots_land_on_the_tumour_in_the_image(adata):
+    """High-probability spots must be drawn over the purple tumour pixels of their own section's image."""
+    axes = spacrd.pl.ctr(adata, return_ax=True, show_call=False)
+    for ax, name in zip(axes, SECTIONS, strict=True):
+        image = ax.get_images()[0].get_array()
+        centres, _ = _centres_radii(_filled(ax))
+        prob = adata.obs.loc[adata.obs["section"] == name, "ctr_prob"].to_numpy()
+        pixels = image[centres[:, 1].astype(int), centres[:, 0].astype(int)]
+        on_tumour = np.isclose(pixels[:, 0], 0.45, atol=0.02)
+        assert prob[on_tumour].mean() > 0.7
+        assert prob[~on_tumour].mean() < 0.3
+
+
+def test_ctr_outline_follows_crop_and_size(adata):
+    crop = (300.0, 300.0, 1200.0, 1000.0)  # full-resolution pixels, applied to both sections
+    axes = spacrd.pl.ctr(adata, return_ax=True, crop_coord=crop, size=0.5)
+    for ax, name in zip(axes, SECTIONS, strict=True):
+        obs = adata.obs[adata.obs["section"] == name]
+        xy = adata.obsm["spatial"][(adata.obs["section"] == name).to_numpy()]
+        inside = (xy[:, 0] >= crop[0]) & (xy[:, 0] <= crop[2]) & (xy[:, 1] >= crop[1]) & (xy[:, 1] <= crop[3])
+        called = (obs["ctr"] == "cancer").to_numpy()[inside]
+        filled_centres, filled_radii = _centres_radii(_filled(ax))
+        assert len(filled_centres) == inside.sum()
+        outline_centres, outline_radii = _centres_radii(_outline(ax))
+        np.testing.assert_allclose(outline_centres, filled_centres[called], atol=1e-6)
+        np.testing.assert_allclose(outline_radii, filled_radii[called], rtol=1e-6)
+
+
+def test_ctr_labels_add_a_truth_panel_per_section(adata):
+    axes = spacrd.pl.ctr(adata, labels_key="cancer", return_ax=True)
+    assert len(axes) == 2 * len(SECTIONS)
+    assert [ax.get_title() for ax in axes] == ["S1: ctr_prob", "S1: cancer", "S2: ctr_prob", "S2: cancer"]
+    legend = [t.get_text().strip() for t in axes[1].get_legend().get_texts()]
+    assert legend == ["non-cancer", "cancer"]
+    # the truth panel carries no probability colour bar and no call outline
+    assert not [c for c in axes[1].collections if c.get_label() == "_call_outline"]
+
+
+def test_ctr_categorical_labels_keep_their_categories(adata):
+    adata.obs["region"] = pd.Categorical(np.where(adata.obs["cancer"], "invasive cancer", "stroma"))
+    axes = spacrd.pl.ctr(adata, labels_key="region", library_id="S1", return_ax=True)
+    legend = {t.get_text().strip() for t in axes[1].get_legend().get_texts()}
+    assert legend == {"invasive cancer", "stroma"}
+
+
+def test_ctr_library_id_selects_sections(adata):
+    ax = spacrd.pl.ctr(adata, library_id="S2", return_ax=True)
+    assert ax.get_title() == "S2: ctr_prob"
+    assert len(_filled(ax).get_paths()) == (adata.obs["section"] == "S2").sum()
+
+
+def test_ctr_single_library_needs_no_library_key():
+    adata = make_adata(sections=("A1",), scale_factors=(0.2,))
+    del adata.obs["section"]
+    ax = spacrd.pl.ctr(adata, return_ax=True)
+    assert len(_filled(ax).get_paths()) == adata.n_obs
+
+
+def test_ctr_leaves_the_input_untouched(adata):
+    obs, uns_keys = adata.obs.copy(), set(adata.uns)
+    spacrd.pl.ctr(adata, labels_key="cancer", show=False)
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    assert set(adata.uns) == uns_keys
+
+
+def test_ctr_without_call(adata):
+    del adata.obs["ctr"]
+    axes = spacrd.pl.ctr(adata, show_call=False, return_ax=True)
+    assert all(ax.get_legend() is None for ax in axes)
+    with pytest.raises(KeyError, match="show_call=False"):
+        spacrd.pl.ctr(adata)
+
+
+def test_ctr_saves_a_figure(adata, tmp_path):
+    path = tmp_path / "ctr.png"
+    assert spacrd.pl.ctr(adata, labels_key="cancer", save=path, show=False) is None
+    assert path.stat().st_size > 10_000
+    assert plt.imread(path).shape[1] > plt.imread(path).shape[0]  # two panels side by side
+
+
+def test_ctr_into_given_axes(adata):
+    _, given = plt.subplots(1, 2)
+    axes = spacrd.pl.ctr(adata, ax=list(given), return_ax=True)
+    assert axes[0] is given[0] and axes[1] is given[1]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda a: a.obs.drop(columns="ctr_prob", inplace=True), KeyError, r"model\.predict"),
+        (lambda a: a.obs.__setitem__("ctr_prob", a.obs["ctr_prob"] * 5), ValueError, r"\[0, 1\]"),
+        (lambda a: a.obs.drop(columns="section", inplace=True), KeyError, "library_key"),
+        (lambda a: a.uns.pop("spatial"), KeyError, "uns\\['spatial'\\]"),
+        (lambda a: a.uns["spatial"].pop("S2"), KeyError, "S2"),
+    ],
+)
+def test_ctr_errors_are_clear(adata, change, error, match):
+    change(adata)
+    with pytest.raises(error, match=match):
+        spacrd.pl.ctr(adata, show=False)
+
+
+def test_ctr_rejects_unknown_sections_and_labels(adata):
+    with pytest.raises(ValueError, match="available sections"):
+        spacrd.pl.ctr(adata, library_id="B9", show=False)
+    with pytest.raises(KeyError, match="ground-truth"):
+        spacrd.pl.ctr(adata, labels_key="no_such_column", show=False)
+    adata.obs["score"] = np.arange(adata.n_obs)
+    with pytest.raises(ValueError, match="boolean"):
+        spacrd.pl.ctr(adata, labels_key="score", show=False)
+    with pytest.raises(TypeError, match="AnnData or a SpatialData"):
+        spacrd.pl.ctr(adata.obs, show=False)
+
+
+# ------------------------------------------------------------------------------ ctr on SpatialData
+def test_ctr_spatialdata_panels_scale_and_outline():
+    sdata = make_sdata()
+    table = sdata.tables["table"]
+    axes = spacrd.pl.ctr(sdata, labels_key="cancer", return_ax=True)
+    assert [ax.get_title() for ax in axes] == ["S1: ctr_prob", "S1: cancer", "S2: ctr_prob", "S2: cancer"]
+    for ax in axes[::2]:
+        assert len(ax.get_images()) == 1
+        colorbars = [c.colorbar for c in ax.collections if getattr(c, "colorbar", None) is not None]
+        assert len(colorbars) == 1
+        assert (colorbars[0].norm.vmin, colorbars[0].norm.vmax) == (0.0, 1.0)
+        assert "ctr = cancer" in ax.get_legend().get_texts()[0].get_text()
+    # the light copy used for plotting must not leak back into the user's object
+    assert set(sdata.shapes) == {"S1_spots", "S2_spots"}
+    assert "cancer_colors" not in table.uns
+
+
+def test_ctr_spatialdata_needs_a_table_name_when_ambiguous():
+    sdata = make_sdata(sections=("S1",), scale_factors=(0.2,))
+    sdata.tables["other"] = sdata.tables["table"].copy()
+    with pytest.raises(ValueError, match="table_name"):
+        spacrd.pl.ctr(sdata, show=False)
+    ax = spacrd.pl.ctr(sdata, table_name="table", return_ax=True)
+    assert ax.get_title() == "S1: ctr_prob"
+    with pytest.raises(ValueError, match="coordinate system"):
+        spacrd.pl.ctr(sdata, table_name="table", library_id="S7", show=False)
+
+
+# ------------------------------------------------------------------------------ score_distribution
+def test_score_distribution_by_class_with_threshold(adata):
+    ax = spacrd.pl.score_distribution(adata, labels_key="cancer", return_ax=True)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    n_cancer = int(adata.obs["cancer"].sum())
+    assert legend == [
+        f"non-cancer (n={adata.n_obs - n_cancer})",
+        f"cancer (n={n_cancer})",
+        "threshold (gmm) = 0.50",
+    ]
+    line = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(line) == 1 and line[0].get_xdata()[0] == pytest.approx(0.5)
+    # unit area per class: heights × bin width sum to one
+    for patch in ax.patches:
+        xy = patch.get_path().vertices
+        assert xy[:, 0].min() >= 0.0 and xy[:, 0].max() <= 1.0
+    assert ax.get_xlim() == (0.0, 1.0)
+
+
+def test_score_distribution_densities_integrate_to_one(adata):
+    ax = spacrd.pl.score_distribution(adata, labels_key="cancer", return_ax=True, histtype="bar", bins=20)
+    heights = np.array([p.get_height() for p in ax.patches]).reshape(2, 20)
+    np.testing.assert_allclose(heights.sum(1) * (1 / 20), 1.0)
+
+
+def test_score_distribution_unlabelled_and_explicit_threshold(adata):
+    adata.obs.loc[adata.obs_names[:5], "cancer"] = pd.NA
+    del adata.uns["spacrd"]
+    ax = spacrd.pl.score_distribution(adata, labels_key="cancer", threshold=0.3, return_ax=True)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "unlabelled (n=5)" in legend
+    assert "threshold = 0.30" in legend
+    ax = spacrd.pl.score_distribution(adata, return_ax=True, density=False)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"all spots (n={adata.n_obs})"]
+    assert ax.get_ylabel() == "spots"
+
+
+def test_score_distribution_needs_scores(adata):
+    with pytest.raises(KeyError, match=r"model\.predict"):
+        spacrd.pl.score_distribution(adata, prob_key="nope", show=False)
+
+
+# -------------------------------------------------------------------------------- training_history
+def _curve(key: str, values) -> pd.DataFrame:
+    return pd.DataFrame({key: values}, index=pd.RangeIndex(len(values), name="epoch"))
+
+
+@pytest.fixture
+def history() -> dict[str, pd.DataFrame]:
+    keys = {
+        "stage1_train_loss": np.linspace(5, 1, 10),
+        "stage1_validation_loss": np.linspace(5.5, 1.5, 10),
+        "stage2_train_loss": np.linspace(3, 2, 6),
+        "stage3_train_loss": np.linspace(0.7, 0.2, 6),
+        "stage3_validation_loss": np.linspace(0.8, 0.4, 6),
+        "stage3_validation_auc": np.linspace(0.6, 0.9, 6),
+    }
+    return {k: _curve(k, v) for k, v in keys.items()}
+
+
+def test_training_history_one_panel_per_stage(history):
+    axes = spacrd.pl.training_history(history, return_ax=True)
+    assert [ax.get_title() for ax in axes] == [
+        "Stage I: modality alignment",
+        "Stage II: fusion VAE",
+        "Stage III: classifier",
+    ]
+    assert [len(ax.get_lines()) for ax in axes] == [2, 1, 2]  # no validation split in stage II
+    np.testing.assert_allclose(
+        axes[0].get_lines()[1].get_ydata(), history["stage1_validation_loss"].iloc[:, 0]
+    )
+
+
+def test_training_history_from_model_with_metrics(history):
+    class Trained:
+        pass
+
+    model = Trained()
+    model.history = {k: v for k, v in history.items() if not k.startswith("stage2")}
+    axes = spacrd.pl.training_history(model, metrics=["validation_auc"], return_ax=True)
+    assert len(axes) == 2
+    twins = [ax for ax in axes[1].figure.axes if ax not in axes]
+    assert len(twins) == 1 and twins[0].get_ylabel() == "validation_auc"
+
+
+def test_training_history_errors():
+    class Untrained:
+        history = None
+
+    with pytest.raises(ValueError, match="train"):
+        spacrd.pl.training_history(Untrained(), show=False)
+    with pytest.raises(ValueError, match="stage1_train_loss"):
+        spacrd.pl.training_history({"elbo_train": _curve("elbo_train", [1.0, 0.5])}, show=False)
+    with pytest.raises(TypeError, match="history"):
+        spacrd.pl.training_history([1, 2, 3], show=False)
