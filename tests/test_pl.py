@@ -393,6 +393,12 @@ def test_training_history_from_model_with_metrics(history):
     assert len(axes) == 2
     twins = [ax for ax in axes[1].figure.axes if ax not in axes]
     assert len(twins) == 1 and twins[0].get_ylabel() == "validation_auc"
+    # one legend for the losses and the metric, on the axes drawn last
+    assert [t.get_text() for t in twins[0].get_legend().get_texts()] == [
+        "train loss",
+        "validation loss",
+        "validation_auc",
+    ]
 
 
 def test_training_history_errors():

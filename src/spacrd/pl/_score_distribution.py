@@ -114,5 +114,5 @@ def score_distribution(
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel(f"{prob_key} (cancer probability)")
     ax.set_ylabel("density" if density else "spots")
-    ax.legend(fontsize="small", frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     return finish(ax.figure, [ax], return_ax=return_ax, show=show, save=save)

@@ -115,6 +115,7 @@ def training_history(
             for m in metrics
             if f"{stage}_{m}" in history
         ]
+        legend_ax = stage_ax
         if extra:
             twin = stage_ax.twinx()
             colors = iter(["tab:green", "tab:red", "tab:purple", "tab:brown"])
@@ -123,11 +124,12 @@ def training_history(
                     series.index.to_numpy(), series.to_numpy(), ":", color=next(colors, None), label=name
                 )
             twin.set_ylabel(", ".join(name for name, _ in extra))
-            twin.legend(loc="center right", fontsize="small", frameon=False)
+            legend_ax = twin  # drawn above the loss axes, so its legend is not hidden by the curves
+        handles = [h for a in dict.fromkeys([stage_ax, legend_ax]) for h in a.get_legend_handles_labels()[0]]
+        legend_ax.legend(handles=handles, loc="best", fontsize="small", frameon=False)
         stage_ax.set_title(STAGES[stage])
         stage_ax.set_xlabel("epoch")
         stage_ax.set_ylabel("loss")
-        stage_ax.legend(fontsize="small", frameon=False)
         if all(pd.api.types.is_integer_dtype(s.index) for s in splits.values()):
             stage_ax.xaxis.get_major_locator().set_params(integer=True)
     return finish(axes[0].figure, axes, return_ax=return_ax, show=show, save=save)
