@@ -1,0 +1,168 @@
+"""Fast checks of the benchmark's metrics and baselines (the full benchmark is not run here)."""
+
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _baselines as bl
+import _metrics as mt
+import run_benchmark as rb
+
+
+# ------------------------------------------------------------------------------------ metrics
+def test_perfect_scores():
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    prob = np.array([0.0, 0.1, 0.2, 0.8, 0.9, 0.95, 1.0])
+    m = mt.section_metrics(y, prob)
+    assert m["auc"] == 1.0
+    assert m["ap"] == 1.0
+    assert m["f1_prev"] == 1.0
+    assert m["f1_free"] == 1.0
+    assert m["brier"] == pytest.approx(np.mean([0, 0.01, 0.04, 0.04, 0.01, 0.0025, 0]))
+    assert m["prevalence"] == pytest.approx(4 / 7)
+    assert m["n"] == 7
+
+
+def test_reversed_scores_give_auc_zero_and_uninformative_brier():
+    y = np.array([0, 0, 1, 1])
+    assert mt.section_metrics(y, np.array([0.9, 0.8, 0.2, 0.1]))["auc"] == 0.0
+    assert mt.section_metrics(y, np.full(4, 0.5))["brier"] == pytest.approx(0.25)
+
+
+def test_prevalence_threshold_f1_on_constructed_case():
+    # 4 negatives, 6 positives: the threshold keeps the top 6 scores, which hold 5 positives and 1 negative.
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1, 1])
+    score = np.arange(10, dtype=float)
+    thr = mt.prevalence_threshold(score, y)
+    assert 3.0 < thr < 4.0
+    assert mt.f1_at(score, y, thr) == pytest.approx(2 * 5 / (2 * 5 + 1 + 1))
+
+
+def test_gmm_threshold_between_separated_modes():
+    rng = np.random.default_rng(0)
+    # equal spreads: the crossing is the midpoint shifted by s^2 log(w1 / w2) / (m2 - m1)
+    score = np.concatenate([rng.normal(0.0, 1.0, 3000), rng.normal(10.0, 1.0, 1000)])
+    thr = mt.gmm_threshold(score)
+    assert thr == pytest.approx(5.0 + np.log(3.0) / 10.0, abs=0.15)
+    balanced = np.concatenate([rng.normal(0.2, 0.05, 500), rng.normal(0.8, 0.05, 500)])
+    assert mt.gmm_threshold(balanced) == pytest.approx(0.5, abs=0.02)
+
+
+def test_gmm_threshold_constant_scores():
+    assert mt.gmm_threshold(np.full(10, 0.3)) == pytest.approx(0.3)
+
+
+def test_minmax():
+    np.testing.assert_allclose(mt.minmax(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(mt.minmax(np.ones(3)), 0.5)
+
+
+# ------------------------------------------------------------------------------ feature helpers
+def test_zscore_and_knn_smooth_stay_within_sections():
+    x = np.array([[1.0], [3.0], [10.0], [30.0]])
+    sections = np.array(["a", "a", "b", "b"])
+    np.testing.assert_allclose(bl.zscore_by_section(x, sections).ravel(), [-1, 1, -1, 1])
+    coords = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    # k = 2: each spot averages itself with its only neighbour in the same section
+    np.testing.assert_allclose(bl.knn_smooth(x, coords, sections, k=2).ravel(), [2, 2, 20, 20])
+
+
+# ---------------------------------------------------------------------------- synthetic data
+def synthetic(n_sections: int = 3, side: int = 14, n_genes: int = 150, seed: int = 0) -> ad.AnnData:
+    """Sections on a grid with a disc of cancer spots whose 15 marker genes (ERBB2 among them) are up."""
+    rng = np.random.default_rng(seed)
+    genes = ["ERBB2", *[f"G{i}" for i in range(n_genes - 1)]]
+    base = rng.gamma(2.0, 2.0, n_genes)
+    parts = []
+    for s in range(n_sections):
+        yy, xx = np.mgrid[0:side, 0:side]
+        coords = np.c_[xx.ravel(), yy.ravel()].astype(float) * 100.0
+        centre = rng.uniform(0.3, 0.7, 2) * side * 100.0
+        cancer = np.linalg.norm(coords - centre, axis=1) < side * 100.0 * (0.25 + 0.1 * s)
+        rate = np.tile(base, (coords.shape[0], 1)) * rng.uniform(0.5, 2.0)  # section depth differs
+        rate[np.ix_(cancer, np.arange(15))] *= 2.5
+        counts = rng.poisson(rate * rng.gamma(5.0, 0.2, rate.shape)).astype(np.float32)
+        a = ad.AnnData(sp.csr_matrix(counts), var=pd.DataFrame(index=genes))
+        a.obs_names = [f"s{s}_{i}" for i in range(a.n_obs)]
+        a.obs["section"] = f"S{s}"
+        label = pd.array(cancer, dtype="boolean")
+        label[rng.random(a.n_obs) < 0.05] = pd.NA  # a few unlabelled spots, as in HER2ST
+        a.obs["cancer"] = label
+        a.obsm["spatial"] = coords
+        parts.append(a)
+    out = ad.concat(parts)
+    out.layers["counts"] = out.X.copy()
+    out.obs["section"] = out.obs["section"].astype("category")
+    return out
+
+
+@pytest.fixture(scope="module")
+def split_data():
+    adata = synthetic()
+    train, test = rb.split(adata, "S2", ["S0", "S1", "S2"])
+    mask, y = bl.labelled(adata[adata.obs["section"] == "S2"])
+    return train, test, mask, y
+
+
+def test_split_hides_test_labels(split_data):
+    train, test, _, _ = split_data
+    assert list(test.obs.columns) == ["section"]
+    assert set(train.obs["section"]) == {"S0", "S1"}
+    assert set(test.obs["section"]) == {"S2"}
+
+
+@pytest.mark.parametrize("method", ["erbb2", "logreg_hvg", "logreg_hvg_knn", "scanvi"])
+def test_baselines_beat_chance(split_data, method):
+    train, test, mask, y = split_data
+    timer = bl.Timer()
+    prob = bl.METHODS[method](train, test, 0, timer=timer, quick=True)
+    assert prob.shape == (test.n_obs,)
+    assert np.all((prob >= 0) & (prob <= 1))
+    m = mt.section_metrics(y, prob[mask])
+    assert m["auc"] > 0.7, m  # chance is 0.5
+    assert timer.seconds["predict"] > 0
+
+
+def test_hvgs_pick_the_marker_genes(split_data):
+    train, _, _, _ = split_data
+    genes = bl.select_hvgs(train, n_top=20)
+    assert len(genes) == 20
+    markers = {"ERBB2", *[f"G{i}" for i in range(14)]}  # the genes raised in cancer spots
+    assert len(markers & set(genes)) >= 12
+
+
+def test_summary_has_section_and_mean_rows():
+    rows = []
+    for sec, prev in (("X1", 0.3), ("X2", 0.6)):
+        for method, seeds in (("spacrd", (0, 1)), ("erbb2", (0,))):
+            for seed in seeds:
+                rows.append(
+                    {
+                        "section": sec,
+                        "method": method,
+                        "seed": seed,
+                        "auc": 0.8 + 0.01 * seed,
+                        "ap": 0.7,
+                        "f1_prev": 0.6,
+                        "f1_free": 0.5,
+                        "brier": 0.2,
+                        "prevalence": prev,
+                        "n": 100,
+                        "train_s": 1.0,
+                        "predict_s": 0.1,
+                        "peak_rss_mb": 900.0,
+                        "rss_growth_mb": 50.0,
+                    }
+                )
+    text = rb.summarise(pd.DataFrame(rows))
+    auc_table = text.split("## ROC AUC")[1].split("##")[0]
+    assert "| X1 | 100 (0.30) |" in auc_table
+    assert "| mean |" in auc_table
+    assert "0.805 ± 0.007" in auc_table  # spacrd: seeds 0 and 1
