@@ -270,6 +270,19 @@ def test_ctr_errors_are_clear(adata, change, error, match):
         spacrd.pl.ctr(adata, show=False)
 
 
+def test_ctr_section_without_image(adata):
+    adata.uns["spatial"]["S2"]["images"] = {}
+    with pytest.raises(KeyError, match="img=False"):
+        spacrd.pl.ctr(adata, show=False)
+    axes = spacrd.pl.ctr(adata, img=False, return_ax=True)
+    assert all(not ax.get_images() for ax in axes)
+    # without the image the outline still sits on the spots
+    outline_centres, _ = _centres_radii(_outline(axes[1]))
+    filled_centres, _ = _centres_radii(_filled(axes[1]))
+    called = (adata.obs.loc[adata.obs["section"] == "S2", "ctr"] == "cancer").to_numpy()
+    np.testing.assert_allclose(outline_centres, filled_centres[called], atol=1e-6)
+
+
 def test_ctr_rejects_unknown_sections_and_labels(adata):
     with pytest.raises(ValueError, match="available sections"):
         spacrd.pl.ctr(adata, library_id="B9", show=False)
@@ -399,6 +412,12 @@ def test_training_history_from_model_with_metrics(history):
         "validation loss",
         "validation_auc",
     ]
+
+
+def test_training_history_reads_per_epoch_keys_of_step_logging(history):
+    renamed = {k.replace("_loss", "_loss_epoch"): v for k, v in history.items() if k.endswith("_loss")}
+    axes = spacrd.pl.training_history(renamed, return_ax=True)
+    assert [len(ax.get_lines()) for ax in axes] == [2, 1, 2]
 
 
 def test_training_history_errors():

@@ -363,6 +363,16 @@ def _ctr_anndata(
 
     if ax is not None:
         kwargs.setdefault("fig", as_axes_list(ax)[0].figure)  # squidpy needs it with a list of axes
+    if kwargs.get("img", True) is True:
+        img_res_key = kwargs.get("img_res_key", "hires")
+        no_image = [
+            lib for lib in libraries if img_res_key not in adata.uns["spatial"][lib].get("images", {})
+        ]
+        if no_image:
+            raise KeyError(
+                f"Sections {no_image} have no {img_res_key!r} image in `adata.uns['spatial'][...]['images']`; "
+                f"pass `img=False` to draw the spots without the H&E, or `library_id=` to leave them out."
+            )
     returned = sq.pl.spatial_scatter(
         plot_adata,
         color=colors,

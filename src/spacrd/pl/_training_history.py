@@ -92,11 +92,12 @@ def training_history(
     curves: dict[str, dict[str, pd.Series]] = {}
     for stage in STAGES:
         for split in SPLITS:
-            key = f"{stage}_{split}_loss"
-            if key in history:
-                series = _as_series(history[key], key)
+            # Lightning appends "_epoch" when a metric is also logged per step.
+            for key in (f"{stage}_{split}_loss", f"{stage}_{split}_loss_epoch"):
+                series = _as_series(history[key], key) if key in history else ()
                 if len(series):
                     curves.setdefault(stage, {})[split] = series
+                    break
     if not curves:
         raise ValueError(
             f"No loss curves found; expected keys like 'stage1_train_loss', got {sorted(history)[:10]}. "
