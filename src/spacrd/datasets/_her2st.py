@@ -1,0 +1,364 @@
+"""HER2-positive breast tumours profiled with legacy Spatial Transcriptomics (Andersson et al. 2021)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from spacrd.pp._image_io import read_rgb, read_rgb_reduced
+
+from ._her2st_registry import REGISTRY
+from ._tsv_counts import read_count_tsv
+
+#: Raw-file base URL of the public repository; files are fetched as ``BASE_URL + <relative path>``.
+BASE_URL = "https://github.com/almaan/her2st/raw/master/"
+
+SECTIONS: tuple[str, ...] = tuple(
+    f"{patient}{i}"
+    for patient, n in (("A", 6), ("B", 6), ("C", 6), ("D", 6), ("E", 3), ("F", 3))
+    for i in range(1, n + 1)
+)
+LABELLED_SECTIONS: tuple[str, ...] = ("A1", "B1", "C1", "D1", "E1", "F1")
+LABEL_CATEGORIES: tuple[str, ...] = (
+    "invasive cancer",
+    "cancer in situ",
+    "immune infiltrate",
+    "breast glands",
+    "connective tissue",
+    "adipose tissue",
+    "undetermined",
+)
+CANCER_LABELS = frozenset({"invasive cancer", "cancer in situ"})
+
+SPOT_DIAMETER_UM = 100.0
+SPOT_PITCH_UM = 200.0  # distance between neighbouring array positions
+
+# Stored image per section and its scale relative to the full-resolution pixels of the spot files.
+# The A1 PNG is the 6,954 px wide scan reduced to 2,000 px for the authors' Shiny app. The A2 PNG of
+# the same app is not used: it was warped onto A1 for display and A2's spot coordinates do not map onto
+# it by a scale (spots land off the tissue), so A2 loads without an image.
+_IMAGES: dict[str, tuple[str, float | None]] = {
+    "A1": ("app/www/imgs/A1_HE_image_dark.png", 2000 / 6954),
+    "B4": ("data/ST-imgs/B/B4/BT10737_D2_HE.jpg", None),
+    "C2": ("data/ST-imgs/C/C2/5714_HE_BT_C2.jpg", None),
+    "C3": ("data/ST-imgs/C/C3/5714_HE_BT_D1.jpg", None),
+    "C4": ("data/ST-imgs/C/C4/5714_HE_BT_D2.jpg", None),
+    "C5": ("data/ST-imgs/C/C5/5714_HE_BT_E1.jpg", None),
+    "C6": ("data/ST-imgs/C/C6/5714_HE_BT_E2.jpg", None),
+}
+_A2_NOTE = (
+    "app/www/imgs/A2_HE_image_dark.png is registered to section A1 for display and does not match A2's "
+    "spot coordinates; no image is attached."
+)
+
+
+def _counts_file(section: str) -> str:
+    return f"data/ST-cnts/{section}.tsv.gz"
+
+
+def _spot_file(section: str) -> str:
+    return f"data/ST-spotfiles/{section}_selection.tsv"
+
+
+def _label_file(section: str) -> str:
+    return f"data/ST-pat/lbl/{section}_labeled_coordinates.tsv"
+
+
+def her2st(
+    sections: str | Sequence[str] | None = None,
+    path: str | Path | None = None,
+    *,
+    load_images: bool = True,
+    hires_size: int = 2000,
+    progressbar: bool = False,
+) -> AnnData:
+    """HER2-positive breast tumour sections (legacy ST, patients A–F) with H&E images and pathologist labels.
+
+    Reads the public ``almaan/her2st`` repository layout (Andersson et al., *Nat Commun* 12, 6012,
+    2021): raw UMI counts ``data/ST-cnts/<S>.tsv.gz``, spot positions
+    ``data/ST-spotfiles/<S>_selection.tsv``, pathologist labels
+    ``data/ST-pat/lbl/<S>_labeled_coordinates.tsv`` (A1, B1, C1, D1, E1, F1) and H&E images
+    (full-resolution JPEGs ``data/ST-imgs/<P>/<S>/*.jpg`` for B4 and C2–C6; the reduced PNG
+    ``app/www/imgs/A1_HE_image_dark.png`` for A1, background blacked out).
+
+    Parameters
+    ----------
+    sections
+        Section name(s) such as ``"A1"`` or ``["A1", "C2"]``; ``None`` loads all 30 (A1–A6, B1–B6,
+        C1–C6, D1–D6, E1–E3, F1–F3). Sections are concatenated in the order given.
+    path
+        Root of a local copy of the repository (the folder holding ``data/`` and ``app/``). ``None``
+        downloads the needed files with :mod:`pooch` into ``pooch.os_cache("spacrd") / "her2st"`` (or
+        the folder named by the environment variable ``SPACRD_DATA_DIR``) and checks their SHA-256.
+    load_images
+        Whether to read the H&E images. ``False`` skips them (and their download); the scale factors and
+        spot diameters are still set.
+    hires_size
+        Minimum length in pixels of the longer side of the plotting copy of a full-resolution JPEG. The
+        copy is decoded directly at 1/2, 1/4 or 1/8 of the full size (JPEG DCT scaling): the smallest
+        such copy that is at least this large is kept (about 2,300 × 2,500 px for the default).
+    progressbar
+        Show download progress bars.
+
+    Returns
+    -------
+    One :class:`~anndata.AnnData` with all requested sections, ``n_obs`` spots × ``n_vars`` genes:
+
+    ``X``, ``layers["counts"]``
+        Raw UMI counts, :class:`scipy.sparse.csr_matrix` of float32 (exact integers; two separate
+        copies, so normalising ``X`` in place keeps ``layers["counts"]``). Genes are the union over the
+        loaded sections, ordered by first appearance; a gene missing from a section's count file has
+        zero counts there (the files list only genes detected in that section; the assay is
+        whole-transcriptome).
+    ``var["n_sections"]``
+        Number of loaded sections whose count file lists the gene; keep
+        ``var["n_sections"] == obs["section"].nunique()`` for the intersection of genes.
+    ``obs_names``
+        ``"<section>_<x>x<y>"``, e.g. ``"A1_10x13"``, with ``<x>x<y>`` the spot id of the count file.
+    ``obs["section"]``, ``obs["patient"]``
+        Categorical section (``"A1"``) and patient (``"A"``).
+    ``obs["array_x"]``, ``obs["array_y"]``
+        Integer array coordinates (one step = 200 µm).
+    ``obs["label"]``
+        Categorical pathologist label (invasive cancer, cancer in situ, immune infiltrate, breast
+        glands, connective tissue, adipose tissue, undetermined); NaN in sections without labels and for
+        spots the label file does not list. Labels join to spots by rounding the label file's refined
+        array coordinates ``x``, ``y`` to integers (``"<x>x<y>"``); the F1 label row without
+        coordinates is dropped.
+    ``obs["cancer"]``
+        Nullable ``"boolean"``: True for invasive cancer or cancer in situ, False for every other label
+        (``"undetermined"`` included), ``<NA>`` where ``label`` is missing. Plotting functions do not
+        take nullable booleans as colours: plot ``adata.obs["cancer"].astype("category")`` instead.
+    ``obsm["spatial"]``
+        ``(n_obs, 2)`` float64 spot centres ``(x, y)`` in **full-resolution pixels** of the section's
+        original scan, the spot files' ``pixel_x``, ``pixel_y`` unchanged. For B4 and C2–C6 these are
+        the pixels of the stored JPEG. For A1 the full-resolution scan (6,954 × 7,435 px) is not
+        published; the stored PNG is that scan reduced by ``tissue_hires_scalef = 2000 / 6954``, so PNG
+        pixel = ``obsm["spatial"] * tissue_hires_scalef``. Sections without an image keep the scan's
+        pixel coordinates. Pixel size differs between sections (about 0.92 µm for patient A, 0.69 µm
+        for B–F; see ``metadata["microns_per_pixel"]``).
+    ``uns["spatial"][section]``
+        The scanpy/squidpy Visium layout, so ``squidpy.pl.spatial_scatter(adata, library_key="section",
+        img_res_key="hires")`` places spots on the tissue:
+
+        - ``"images"``: ``{"hires": (h, w, 3) uint8 RGB}`` — the A1 PNG as stored, or the reduced copy
+          of a JPEG; ``{}`` for sections without an image (or with ``load_images=False``).
+        - ``"scalefactors"``: ``"tissue_hires_scalef"`` (hires pixels per full-resolution pixel; 1.0
+          without an image) and ``"spot_diameter_fullres"`` (100 µm spot diameter in full-resolution
+          pixels, estimated per section as half the fitted pixels per array step).
+        - ``"metadata"``: ``"patient"``, ``"source"``, ``"px_per_array_step"`` (full-resolution pixels
+          per 200 µm), ``"microns_per_pixel"`` (per full-resolution pixel), ``"image_path"`` (stored
+          image file) and, for JPEG sections, ``"fullres_image_path"``: the full-resolution image that
+          :func:`spacrd.pp.image_features` crops from, decoded when it runs.
+
+    Raises
+    ------
+    ValueError
+        Unknown or repeated section names.
+    FileNotFoundError
+        ``path`` lacks files needed for the requested sections.
+
+    Examples
+    --------
+    >>> import spacrd
+    >>> adata = spacrd.datasets.her2st(["A1", "C2"], path="shared/data/her2st")  # doctest: +SKIP
+    >>> adata.obs.groupby("section", observed=True)["cancer"].mean()  # doctest: +SKIP
+
+    """
+    sections = _check_sections(sections)
+    files = {s: _files_for(s, load_images) for s in sections}
+    local = _resolve_files(files, path, progressbar)
+
+    counts, var_lists, obs_parts, coords, spatial = [], [], [], [], {}
+    for section in sections:
+        spot_ids, genes, x = read_count_tsv(local[_counts_file(section)])
+        spots = _read_spot_file(local[_spot_file(section)], spot_ids, section)
+        obs = _section_obs(section, spot_ids)
+        if section in LABELLED_SECTIONS:
+            obs["label"] = _read_labels(local[_label_file(section)], spot_ids)
+        counts.append(x)
+        var_lists.append(genes)
+        obs_parts.append(obs)
+        coords.append(spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64))
+        spatial[section] = _section_spatial(section, spots, local, load_images, hires_size)
+
+    genes, x = _union_genes(counts, var_lists)
+    obs = pd.concat(obs_parts)
+    obs["section"] = pd.Categorical(obs["section"], categories=list(sections))
+    obs["patient"] = pd.Categorical(obs["patient"], categories=sorted({s[0] for s in sections}))
+    labels = obs["label"].astype(object)
+    label_categories = list(LABEL_CATEGORIES) + sorted(set(labels.dropna()) - set(LABEL_CATEGORIES))
+    obs["label"] = pd.Categorical(labels, categories=label_categories)
+    obs["cancer"] = pd.array(
+        [pd.NA if pd.isna(v) else v in CANCER_LABELS for v in labels],
+        dtype="boolean",
+    )
+    var = pd.DataFrame(index=pd.Index(genes, name=None))
+    var["n_sections"] = np.zeros(len(genes), dtype=np.int64)
+    gene_pos = pd.Index(genes)
+    for g in var_lists:
+        var.iloc[gene_pos.get_indexer(g), 0] += 1
+
+    adata = AnnData(X=x, obs=obs, var=var)
+    adata.layers["counts"] = x.copy()
+    adata.obsm["spatial"] = np.concatenate(coords)
+    adata.uns["spatial"] = spatial
+    return adata
+
+
+def _check_sections(sections: str | Sequence[str] | None) -> list[str]:
+    if sections is None:
+        return list(SECTIONS)
+    if isinstance(sections, str):
+        sections = [sections]
+    sections = list(sections)
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(f"Unknown HER2ST section(s) {unknown}; valid sections are {list(SECTIONS)}.")
+    repeated = sorted({s for s in sections if sections.count(s) > 1})
+    if repeated:
+        raise ValueError(f"Section(s) {repeated} requested more than once; list each section once.")
+    if not sections:
+        raise ValueError(f"No sections requested; pass None for all or some of {list(SECTIONS)}.")
+    return sections
+
+
+def _files_for(section: str, load_images: bool) -> list[str]:
+    files = [_counts_file(section), _spot_file(section)]
+    if section in LABELLED_SECTIONS:
+        files.append(_label_file(section))
+    if load_images and section in _IMAGES:
+        files.append(_IMAGES[section][0])
+    return files
+
+
+def _resolve_files(
+    files: dict[str, list[str]], path: str | Path | None, progressbar: bool
+) -> dict[str, Path]:
+    needed = [f for fs in files.values() for f in fs]
+    if path is not None:
+        root = Path(path).expanduser()
+        local = {f: root / f for f in needed}
+        missing = [f for f, p in local.items() if not p.is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise FileNotFoundError(
+                f"{len(missing)} HER2ST file(s) missing under {str(root)!r}: {shown}. `path` must be the root of "
+                "a copy of the almaan/her2st repository (the folder holding data/ and app/); pass path=None "
+                "to download the files, or load_images=False to skip the images."
+            )
+        return local
+    return {f: Path(p) for f, p in zip(needed, _download(needed, progressbar), strict=True)}
+
+
+def _download(relative_paths: list[str], progressbar: bool) -> list[str]:
+    import pooch
+
+    fetcher = pooch.create(
+        path=pooch.os_cache("spacrd") / "her2st",
+        base_url=BASE_URL,
+        registry=REGISTRY,
+        env="SPACRD_DATA_DIR",
+        retry_if_failed=2,
+    )
+    return [fetcher.fetch(f, progressbar=progressbar) for f in relative_paths]
+
+
+def _read_spot_file(path: Path, spot_ids: list[str], section: str) -> pd.DataFrame:
+    spots = pd.read_csv(path, sep="\t", engine="c")
+    required = {"x", "y", "new_x", "new_y", "pixel_x", "pixel_y"}
+    if not required.issubset(spots.columns):
+        raise ValueError(f"{path}: expected columns {sorted(required)}, found {list(spots.columns)}.")
+    spots.index = spots["x"].astype(int).astype(str) + "x" + spots["y"].astype(int).astype(str)
+    if spots.index.duplicated().any():
+        raise ValueError(f"{path}: array positions {spots.index[spots.index.duplicated()].tolist()} repeat.")
+    missing = pd.Index(spot_ids).difference(spots.index)
+    if len(missing):
+        raise ValueError(
+            f"Section {section}: spots {missing.tolist()[:5]} of the count file are not in {path}."
+        )
+    return spots.loc[spot_ids]
+
+
+def _section_obs(section: str, spot_ids: list[str]) -> pd.DataFrame:
+    xy = pd.Series(spot_ids).str.split("x", n=1, expand=True)
+    return pd.DataFrame(
+        {
+            "section": section,
+            "patient": section[0],
+            "array_x": xy[0].astype(np.int64).to_numpy(),
+            "array_y": xy[1].astype(np.int64).to_numpy(),
+            "label": pd.Series([np.nan] * len(spot_ids), dtype=object).to_numpy(),
+        },
+        index=[f"{section}_{s}" for s in spot_ids],
+    )
+
+
+def _read_labels(path: Path, spot_ids: list[str]) -> np.ndarray:
+    lab = pd.read_csv(path, sep="\t", engine="c")
+    lab = lab.dropna(subset=["x", "y", "label"])
+    key = lab["x"].round().astype(int).astype(str) + "x" + lab["y"].round().astype(int).astype(str)
+    lab = lab.set_index(key)
+    conflicting = lab.index[lab.index.duplicated()]
+    if len(conflicting):
+        raise ValueError(f"{path}: several labels round to the same spot(s) {conflicting.tolist()[:5]}.")
+    return lab["label"].reindex(spot_ids).to_numpy(dtype=object)
+
+
+def _pixels_per_step(spots: pd.DataFrame) -> float:
+    # Least-squares slope of pixel position on refined array position, averaged over both axes.
+    slope_x = np.polyfit(spots["new_x"].to_numpy(float), spots["pixel_x"].to_numpy(float), 1)[0]
+    slope_y = np.polyfit(spots["new_y"].to_numpy(float), spots["pixel_y"].to_numpy(float), 1)[0]
+    return float((abs(slope_x) + abs(slope_y)) / 2)
+
+
+def _section_spatial(
+    section: str, spots: pd.DataFrame, local: dict[str, Path], load_images: bool, hires_size: int
+) -> dict:
+    px_per_step = _pixels_per_step(spots)
+    metadata: dict = {
+        "source": "almaan/her2st",
+        "patient": section[0],
+        "px_per_array_step": px_per_step,
+        "microns_per_pixel": SPOT_PITCH_UM / px_per_step,
+    }
+    images: dict[str, np.ndarray] = {}
+    scalef = 1.0  # without an image the scale factor only has to leave coordinates unchanged
+    if section == "A2":
+        metadata["note"] = _A2_NOTE
+    if load_images and section in _IMAGES:
+        relative, stored_scale = _IMAGES[section]
+        image_path = local[relative]
+        metadata["image_path"] = str(image_path)
+        if stored_scale is None:
+            # A full-resolution JPEG: keep a reduced copy for plotting; features crop from the file itself.
+            images["hires"], scalef = read_rgb_reduced(image_path, hires_size)
+            metadata["fullres_image_path"] = str(image_path)
+        else:
+            images["hires"], scalef = read_rgb(image_path), stored_scale
+    return {
+        "images": images,
+        "scalefactors": {
+            "tissue_hires_scalef": float(scalef),
+            "spot_diameter_fullres": px_per_step * SPOT_DIAMETER_UM / SPOT_PITCH_UM,
+        },
+        "metadata": metadata,
+    }
+
+
+def _union_genes(
+    counts: list[sparse.csr_matrix], var_lists: list[list[str]]
+) -> tuple[list[str], sparse.csr_matrix]:
+    genes = pd.Index(pd.unique(np.concatenate([np.asarray(g, dtype=object) for g in var_lists])))
+    blocks = []
+    for x, g in zip(counts, var_lists, strict=True):
+        columns = genes.get_indexer(g)
+        remapped = sparse.csr_matrix((x.data, columns[x.indices], x.indptr), shape=(x.shape[0], len(genes)))
+        remapped.sort_indices()
+        blocks.append(remapped)
+    return genes.tolist(), sparse.vstack(blocks, format="csr", dtype=np.float32)

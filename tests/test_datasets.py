@@ -1,0 +1,329 @@
+import gzip
+import shutil
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+import spacrd
+from spacrd.datasets import _her2st
+from spacrd.datasets._tsv_counts import read_count_tsv
+
+matplotlib.use("Agg")
+
+LABELLED_COUNTS = {"A1": 346, "B1": 295, "C1": 176, "D1": 306, "E1": 587, "F1": 691}
+IMAGED = ["A1", "B4", "C2", "C3", "C4", "C5", "C6"]
+
+
+@pytest.fixture(scope="module")
+def adata_all(her2st_root):
+    return spacrd.datasets.her2st(path=her2st_root)
+
+
+def _section(adata, s):
+    return adata[adata.obs["section"] == s]
+
+
+def test_all_sections_load(adata_all):
+    assert list(adata_all.obs["section"].cat.categories) == list(_her2st.SECTIONS)
+    assert len(_her2st.SECTIONS) == 30
+    assert adata_all.obs_names.is_unique
+    assert adata_all.obs_names[0] == "A1_10x13"
+    assert set(adata_all.uns["spatial"]) == set(_her2st.SECTIONS)
+    assert isinstance(adata_all.X, sparse.csr_matrix)
+    assert adata_all.X.dtype == np.float32
+    assert adata_all.layers["counts"] is not adata_all.X
+    assert (adata_all.X != adata_all.layers["counts"]).nnz == 0
+    assert np.array_equal(adata_all.X.data, np.round(adata_all.X.data))
+    assert adata_all.X.has_sorted_indices
+    assert isinstance(adata_all.obs["section"].dtype, pd.CategoricalDtype)
+    assert (adata_all.obs["patient"].astype(str) == adata_all.obs["section"].astype(str).str[0]).all()
+    # union of genes: every gene is listed by at least one section, some by all 30
+    assert adata_all.var["n_sections"].min() >= 1
+    assert adata_all.var["n_sections"].max() == 30
+    assert adata_all.var_names.is_unique
+
+
+@pytest.mark.parametrize("section", ["A1", "C3", "F2"])
+def test_counts_match_pandas(adata_all, her2st_root, section):
+    table = pd.read_csv(her2st_root / "data" / "ST-cnts" / f"{section}.tsv.gz", sep="\t", index_col=0)
+    sub = _section(adata_all, section)
+    assert list(sub.obs_names) == [f"{section}_{i}" for i in table.index]
+    assert sub.obs["array_x"].tolist() == [int(i.split("x")[0]) for i in table.index]
+    dense = sub[:, table.columns].X.toarray()
+    np.testing.assert_array_equal(dense, table.to_numpy())
+    # genes the section's file does not list are zero-filled
+    others = sub.var_names.difference(table.columns)
+    assert len(others) > 0
+    assert sub[:, others].X.nnz == 0
+
+
+def test_spatial_coordinates_are_spot_file_pixels(adata_all, her2st_root):
+    for section in ["A1", "C2", "E3"]:
+        spots = pd.read_csv(her2st_root / "data" / "ST-spotfiles" / f"{section}_selection.tsv", sep="\t")
+        spots.index = spots["x"].astype(str) + "x" + spots["y"].astype(str)
+        sub = _section(adata_all, section)
+        ids = [n.split("_", 1)[1] for n in sub.obs_names]
+        np.testing.assert_array_equal(sub.obsm["spatial"], spots.loc[ids, ["pixel_x", "pixel_y"]].to_numpy())
+    assert adata_all.obsm["spatial"].shape == (adata_all.n_obs, 2)
+    assert np.isfinite(adata_all.obsm["spatial"]).all()
+
+
+def test_labels(adata_all, her2st_root):
+    labelled = adata_all.obs.dropna(subset=["label"]).groupby("section", observed=True).size()
+    assert labelled.to_dict() == LABELLED_COUNTS
+    for section in LABELLED_COUNTS:
+        table = pd.read_csv(
+            her2st_root / "data" / "ST-pat" / "lbl" / f"{section}_labeled_coordinates.tsv", sep="\t"
+        )
+        table = table.dropna(subset=["x", "y"])
+        keys = (
+            section
+            + "_"
+            + table["x"].round().astype(int).astype(str)
+            + "x"
+            + table["y"].round().astype(int).astype(str)
+        )
+        in_counts = keys.isin(adata_all.obs_names)
+        # every spot of the section is labelled, and gets exactly the label of its row
+        assert in_counts.sum() == LABELLED_COUNTS[section] == (adata_all.obs["section"] == section).sum()
+        got = adata_all.obs.loc[keys[in_counts], "label"].astype(str).to_numpy()
+        np.testing.assert_array_equal(got, table.loc[in_counts, "label"].to_numpy())
+    unlabelled = ~adata_all.obs["section"].isin(list(LABELLED_COUNTS))
+    assert adata_all.obs.loc[unlabelled, "label"].isna().all()
+
+
+def test_cancer_column(adata_all):
+    cancer = adata_all.obs["cancer"]
+    assert cancer.dtype == "boolean"
+    label = adata_all.obs["label"]
+    np.testing.assert_array_equal(cancer.isna().to_numpy(), label.isna().to_numpy())
+    known = label.notna()
+    expected = label[known].isin(["invasive cancer", "cancer in situ"])
+    np.testing.assert_array_equal(cancer[known].to_numpy(dtype=bool), expected.to_numpy())
+    a1 = adata_all.obs.loc[adata_all.obs["section"] == "A1", "cancer"]
+    # 305 cancer rows in A1's label file, two of them at spots absent from the count matrix
+    assert a1.sum() == 303
+
+
+def test_uns_spatial_layout(adata_all):
+    spatial = adata_all.uns["spatial"]
+    a1 = spatial["A1"]
+    assert a1["images"]["hires"].shape == (2138, 2000, 3)
+    assert a1["images"]["hires"].dtype == np.uint8
+    assert a1["scalefactors"]["tissue_hires_scalef"] == pytest.approx(2000 / 6954)
+    assert "fullres_image_path" not in a1["metadata"]
+    c2 = spatial["C2"]
+    assert c2["images"]["hires"].shape == (-(-9911 // 4), -(-9274 // 4), 3)
+    assert c2["scalefactors"]["tissue_hires_scalef"] == 0.25
+    assert Path(c2["metadata"]["fullres_image_path"]).name == "5714_HE_BT_C2.jpg"
+    for section in _her2st.SECTIONS:
+        lib = spatial[section]
+        diameter = lib["scalefactors"]["spot_diameter_fullres"]
+        # 100 µm spots: ~109 px at patient A's 0.92 µm/px, ~145 px at 0.69 µm/px for B–F
+        expected = 109 if section[0] == "A" else 145.5
+        assert diameter == pytest.approx(expected, rel=0.02)
+        assert lib["metadata"]["microns_per_pixel"] * diameter == pytest.approx(100)
+        if section not in IMAGED:
+            assert lib["images"] == {}
+            assert lib["scalefactors"]["tissue_hires_scalef"] == 1.0
+    assert "note" in spatial["A2"]["metadata"]
+
+
+def _tissue_mask(pixels):
+    pixels = pixels.astype(int)
+    dark_background = pixels.max(-1) <= 20
+    glass = (pixels.min(-1) > 200) & (np.ptp(pixels, axis=-1) < 25)
+    return ~dark_background & ~glass
+
+
+@pytest.mark.parametrize("section", IMAGED)
+def test_spots_sit_on_tissue_and_colours_are_rgb(adata_all, section):
+    lib = adata_all.uns["spatial"][section]
+    image = lib["images"]["hires"]
+    scale = lib["scalefactors"]["tissue_hires_scalef"]
+    radius = int(lib["scalefactors"]["spot_diameter_fullres"] * scale / 2)
+    xy = np.round(_section(adata_all, section).obsm["spatial"] * scale).astype(int)
+    on_tissue = np.array(
+        [_tissue_mask(image[y - radius : y + radius + 1, x - radius : x + radius + 1]).mean() for x, y in xy]
+    )
+    assert (on_tissue > 0.5).mean() > 0.97
+    # H&E stains tissue pink-purple: red above green, in RGB order (a BGR read would swap R and B)
+    tissue = image[_tissue_mask(image)].astype(float)
+    assert tissue[:, 0].mean() > tissue[:, 1].mean() + 5
+
+
+def test_squidpy_spatial_scatter(adata_all):
+    import matplotlib.pyplot as plt
+    import squidpy as sq
+    from matplotlib.collections import PatchCollection
+
+    sub = adata_all[adata_all.obs["section"].isin(["A1", "C2", "D1"])].copy()
+    sub.obs["section"] = sub.obs["section"].cat.remove_unused_categories()
+    sub.uns["spatial"] = {s: adata_all.uns["spatial"][s] for s in ["A1", "C2", "D1"]}
+    for section, img in [("A1", True), ("C2", True), ("D1", False)]:
+        fig, ax = plt.subplots()
+        sq.pl.spatial_scatter(
+            sub, library_key="section", library_id=section, img=img, img_res_key="hires", color="label", ax=ax
+        )
+        scalefactors = sub.uns["spatial"][section]["scalefactors"]
+        scale = scalefactors["tissue_hires_scalef"]
+        # spots are drawn as circles in image pixels: centre = obsm["spatial"] * scale factor
+        circles = [c for c in ax.collections if isinstance(c, PatchCollection)]
+        paths = [p for c in circles for p in c.get_paths()]
+        lo = np.array([p.vertices.min(0) for p in paths])
+        hi = np.array([p.vertices.max(0) for p in paths])
+        expected = sub.obsm["spatial"][sub.obs["section"] == section] * scale
+        np.testing.assert_allclose(np.sort((lo + hi) / 2, axis=0), np.sort(expected, axis=0), atol=1e-3)
+        np.testing.assert_allclose(hi - lo, scalefactors["spot_diameter_fullres"] * scale, rtol=1e-3)
+        if img:
+            height, width = sub.uns["spatial"][section]["images"]["hires"].shape[:2]
+            assert ax.images[0].get_array().shape[:2] == (height, width)
+        plt.close(fig)
+
+
+def test_h5ad_round_trip(adata_all, tmp_path):
+    sub = adata_all[adata_all.obs["section"].isin(["A1", "D1"])].copy()
+    sub.uns["spatial"] = {s: adata_all.uns["spatial"][s] for s in ["A1", "D1"]}
+    sub.write_h5ad(tmp_path / "x.h5ad")
+    back = ad.read_h5ad(tmp_path / "x.h5ad")
+    assert back.obs["cancer"].dtype == "boolean"
+    np.testing.assert_array_equal(
+        back.uns["spatial"]["A1"]["images"]["hires"], sub.uns["spatial"]["A1"]["images"]["hires"]
+    )
+    assert dict(back.uns["spatial"]["D1"]["images"]) == {}
+
+
+def test_section_selection_and_order(her2st_root):
+    adata = spacrd.datasets.her2st(["C2", "A1"], path=her2st_root, load_images=False)
+    assert list(adata.obs["section"].cat.categories) == ["C2", "A1"]
+    assert adata.obs["section"].iloc[0] == "C2"
+    assert adata.uns["spatial"]["C2"]["images"] == {}
+    assert "fullres_image_path" not in adata.uns["spatial"]["C2"]["metadata"]
+    single = spacrd.datasets.her2st("B2", path=her2st_root)
+    assert single.obs["label"].isna().all()
+    assert single.obs["cancer"].isna().all()
+    assert (single.var["n_sections"] == 1).all()
+
+
+def test_unknown_and_repeated_sections(her2st_root):
+    with pytest.raises(ValueError, match=r"Unknown HER2ST section\(s\) \['G2'\].*'A1'"):
+        spacrd.datasets.her2st(["A1", "G2"], path=her2st_root)
+    with pytest.raises(ValueError, match="more than once"):
+        spacrd.datasets.her2st(["A1", "A1"], path=her2st_root)
+    with pytest.raises(ValueError, match="No sections"):
+        spacrd.datasets.her2st([], path=her2st_root)
+
+
+def test_missing_files(her2st_root, tmp_path):
+    (tmp_path / "data").mkdir()
+    shutil.copytree(her2st_root / "data" / "ST-cnts", tmp_path / "data" / "ST-cnts")
+    shutil.copytree(her2st_root / "data" / "ST-spotfiles", tmp_path / "data" / "ST-spotfiles")
+    with pytest.raises(FileNotFoundError, match=r"ST-pat/lbl/A1_labeled_coordinates.tsv.*path=None"):
+        spacrd.datasets.her2st("A1", path=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"ST-imgs/C/C2/5714_HE_BT_C2.jpg.*load_images=False"):
+        spacrd.datasets.her2st("C2", path=tmp_path)
+    # without images C2 needs only the files that are there
+    adata = spacrd.datasets.her2st("C2", path=tmp_path, load_images=False)
+    assert adata.n_obs == 187
+
+
+def test_lfs_pointer_image_is_explained(her2st_root, tmp_path):
+    root = tmp_path / "her2st"
+    shutil.copytree(her2st_root / "data" / "ST-cnts", root / "data" / "ST-cnts")
+    shutil.copytree(her2st_root / "data" / "ST-spotfiles", root / "data" / "ST-spotfiles")
+    pointer = root / "data" / "ST-imgs" / "C" / "C2" / "5714_HE_BT_C2.jpg"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
+    with pytest.raises(ValueError, match="git lfs pull"):
+        spacrd.datasets.her2st("C2", path=root)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path, monkeypatch):
+    """Serve a folder over HTTP on 127.0.0.1 and point the loader's download URL and cache at it."""
+    served = tmp_path / "served"
+    served.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(_her2st, "BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    monkeypatch.setenv("SPACRD_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    yield served, tmp_path / "cache"
+    server.shutdown()
+    thread.join()
+
+
+def _serve_copy(her2st_root, served, section_files):
+    for relative in section_files:
+        (served / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(her2st_root / relative, served / relative)
+
+
+def test_download_verifies_and_caches(her2st_root, http_root):
+    served, cache = http_root
+    needed = _her2st._files_for("A1", load_images=True)
+    _serve_copy(her2st_root, served, needed)
+    downloaded = spacrd.datasets.her2st("A1")
+    local = spacrd.datasets.her2st("A1", path=her2st_root)
+    assert (downloaded.X != local.X).nnz == 0
+    np.testing.assert_array_equal(downloaded.obsm["spatial"], local.obsm["spatial"])
+    np.testing.assert_array_equal(
+        downloaded.uns["spatial"]["A1"]["images"]["hires"], local.uns["spatial"]["A1"]["images"]["hires"]
+    )
+    assert downloaded.obs["label"].equals(local.obs["label"])
+    for relative in needed:
+        assert (cache / relative).is_file()
+    # a second call reads the cache: it works with the server emptied
+    shutil.rmtree(served / "data")
+    again = spacrd.datasets.her2st("A1", load_images=False)
+    assert again.n_obs == 346
+
+
+def test_download_rejects_altered_file(her2st_root, http_root):
+    served, _ = http_root
+    needed = _her2st._files_for("B2", load_images=False)
+    _serve_copy(her2st_root, served, needed)
+    spot_file = served / needed[1]
+    spot_file.write_text(spot_file.read_text().replace("\t1\n", "\t0\n", 1))
+    with pytest.raises(ValueError, match="SHA256"):
+        spacrd.datasets.her2st("B2")
+
+
+def _write_gz(path, text):
+    with gzip.open(path, "wt") as fh:
+        fh.write(text)
+
+
+def test_count_reader_plain_and_fallback(tmp_path):
+    plain = "\tG1\tG2\tG3\n1x2\t0\t12\t00\n3x4\t305\t0\t7\n"
+    _write_gz(tmp_path / "plain.tsv.gz", plain)
+    ids, genes, x = read_count_tsv(tmp_path / "plain.tsv.gz")
+    assert ids == ["1x2", "3x4"]
+    assert genes == ["G1", "G2", "G3"]
+    np.testing.assert_array_equal(x.toarray(), [[0, 12, 0], [305, 0, 7]])
+    assert x.nnz == 3  # "00" is not stored
+    # decimals and a missing final newline are read through pandas and still give exact counts
+    (tmp_path / "float.tsv").write_text("\tG1\tG2\n1x2\t1.0\t0.0\n3x4\t2.0\t3.0")
+    _, _, x = read_count_tsv(tmp_path / "float.tsv")
+    np.testing.assert_array_equal(x.toarray(), [[1, 0], [2, 3]])
+    (tmp_path / "frac.tsv").write_text("\tG1\n1x2\t1.5\n")
+    with pytest.raises(ValueError, match="non-negative integers"):
+        read_count_tsv(tmp_path / "frac.tsv")
+    (tmp_path / "ragged.tsv").write_text("\tG1\tG2\n1x2\t1\n")
+    with pytest.raises(ValueError, match="non-negative integers"):
+        read_count_tsv(tmp_path / "ragged.tsv")
