@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from spacrd.module import STAGES, SpaCRDModule
+from spacrd.module._constants import TENSOR_KEYS, UNLABELLED
+from spacrd.nn import CrossAttentionBlock
+
+
+def _batch(n=16, k=5, n_genes=30, n_image=8, with_image=True):
+    torch.manual_seed(0)
+    batch = {
+        TENSOR_KEYS.GENE_TOKENS: torch.randn(n, k, n_genes),
+        TENSOR_KEYS.PADDING_MASK: torch.zeros(n, k, dtype=torch.bool),
+        TENSOR_KEYS.LABELS: torch.tensor([0, 1, UNLABELLED, 1] * (n // 4)),
+    }
+    if with_image:
+        batch[TENSOR_KEYS.IMAGE_TOKENS] = torch.randn(n, k, n_image)
+        batch[TENSOR_KEYS.IMAGE_MASK] = torch.ones(n, k, dtype=torch.bool)
+    return batch
+
+
+def test_inference_shapes():
+    module = SpaCRDModule(n_genes=30, n_image_features=8, n_hidden=(32,), n_embed=16, n_heads=4, n_latent=6)
+    out = module.inference(**module._get_inference_input(_batch()))
+    assert out["h"].shape == (16, 16)
+    assert out["qz_mean"].shape == out["qz_log_var"].shape == (16, 6)
+    assert out["logits"].shape == (16,)
+    # Embeddings are normalised over features, not over neighbours.
+    torch.testing.assert_close(out["gene_emb"].norm(dim=-1), torch.ones(16))
+    assert module.generative(out["z"])["h_rec"].shape == (16, 16)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_losses_are_finite_and_differentiable(stage):
+    module = SpaCRDModule(n_genes=30, n_image_features=8, n_hidden=(32,), n_embed=16, n_heads=4, n_latent=6)
+    _, _, loss = module(
+        _batch(), inference_kwargs={"centre_only": stage == "align"}, loss_kwargs={"stage": stage}
+    )
+    assert torch.isfinite(loss.loss)
+    loss.loss.backward()
+    grads = [p.grad for p in module.gene_encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    if stage == "classify":
+        assert "classification_loss" in loss.extra_metrics
+        # Unlabelled spots add no KL term.
+        assert loss.kl_local["kl_local"][2] == 0
+
+
+def test_unknown_stage_raises():
+    module = SpaCRDModule(n_genes=30, n_hidden=(32,), n_embed=16, n_heads=4, n_latent=6)
+    with pytest.raises(ValueError, match="Unknown stage"):
+        module(_batch(with_image=False), loss_kwargs={"stage": "pretrain"})
+
+
+def test_expression_only_uses_gene_tokens_in_both_branches():
+    module = SpaCRDModule(n_genes=30, n_hidden=(32,), n_embed=16, n_heads=4, n_latent=6)
+    assert module.image_encoder is None
+    out = module.inference(**module._get_inference_input(_batch(with_image=False)))
+    torch.testing.assert_close(out["gene_emb"], out["image_emb"])
+    assert not out["has_image"].any()
+
+
+def test_missing_image_tokens_fall_back_to_gene_embedding():
+    module = SpaCRDModule(
+        n_genes=30, n_image_features=8, n_hidden=(32,), n_embed=16, n_heads=4, n_latent=6
+    ).eval()
+    batch = _batch()
+    batch[TENSOR_KEYS.IMAGE_MASK][:4] = False
+    out = module.inference(**module._get_inference_input(batch))
+    torch.testing.assert_close(out["image_emb"][:4], out["gene_emb"][:4])
+    assert not torch.allclose(out["image_emb"][4:], out["gene_emb"][4:])
+
+
+def test_contrastive_loss_rewards_aligned_pairs():
+    module = SpaCRDModule(n_genes=4, n_image_features=4, n_hidden=(8,), n_embed=8, n_heads=2, n_latent=2)
+    emb = torch.nn.functional.normalize(torch.randn(12, 8), dim=-1)
+    aligned = module._contrastive_loss(
+        {"gene_emb": emb, "image_emb": emb, "has_image": torch.ones(12, dtype=bool)}
+    )
+    shuffled = module._contrastive_loss(
+        {"gene_emb": emb, "image_emb": emb.roll(1, 0), "has_image": torch.ones(12, dtype=bool)}
+    )
+    assert aligned < shuffled
+
+
+def test_class_mean_margin_is_bounded():
+    module = SpaCRDModule(n_genes=4, n_hidden=(8,), n_embed=8, n_heads=2, n_latent=2, class_mean_margin=1.0)
+    with torch.no_grad():
+        module.class_means[:] = torch.tensor([[0.0, 0.0], [100.0, 0.0]])
+    out = module.inference(**module._get_inference_input(_batch(n_genes=4, with_image=False)))
+    gen = module.generative(out["z"])
+    *_, penalty = module._fused_loss(torch.tensor([0, 1, 0, 1] * 4), out, gen)
+    assert penalty == 0  # far-apart means are not rewarded further
+
+
+def test_cross_attention_respects_padding():
+    block = CrossAttentionBlock(8, 2, dropout=0.0).eval()
+    query = torch.randn(1, 3, 8)
+    context = torch.randn(1, 3, 8)
+    mask = torch.tensor([[False, False, True]])
+    changed = context.clone()
+    changed[0, 2] += 10
+    torch.testing.assert_close(block(query, context, mask), block(query, changed, mask))
