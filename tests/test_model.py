@@ -147,7 +147,7 @@ def test_save_load_roundtrip(trained, tmp_path):
 
 def test_load_rejects_bad_directories(trained, tmp_path):
     model, _ = trained
-    with pytest.raises(FileNotFoundError, match="not a directory written by SpaCRD.save"):
+    with pytest.raises(FileNotFoundError, match=r"not a directory written by SpaCRD\.save"):
         SpaCRD.load(tmp_path / "nothing")
     model.save(tmp_path / "m")
     weights = (tmp_path / "m" / "model.pt").read_bytes()
