@@ -430,3 +430,29 @@ def test_training_history_errors():
         spacrd.pl.training_history({"elbo_train": _curve("elbo_train", [1.0, 0.5])}, show=False)
     with pytest.raises(TypeError, match="history"):
         spacrd.pl.training_history([1, 2, 3], show=False)
+
+
+# ------------------------------------------------------------------------------------ real HER2ST A1
+def test_ctr_on_her2st_a1_spots_sit_on_the_tissue(her2st_root):
+    """On the real A1 section every spot must be drawn on tissue, not on the blacked-out background."""
+    adata = spacrd.datasets.her2st("A1", path=her2st_root)
+    # the pathologist's annotation stands in for a score: this test is about where spots are drawn
+    adata.obs["ctr_prob"] = adata.obs["cancer"].astype(float)
+    adata.obs["ctr"] = pd.Categorical(
+        np.where(adata.obs["cancer"], "cancer", "non-cancer"), categories=["non-cancer", "cancer"]
+    )
+    prob_ax, label_ax = spacrd.pl.ctr(adata, labels_key="label", return_ax=True)
+    assert prob_ax.get_title() == "A1: ctr_prob" and label_ax.get_title() == "A1: label"
+
+    image = np.asarray(prob_ax.get_images()[0].get_array(), dtype=float)
+    image = image / 255.0 if image.max() > 1 else image
+    centres, radii = _centres_radii(_filled(prob_ax))
+    assert len(centres) == adata.n_obs
+    pixels = image[centres[:, 1].round().astype(int), centres[:, 0].round().astype(int), :3]
+    on_tissue = pixels.max(axis=1) > 0.15
+    assert on_tissue.mean() > 0.97
+    # ST spots are 100 µm wide on a 200 µm grid: the drawn diameter is about half the spot pitch
+    pitch = np.median(np.sort(np.linalg.norm(centres[:, None] - centres[None], axis=-1), axis=1)[:, 1])
+    assert 2 * np.median(radii) / pitch == pytest.approx(0.5, abs=0.05)
+    outline_centres, _ = _centres_radii(_outline(prob_ax))
+    assert len(outline_centres) == int(adata.obs["cancer"].sum())
