@@ -36,18 +36,20 @@ N_NEIGHBORS = 7  # the spot itself and its 6 nearest spots: one ring on the hexa
 
 
 class Timer:
-    """Accumulates wall-clock seconds per named phase (``train``, ``predict``)."""
+    """Accumulates wall-clock and process CPU seconds (all threads) per phase (``train``, ``predict``)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {"train": 0.0, "predict": 0.0}
+        self.cpu_seconds: dict[str, float] = {"train": 0.0, "predict": 0.0}
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - c0
 
 
 def labelled(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:

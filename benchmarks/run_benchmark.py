@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import anndata as ad
@@ -75,6 +76,8 @@ def load_data(data: Path, extra: list[Path], with_image: bool) -> tuple[ad.AnnDa
     from spacrd.datasets import her2st
 
     parts = [her2st(sections=list(HER2ST_LABELLED), path=data)]
+    if "n_sections" in parts[0].var:  # the loader returns the union of genes; keep those in every section
+        parts[0] = parts[0][:, parts[0].var["n_sections"] == len(HER2ST_LABELLED)].copy()
     parts += [ad.read_h5ad(p) for p in extra]
     image_s = 0.0
     for i, part in enumerate(parts):
@@ -161,8 +164,10 @@ def _child(method: str, train: ad.AnnData, test: ad.AnnData, seed: int, options:
         raise RuntimeError("cannot reset the peak RSS via /proc/self/clear_refs; memory would be misreported")
     before = _proc_status_mb("VmRSS")
     timer = Timer()
+    load = os.getloadavg()[0]
     prob = METHODS[method](train, test, seed, timer=timer, **options)
     after = _proc_status_mb("VmHWM")
+    load = max(load, os.getloadavg()[0])
     call = None
     if "ctr" in test.obs:
         call = (test.obs["ctr"].astype(str) == "cancer").to_numpy()
@@ -171,8 +176,12 @@ def _child(method: str, train: ad.AnnData, test: ad.AnnData, seed: int, options:
         "call": call,
         "train_s": timer.seconds["train"],
         "predict_s": timer.seconds["predict"],
+        "train_cpu_s": timer.cpu_seconds["train"],
+        "predict_cpu_s": timer.cpu_seconds["predict"],
         "peak_rss_mb": after,
         "rss_growth_mb": after - before,
+        "load_avg": load,
+        "cores": len(os.sched_getaffinity(0)),
     }
 
 
@@ -261,20 +270,23 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
     lines += [
         "## Cost per held-out section",
         "",
-        "| method | training wall time (s) | prediction wall time (s) | peak RSS growth (MiB)⁴ | peak RSS (MiB) |",
-        "|---|---|---|---|---|",
+        "| method | runs | training wall (s) | training CPU (s)⁵ | prediction wall (s) | prediction CPU (s) "
+        "| peak RSS growth (MiB)⁴ | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m in methods:
         d = df[df["method"] == m]
         lines.append(
-            f"| {m} | {d['train_s'].mean():.1f} | {d['predict_s'].mean():.2f} | "
+            f"| {m} | {len(d)} | {d['train_s'].mean():.1f} | {d['train_cpu_s'].mean():.1f} | "
+            f"{d['predict_s'].mean():.2f} | {d['predict_cpu_s'].mean():.2f} | "
             f"{d['rss_growth_mb'].mean():.0f} (max {d['rss_growth_mb'].max():.0f}) | {d['peak_rss_mb'].max():.0f} |"
         )
     lines += [
         "",
         "Bold: best mean in the row. Every method is trained on the other labelled sections only and "
-        "never reads the held-out section's labels; spots without a cancer/non-cancer label "
-        "(`undetermined`) are scored but not counted.",
+        "never reads the held-out section's labels. Cancer = invasive cancer or cancer in situ; every "
+        "other pathologist label (`undetermined` included) is non-cancer, as in the SpaCRD paper. Spots "
+        "without any label would be scored but not counted.",
         "",
         "¹ Threshold at the quantile of the scores equal to the held-out section's true share of "
         "non-cancer spots (the SpaCRD paper's rule). It uses the held-out labels, so it is optimistic.",
@@ -293,6 +305,11 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
         "the peak (`VmHWM`) reached while the method trains and predicts minus the RSS at the reset, "
         "i.e. the memory the method itself needs at its high-water mark. Peak RSS is that peak for the "
         "whole process, imports and data included.",
+        "",
+        "⁵ CPU time of the process over all its threads (`time.process_time`). Wall times are means per "
+        "held-out section and grow when other jobs share the machine; the 1-minute load average seen "
+        f"by the runs was {df['load_avg'].min():.1f}–{df['load_avg'].max():.1f} "
+        f"on {int(df['cores'].max())} cores.",
         "",
     ]
     if notes:
@@ -377,7 +394,11 @@ def main(argv: list[str] | None = None) -> None:
                 if method == "spacrd":
                     options["image_key"] = image_key
                 t1 = time.perf_counter()
-                res = run_one(method, train, test, seed, options)
+                try:
+                    res = run_one(method, train, test, seed, options)
+                except Exception:  # keep the other runs of a long benchmark; --resume retries this one
+                    print(f"{sec} {method} seed={seed} FAILED:\n{traceback.format_exc()}", flush=True)
+                    continue
                 call = None if res["call"] is None else res["call"][mask]
                 m = section_metrics(y, res["prob"][mask], call=call, seed=seed)
                 row = {
@@ -385,10 +406,7 @@ def main(argv: list[str] | None = None) -> None:
                     "method": method,
                     "seed": seed,
                     **m,
-                    "train_s": res["train_s"],
-                    "predict_s": res["predict_s"],
-                    "peak_rss_mb": res["peak_rss_mb"],
-                    "rss_growth_mb": res["rss_growth_mb"],
+                    **{k: v for k, v in res.items() if k not in ("prob", "call")},
                     "n_train_spots": int(labelled(train)[0].sum()),
                     "n_genes": adata.n_vars,
                     "quick": args.quick,

@@ -157,8 +157,12 @@ def test_summary_has_section_and_mean_rows():
                         "n": 100,
                         "train_s": 1.0,
                         "predict_s": 0.1,
+                        "train_cpu_s": 2.0,
+                        "predict_cpu_s": 0.2,
                         "peak_rss_mb": 900.0,
                         "rss_growth_mb": 50.0,
+                        "load_avg": 1.0,
+                        "cores": 2,
                     }
                 )
     text = rb.summarise(pd.DataFrame(rows))
