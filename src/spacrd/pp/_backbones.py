@@ -1,0 +1,167 @@
+"""Feature extractors applied to batches of spot crops."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ._crops import resize_crops
+from ._histology_stats import FEATURE_NAMES, INPUT_SIZE, histology_stats
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_TIMM_HINT = (
+    "pip install timm (timm needs torchvision built for your torch version; install the matching pair, "
+    "e.g. from https://pytorch.org/get-started/locally/)"
+)
+
+
+class Backbone:
+    """A feature extractor: uint8 RGB crops ``(b, s, s, 3)`` -> float32 features ``(b, d)``."""
+
+    name: str
+    input_size: tuple[int, int]
+    feature_names: list[str] | None = None
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Undo temporary changes to a user's module."""
+
+
+class HistologyStatsBackbone(Backbone):
+    name = "histology_stats"
+    input_size = (INPUT_SIZE, INPUT_SIZE)
+    feature_names: ClassVar[list[str]] = list(FEATURE_NAMES)
+
+    def __call__(self, crops):
+        rgb = resize_crops(crops, self.input_size).permute(0, 2, 3, 1).numpy()
+        return histology_stats(rgb)
+
+
+class TorchBackbone(Backbone):
+    """Any :class:`torch.nn.Module` mapping ``(b, 3, h, w)`` float tensors to ``(b, d)`` (or ``(b, d, ...)``)."""
+
+    def __init__(
+        self,
+        module,
+        *,
+        name: str,
+        input_size: int | tuple[int, ...] | None,
+        transform: Callable | None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        device: Any = None,
+    ):
+        import torch
+
+        self.name = name
+        size = input_size if input_size is not None else getattr(module, "input_size", 224)
+        self.input_size = _as_hw(size)
+        self.transform = transform if transform is not None else getattr(module, "transform", None)
+        if self.transform is not None and not callable(self.transform):
+            raise TypeError("transform must be callable: float tensor (b, 3, h, w) in [0, 1] -> tensor.")
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        if device is not None:
+            module.to(device)
+        parameter = next(iter(module.parameters()), None)
+        self.device = parameter.device if parameter is not None else torch.device(device or "cpu")
+        self.module = module
+        self._was_training = module.training
+        module.eval()
+
+    def __call__(self, crops):
+        import torch
+
+        x = resize_crops(crops, self.input_size).to(self.device)
+        if self.transform is not None:
+            x = self.transform(x)
+        else:
+            x = (x - self._mean.to(self.device)) / self._std.to(self.device)
+        with torch.inference_mode():
+            y = self.module(x)
+        if isinstance(y, tuple | list):
+            y = y[0]
+        if not isinstance(y, torch.Tensor) or y.ndim < 2 or y.shape[0] != len(crops):
+            raise ValueError(
+                f"Backbone {self.name!r} must return a (batch, features) tensor; got "
+                f"{getattr(y, 'shape', type(y).__name__)} for a batch of {len(crops)}."
+            )
+        return y.flatten(1).float().cpu().numpy()
+
+    def close(self):
+        self.module.train(self._was_training)
+
+
+def _as_hw(size) -> tuple[int, int]:
+    if isinstance(size, int | np.integer):
+        return (int(size), int(size))
+    size = tuple(int(s) for s in size)
+    if len(size) == 3:  # timm-style (channels, height, width)
+        size = size[1:]
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"input_size must be an int or (height, width), got {size}.")
+    return size
+
+
+def import_timm():
+    """Import :mod:`timm`, explaining how to install it when it is missing."""
+    try:
+        import timm
+    except ImportError as err:
+        raise ImportError(f"Backbones from timm need the optional package timm: {_TIMM_HINT}.") from err
+    return timm
+
+
+def resolve_backbone(
+    backbone: Any,
+    *,
+    input_size: int | tuple[int, int] | None = None,
+    transform: Callable | None = None,
+    device: Any = None,
+    pretrained: bool = True,
+    checkpoint_path: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> Backbone:
+    """Turn the ``backbone`` argument of :func:`spacrd.pp.image_features` into a :class:`Backbone`."""
+    if isinstance(backbone, str) and backbone == "histology_stats":
+        return HistologyStatsBackbone()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(backbone, torch.nn.Module):
+        return TorchBackbone(
+            backbone, name=type(backbone).__name__, input_size=input_size, transform=transform, device=device
+        )
+    if not isinstance(backbone, str) or not backbone:
+        raise TypeError(
+            "backbone must be 'histology_stats', a torch.nn.Module, or a timm model name ('timm:<name>' or "
+            f"'hf-hub:<org>/<repo>'); got {type(backbone).__name__}."
+        )
+    timm = import_timm()
+    name = backbone.removeprefix("timm:")
+    kwargs = dict(model_kwargs or {})
+    model = timm.create_model(
+        name,
+        pretrained=pretrained and not checkpoint_path,
+        checkpoint_path=checkpoint_path or "",
+        num_classes=0,
+        **kwargs,
+    )
+    config = timm.data.resolve_model_data_config(model)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TorchBackbone(
+        model,
+        name=backbone,
+        input_size=input_size if input_size is not None else config["input_size"],
+        transform=transform,
+        mean=tuple(config.get("mean", IMAGENET_MEAN)),
+        std=tuple(config.get("std", IMAGENET_STD)),
+        device=device,
+    )

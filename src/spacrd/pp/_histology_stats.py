@@ -1,0 +1,180 @@
+"""Hand-crafted H&E morphology features that need no downloaded weights."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.color import hed_from_rgb
+
+#: Side length in pixels to which every crop is resized before the statistics are computed.
+INPUT_SIZE = 64
+
+#: Feature names, in column order, with what each measures. "Tissue pixels" excludes glass (bright,
+#: unsaturated), blacked-out background and constant padding; statistics fall back to all pixels when a
+#: crop has almost no tissue. Stain optical densities are colour deconvolution units of
+#: :func:`skimage.color.rgb2hed` (Ruifrok & Johnston); pixel counts refer to the 64 × 64 resized crop.
+FEATURE_DESCRIPTIONS: dict[str, str] = {
+    **{
+        f"{stain}_{stat}": f"{name} optical density of tissue pixels: {what}"
+        for stain, name in (("h", "haematoxylin"), ("e", "eosin"), ("d", "DAB/residual"))
+        for stat, what in (
+            ("mean", "mean"),
+            ("std", "standard deviation"),
+            ("q10", "10th percentile"),
+            ("q50", "median"),
+            ("q90", "90th percentile"),
+        )
+    },
+    "r_mean": "mean red of tissue pixels (0-1)",
+    "g_mean": "mean green of tissue pixels (0-1)",
+    "b_mean": "mean blue of tissue pixels (0-1)",
+    "saturation_mean": "mean HSV saturation of tissue pixels",
+    "gray_mean": "mean luminance of tissue pixels (0-1)",
+    "gray_std": "standard deviation of luminance of tissue pixels",
+    "tissue_fraction": "fraction of the crop covered by tissue",
+    "nuclei_fraction": "fraction of tissue pixels whose haematoxylin density exceeds the nuclear threshold",
+    "nuclei_count": "number of connected nuclear-pixel blobs of at least 3 pixels",
+    "nuclei_area_mean": "mean area in pixels of those blobs (0 without blobs)",
+    "glcm_contrast": "grey-level co-occurrence contrast of luminance (32 levels, distance 1, mean of 4 angles)",
+    "glcm_homogeneity": "grey-level co-occurrence homogeneity",
+    "glcm_energy": "grey-level co-occurrence energy (square root of the angular second moment)",
+    "glcm_correlation": "grey-level co-occurrence correlation",
+    "gradient_mean": "mean luminance gradient magnitude (central differences, per pixel)",
+    "gradient_std": "standard deviation of the luminance gradient magnitude",
+}
+FEATURE_NAMES: tuple[str, ...] = tuple(FEATURE_DESCRIPTIONS)
+
+_LUMINANCE = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # as skimage.color.rgb2gray
+_HED_FROM_RGB = hed_from_rgb.astype(np.float32)
+_LOG_FLOOR = np.float32(np.log(1e-6))
+_DARK_MAX = 0.1  # blacked-out background (and black padding) has every channel below this
+_GLASS_MIN, _GLASS_RANGE = 0.8, 0.1  # glass: all channels bright and nearly equal
+_NUCLEAR_H = 0.12  # haematoxylin density above which a pixel is counted as nuclear
+_MIN_BLOB = 3
+_MIN_TISSUE_PIXELS = 16
+_GLCM_LEVELS = 32
+_GLCM_OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1))  # 0, 45, 90, 135 degrees as in skimage.feature
+
+
+def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
+    """Colour deconvolution into haematoxylin, eosin and DAB optical densities.
+
+    Same as :func:`skimage.color.rgb2hed` in float32, for ``(..., 3)`` arrays of any leading shape.
+    """
+    od = np.log(np.maximum(rgb, np.float32(1e-6))) / _LOG_FLOOR
+    return np.maximum(od @ _HED_FROM_RGB, 0)
+
+
+def histology_stats(rgb: np.ndarray) -> np.ndarray:
+    """Morphology features of a batch of RGB crops.
+
+    Parameters
+    ----------
+    rgb
+        ``(n, INPUT_SIZE, INPUT_SIZE, 3)`` float32 RGB in [0, 1].
+
+    Returns
+    -------
+    ``(n, len(FEATURE_NAMES))`` float32, columns as :data:`FEATURE_NAMES`, finite for finite input.
+
+    """
+    rgb = np.asarray(rgb, dtype=np.float32)
+    n = rgb.shape[0]
+    flat = rgb.reshape(n, -1, 3)
+    hi, lo = flat.max(-1), flat.min(-1)
+    background = (hi < _DARK_MAX) | ((lo > _GLASS_MIN) & (hi - lo < _GLASS_RANGE))
+    tissue = ~background
+    tissue_fraction = tissue.mean(1)
+    # statistics over tissue pixels; crops with (almost) no tissue use all their pixels instead
+    mask = np.where((tissue.sum(1) >= _MIN_TISSUE_PIXELS)[:, None], tissue, True)
+    weight = mask / mask.sum(1, keepdims=True)
+
+    hed = rgb_to_hed(flat)
+    gray = flat @ _LUMINANCE
+    saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0)
+
+    columns = []
+    for channel in range(3):
+        values = hed[..., channel]
+        mean = (values * weight).sum(1)
+        std = np.sqrt(np.maximum((values**2 * weight).sum(1) - mean**2, 0))
+        columns += [mean, std, *_masked_quantiles(values, mask, (0.1, 0.5, 0.9))]
+    columns += [(flat[..., c] * weight).sum(1) for c in range(3)]
+    columns.append((saturation * weight).sum(1))
+    gray_mean = (gray * weight).sum(1)
+    columns += [gray_mean, np.sqrt(np.maximum((gray**2 * weight).sum(1) - gray_mean**2, 0))]
+    columns.append(tissue_fraction)
+
+    nuclear = (hed[..., 0] > _NUCLEAR_H) & tissue
+    columns.append(nuclear.sum(1) / np.maximum(tissue.sum(1), 1))
+    count, mean_area = _blob_stats(nuclear.reshape(n, *rgb.shape[1:3]))
+    columns += [count, mean_area]
+
+    gray_img = gray.reshape(n, *rgb.shape[1:3])
+    columns += list(_glcm_props(gray_img))
+    gy, gx = np.gradient(gray_img, axis=(1, 2))
+    magnitude = np.sqrt(gx**2 + gy**2).reshape(n, -1)
+    columns += [magnitude.mean(1), magnitude.std(1)]
+
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def _masked_quantiles(values: np.ndarray, mask: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    # Sort with excluded pixels pushed to the end, then index each row at its own quantile positions
+    # (linear interpolation, as numpy's default method).
+    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
+    count = mask.sum(1)
+    rows = np.arange(values.shape[0])
+    out = []
+    for q in qs:
+        position = q * (count - 1)
+        below = np.floor(position).astype(np.int64)
+        above = np.minimum(below + 1, count - 1)
+        frac = (position - below).astype(np.float32)
+        out.append(ordered[rows, below] * (1 - frac) + ordered[rows, above] * frac)
+    return out
+
+
+def _blob_stats(nuclear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = nuclear.shape[0]
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within a crop, never across
+    labels, n_labels = ndimage.label(nuclear, structure=structure)
+    area = np.bincount(labels.ravel(), minlength=n_labels + 1)[1:]
+    crop_of_label = np.zeros(n_labels + 1, dtype=np.int64)
+    crop_of_label[labels.ravel()] = np.repeat(np.arange(n), nuclear[0].size)
+    crop_of_label = crop_of_label[1:]
+    keep = area >= _MIN_BLOB
+    count = np.bincount(crop_of_label[keep], minlength=n).astype(np.float32)
+    total = np.bincount(crop_of_label[keep], weights=area[keep], minlength=n)
+    return count, (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def _glcm_props(gray: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Contrast, homogeneity, energy and correlation as :func:`skimage.feature.graycoprops`, batched.
+
+    Uses a symmetric, normalised co-occurrence matrix per crop and offset, averaged over the offsets.
+    """
+    levels = _GLCM_LEVELS
+    n, h, w = gray.shape
+    q = np.clip((gray * levels).astype(np.int64), 0, levels - 1)
+    i, j = np.meshgrid(np.arange(levels), np.arange(levels), indexing="ij")
+    props = np.zeros((4, n))
+    for dr, dc in _GLCM_OFFSETS:
+        a = q[:, max(0, -dr) : h - max(0, dr), max(0, -dc) : w - max(0, dc)]
+        b = q[:, max(0, dr) : h + min(0, dr), max(0, dc) : w + min(0, dc)]
+        index = (np.arange(n)[:, None, None] * levels + a) * levels + b
+        p = np.bincount(index.ravel(), minlength=n * levels * levels).reshape(n, levels, levels)
+        p = (p + p.transpose(0, 2, 1)).astype(np.float64)
+        p /= p.sum((1, 2), keepdims=True)
+        props[0] += (p * (i - j) ** 2).sum((1, 2))
+        props[1] += (p / (1.0 + (i - j) ** 2)).sum((1, 2))
+        props[2] += np.sqrt((p**2).sum((1, 2)))
+        mu_i = (p * i).sum((1, 2))
+        mu_j = (p * j).sum((1, 2))
+        sd_i = np.sqrt((p * (i - mu_i[:, None, None]) ** 2).sum((1, 2)))
+        sd_j = np.sqrt((p * (j - mu_j[:, None, None]) ** 2).sum((1, 2)))
+        cov = (p * (i - mu_i[:, None, None]) * (j - mu_j[:, None, None])).sum((1, 2))
+        flat = (sd_i < 1e-15) | (sd_j < 1e-15)
+        props[3] += np.where(flat, 1.0, cov / np.where(flat, 1.0, sd_i * sd_j))
+    return tuple((props / len(_GLCM_OFFSETS)).astype(np.float32))
