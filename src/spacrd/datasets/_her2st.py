@@ -177,6 +177,10 @@ def her2st(
     counts, var_lists, obs_parts, coords, spatial = [], [], [], [], {}
     for section in sections:
         spot_ids, genes, x = read_count_tsv(local[_counts_file(section)])
+        if len(set(genes)) != len(genes):
+            raise ValueError(
+                f"{local[_counts_file(section)]}: gene names repeat; cannot align genes across sections."
+            )
         spots = _read_spot_file(local[_spot_file(section)], spot_ids, section)
         obs = _section_obs(section, spot_ids)
         if section in LABELLED_SECTIONS:
