@@ -156,6 +156,16 @@ def her2st(
           image file) and, for JPEG sections, ``"fullres_image_path"``: the full-resolution image that
           :func:`spacrd.pp.image_features` crops from, decoded when it runs.
 
+    Notes
+    -----
+    - A2 loads without an image: the authors' ``A2_HE_image_dark.png`` was warped onto A1 for their
+      Shiny app, and A2's spot coordinates do not map onto it by a scale factor (``metadata["note"]``).
+    - The A1 PNG carries the authors' small annotated thumbnail in its top-right corner, away from all
+      spots.
+    - The A1, C1 and D1 label files list a few positions absent from the count matrix, and F1's has a
+      row without coordinates; those rows are ignored, so the labelled counts are A1 346, B1 295,
+      C1 176, D1 306, E1 587, F1 691 (every spot of these sections).
+
     Raises
     ------
     ValueError
