@@ -456,3 +456,45 @@ def test_ctr_on_her2st_a1_spots_sit_on_the_tissue(her2st_root):
     assert 2 * np.median(radii) / pitch == pytest.approx(0.5, abs=0.05)
     outline_centres, _ = _centres_radii(_outline(prob_ax))
     assert len(outline_centres) == int(adata.obs["cancer"].sum())
+
+
+# ------------------------------------------------------------------------- with a trained SpaCRD model
+def test_plots_read_what_a_trained_model_writes():
+    """Train a tiny model one epoch per stage and plot its history and its predictions."""
+    import scvi
+
+    scvi.settings.seed = 0
+    adata = make_adata()
+    rng = np.random.default_rng(1)
+    adata.layers["counts"] = rng.poisson(2.0, adata.shape).astype(np.float32)
+    adata.obsm["X_histology"] = rng.normal(size=(adata.n_obs, 8)).astype(np.float32)
+    # start from what the model will write, not from the synthetic stand-ins
+    adata.obs = adata.obs.drop(columns=["ctr_prob", "ctr"])
+    del adata.uns["spacrd"]
+    truth = adata.obs["cancer"].copy()
+
+    spacrd.model.SpaCRD.setup_anndata(
+        adata, layer="counts", labels_key="cancer", batch_key="section", image_key="X_histology"
+    )
+    model = spacrd.model.SpaCRD(adata, n_top_genes=4)
+    model.train(
+        align_epochs=1, fuse_epochs=1, classify_epochs=1, accelerator="cpu", enable_progress_bar=False
+    )
+    model.predict(adata)
+
+    axes = spacrd.pl.training_history(model, return_ax=True)
+    assert len(axes) == 3
+    assert all(len(ax.get_lines()) == 2 for ax in axes)  # train and validation in every stage
+
+    axes = spacrd.pl.ctr(adata, labels_key="cancer", return_ax=True)
+    assert len(axes) == 4
+    threshold = adata.uns["spacrd"]["threshold"]
+    for ax, name in zip(axes[::2], SECTIONS, strict=True):
+        in_section = (adata.obs["section"] == name).to_numpy()
+        called = int((adata.obs.loc[in_section, "ctr"] == "cancer").sum())
+        assert len(_outline(ax).get_paths()) == called
+        assert f"{threshold:.2f}" in ax.get_legend().get_texts()[0].get_text()
+
+    ax = spacrd.pl.score_distribution(adata, labels_key="cancer", return_ax=True)
+    assert [ln.get_xdata()[0] for ln in ax.get_lines()] == [pytest.approx(threshold)]
+    pd.testing.assert_series_equal(adata.obs["cancer"], truth)

@@ -77,7 +77,7 @@ def score_distribution(
 
     """
     prob = check_prob_key(adata.obs, prob_key)
-    ax = new_axes(ax, 1, ncols=1, panel_size=(5.0, 3.5))[0]
+    ax = new_axes(ax, 1, ncols=1, panel_size=(6.5, 3.5))[0]  # room for the legend on the right
     edges = np.linspace(0.0, 1.0, bins + 1)
     kwargs.setdefault("histtype", "stepfilled")
     kwargs.setdefault("alpha", 0.5)
