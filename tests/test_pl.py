@@ -360,6 +360,13 @@ def test_score_distribution_unlabelled_and_explicit_threshold(adata):
     assert ax.get_ylabel() == "spots"
 
 
+def test_empty_anndata_is_reported(adata):
+    with pytest.raises(ValueError, match="no spots"):
+        spacrd.pl.score_distribution(adata[:0].copy(), show=False)
+    with pytest.raises(ValueError, match="no spots"):
+        spacrd.pl.ctr(adata[:0].copy(), show=False)
+
+
 def test_score_distribution_needs_scores(adata):
     with pytest.raises(KeyError, match=r"model\.predict"):
         spacrd.pl.score_distribution(adata, prob_key="nope", show=False)

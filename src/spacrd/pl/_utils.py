@@ -28,6 +28,8 @@ def check_prob_key(obs: pd.DataFrame, prob_key: str) -> pd.Series:
             f"No column {prob_key!r} in `adata.obs`. Run `model.predict(adata)` first, "
             f"or pass the column that holds the cancer probabilities as `prob_key=`."
         )
+    if len(obs) == 0:
+        raise ValueError("The AnnData has no spots (n_obs == 0); there is nothing to plot.")
     prob = pd.to_numeric(obs[prob_key], errors="coerce").astype(float)
     finite = prob[np.isfinite(prob)]
     if len(finite) == 0:
