@@ -248,7 +248,8 @@ def spacrd(
         model = SpaCRD(train)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.train(**({"align_epochs": 2, "fuse_epochs": 2, "classify_epochs": 3} if quick else {}))
+            epochs = {"align_epochs": 2, "fuse_epochs": 2, "classify_epochs": 3} if quick else {}
+            model.train(**epochs, enable_progress_bar=False)
     with timer.phase("predict"):
         return np.asarray(model.predict(test), dtype=float)
 

@@ -155,10 +155,12 @@ def _child(method: str, train: ad.AnnData, test: ad.AnnData, seed: int, options:
 
     import scanpy  # noqa: F401
     import scvi  # noqa: F401
-    import torch  # noqa: F401
+    import torch
 
     import spacrd  # noqa: F401
 
+    if options.pop("threads", None):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     gc.collect()
     if not _reset_peak_rss():
         raise RuntimeError("cannot reset the peak RSS via /proc/self/clear_refs; memory would be misreported")
@@ -182,6 +184,7 @@ def _child(method: str, train: ad.AnnData, test: ad.AnnData, seed: int, options:
         "rss_growth_mb": after - before,
         "load_avg": load,
         "cores": len(os.sched_getaffinity(0)),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -309,7 +312,8 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
         "⁵ CPU time of the process over all its threads (`time.process_time`). Wall times are means per "
         "held-out section and grow when other jobs share the machine; the 1-minute load average seen "
         f"by the runs was {df['load_avg'].min():.1f}–{df['load_avg'].max():.1f} "
-        f"on {int(df['cores'].max())} cores.",
+        f"on {int(df['cores'].max())} cores; each run used "
+        f"{'/'.join(map(str, sorted(df['threads'].unique()))) if 'threads' in df else '?'} CPU thread(s).",
         "",
     ]
     if notes:
@@ -335,6 +339,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="give SpaCRD image features where a section has an image (default: on if available)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per run (torch, BLAS, OpenMP); default: the libraries' own choice",
+    )
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/benchmark.csv")
     p.add_argument("--summarise-only", action="store_true", help="rewrite summary.md from OUT/benchmark.csv")
     return p.parse_args(argv)
@@ -349,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
         df = pd.read_csv(csv_path)
         return _write_summary(df, args, notes)
 
+    if args.threads:  # read by BLAS/OpenMP when the spawned runs import numpy and torch
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
     with_image = args.with_image if args.with_image is not None else _has_image_features()
     with_image = with_image and "spacrd" in args.methods
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -390,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
                     and ((done["section"] == sec) & (done["method"] == method) & (done["seed"] == seed)).any()
                 ):
                     continue
-                options = {"quick": args.quick}
+                options = {"quick": args.quick, "threads": args.threads}
                 if method == "spacrd":
                     options["image_key"] = image_key
                 t1 = time.perf_counter()

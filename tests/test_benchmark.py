@@ -163,6 +163,7 @@ def test_summary_has_section_and_mean_rows():
                         "rss_growth_mb": 50.0,
                         "load_avg": 1.0,
                         "cores": 2,
+                        "threads": 1,
                     }
                 )
     text = rb.summarise(pd.DataFrame(rows))
