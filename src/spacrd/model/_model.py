@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,8 +26,12 @@ from spacrd.tl import gmm_threshold, section_neighbors
 from . import _io
 from ._inputs import NeighbourhoodDataset, SectionScaling, SpotInputs, build_inputs, make_loader, select_genes
 from ._labels import LABEL_CATEGORIES, cancer_labels
+from ._spatialdata import prepare_table, registered_table, table_region_key, target_table
 from ._training import NeighbourhoodDataModule, SpaCRDTrainingPlan
 from ._validation import check_coordinates, check_counts, check_image_features, check_obs_key
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +54,8 @@ class SpaCRD(BaseModelClass):
     Parameters
     ----------
     adata
-        AnnData registered with :meth:`setup_anndata`.
+        AnnData registered with :meth:`setup_anndata`, or a SpatialData whose table
+        :meth:`setup_spatialdata` registered (the model attaches to that table).
     n_top_genes
         Number of highly variable genes (``seurat_v3`` on the source counts, batch-aware) used as the
         expression features.
@@ -83,6 +89,7 @@ class SpaCRD(BaseModelClass):
         registry: dict | None = None,
         **module_kwargs,
     ):
+        adata = registered_table(type(self), adata)
         super().__init__(adata, registry=registry)
         if section_scaling not in ("zscore", "minmax", "none"):
             raise ValueError(
@@ -194,6 +201,74 @@ class SpaCRD(BaseModelClass):
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
+
+    @classmethod
+    def setup_spatialdata(
+        cls,
+        sdata: SpatialData,
+        table_key: str = "table",
+        image_key: str | Mapping[str, str] | None = None,
+        shapes_key: str | Sequence[str] | None = None,
+        layer: str | None = None,
+        labels_key: str | None = None,
+        batch_key: str | None = None,
+        histology_key: str = "X_histology",
+        backbone: str | torch.nn.Module = "histology_stats",
+        n_neighbors: int = 7,
+        cancer_categories: Sequence[str] | None = None,
+        **image_feature_kwargs,
+    ):
+        """Set up the spot table of a SpatialData object (counts linked to spot shapes, an H&E image).
+
+        ``sdata.tables[table_key]`` gets the spot centres under ``obsm["spatial"]`` (pixels of the
+        image's full-resolution level, from the shapes and the elements' transformations) and, with
+        ``image_key``, the per-spot histology embeddings of :func:`spacrd.pp.image_features` under
+        ``obsm[histology_key]`` and ``uns[histology_key]``; either is kept as it is when already there.
+        The table is then registered with :meth:`setup_anndata`, which writes its own entries (listed
+        there). Afterwards ``SpaCRD(sdata)`` trains on this table and :meth:`predict` writes into it.
+
+        Parameters
+        ----------
+        sdata
+            SpatialData whose table annotates circle shapes through ``region``, ``region_key`` and
+            ``instance_key``, as spatialdata-io's Visium reader writes.
+        table_key
+            The table of raw spot counts (and labels).
+        image_key
+            H&E image element under the spots, or ``{shapes_key: image_key}`` for several sections
+            (sections left out have no image). ``None``: an expression-only model.
+        shapes_key
+            Spot shapes the table annotates; ``None``: every element named in its ``region_key`` column.
+        layer, labels_key, n_neighbors, cancer_categories
+            As for :meth:`setup_anndata`; columns and layers of the table.
+        batch_key
+            Column of ``table.obs`` with each spot's section; ``None``: the table's ``region_key``
+            column, one section per shapes element.
+        histology_key
+            ``obsm`` key of the histology embeddings.
+        backbone, **image_feature_kwargs
+            Passed to :func:`spacrd.pp.image_features` when the embeddings are computed.
+
+        """
+        table = prepare_table(
+            sdata,
+            table_key,
+            shapes_key,
+            image_key,
+            histology_key=histology_key,
+            backbone=backbone,
+            **image_feature_kwargs,
+        )
+        cls.setup_anndata(
+            table,
+            layer=layer,
+            labels_key=labels_key,
+            batch_key=table_region_key(table) if batch_key is None else batch_key,
+            image_key=histology_key if image_key is not None else None,
+            spatial_key="spatial",
+            n_neighbors=n_neighbors,
+            cancer_categories=cancer_categories,
+        )
 
     @property
     def setup_args(self) -> dict:
@@ -447,6 +522,8 @@ class SpaCRD(BaseModelClass):
         uns_key: str = "spacrd",
         threshold: float | None = None,
         min_gene_overlap: float = 0.5,
+        table_key: str = "table",
+        image_key: str | Mapping[str, str] | None = None,
     ) -> np.ndarray:
         """Cancer probability of every spot of ``adata``, with a label-free cancer / non-cancer call.
 
@@ -458,7 +535,8 @@ class SpaCRD(BaseModelClass):
         ----------
         adata
             Target AnnData with raw counts in the set-up ``layer`` (or ``X``) and coordinates in
-            ``obsm[spatial_key]``; ``None`` predicts the registered AnnData.
+            ``obsm[spatial_key]``; ``None`` predicts the registered AnnData. A SpatialData is predicted
+            through its table (see ``table_key``).
         batch_size
             Spots per minibatch; default ``scvi.settings.batch_size``.
         prob_key
@@ -473,6 +551,11 @@ class SpaCRD(BaseModelClass):
             Gaussian mixture on the logits (:func:`spacrd.tl.gmm_threshold`).
         min_gene_overlap
             Smallest fraction of the model's genes that must be in the target.
+        table_key, image_key
+            For a SpatialData ``adata``: the results go into ``sdata.tables[table_key]``, which gets
+            spot centres and, for a model with histology whose table lacks the embeddings, the
+            ``histology_stats`` embeddings of ``image_key`` (default: the only image), as in
+            :meth:`setup_spatialdata`.
 
         Returns
         -------
@@ -480,6 +563,7 @@ class SpaCRD(BaseModelClass):
 
         """
         self._check_if_trained(warn=False)
+        adata = target_table(self, adata, table_key, image_key)
         target = self.adata if adata is None else adata
         inputs = self._inputs(adata, min_gene_overlap)
         logits = self._forward_all(inputs, batch_size)["logits"]
@@ -502,10 +586,16 @@ class SpaCRD(BaseModelClass):
         return probabilities
 
     def get_latent_representation(
-        self, adata: AnnData | None = None, batch_size: int | None = None
+        self,
+        adata: AnnData | None = None,
+        batch_size: int | None = None,
+        *,
+        table_key: str = "table",
+        image_key: str | Mapping[str, str] | None = None,
     ) -> np.ndarray:
-        """Posterior mean of the fused VAE latent, ``(n_spots, n_latent)``; ``adata`` as in :meth:`predict`."""
+        """Posterior mean of the fused VAE latent, ``(n_spots, n_latent)``; arguments as in :meth:`predict`."""
         self._check_if_trained(warn=False)
+        adata = target_table(self, adata, table_key, image_key)
         return self._forward_all(self._inputs(adata), batch_size)["latent"]
 
     # --------------------------------------------------------------- save/load

@@ -1,0 +1,312 @@
+"""SpaCRD on SpatialData: the spots' table, with spot centres and histology embeddings from its elements.
+
+A SpatialData table is an AnnData whose rows annotate the spot shapes (``region``, ``region_key``,
+``instance_key``), so the model registers the table itself; no conversion is needed (a Visium AnnData in
+the scanpy layout converts with ``spatialdata_io.experimental.from_legacy_anndata``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from spacrd.pp import image_features
+from spacrd.pp._crops import _is_spatialdata
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ._model import SpaCRD
+
+HISTOLOGY_STATS = "histology_stats"
+
+
+def prepare_table(
+    sdata: SpatialData,
+    table_key: str = "table",
+    shapes_key: str | Sequence[str] | None = None,
+    image_key: str | Mapping[str, str] | None = None,
+    *,
+    spatial_key: str = "spatial",
+    histology_key: str = "X_histology",
+    backbone: str | Any = HISTOLOGY_STATS,
+    **image_feature_kwargs: Any,
+) -> AnnData:
+    """Return ``sdata.tables[table_key]`` with the spot centres and histology embeddings SpaCRD reads.
+
+    The table is returned itself, not a copy, so what a model writes into it (predictions, set-up
+    entries) lands in ``sdata``. Its rows are matched to the spot shapes through the table's
+    ``region_key`` and ``instance_key`` columns (by instance id, whatever the row order).
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with a table annotating circle shapes (spots: points with a ``"radius"`` column),
+        as spatialdata-io's Visium reader writes, and optionally H&E image elements.
+    table_key
+        The table of spots (counts, labels).
+    shapes_key
+        The shapes element(s) the table's rows annotate. ``None``: every element named in the table's
+        ``region_key`` column. Every row must belong to one of them.
+    image_key
+        H&E image element(s) under the spots: one key for all shapes elements, or a mapping
+        ``{shapes_key: image_key}`` (shapes elements left out have no image). ``None``: no image.
+    spatial_key
+        ``obsm`` key of the spot centres.
+    histology_key
+        ``obsm`` key of the per-spot embeddings.
+    backbone, **image_feature_kwargs
+        Passed to :func:`spacrd.pp.image_features` (backbone, ``batch_size``, ``crop_diameter``...).
+
+    Returns
+    -------
+    The table, with (only where absent; entries already there are kept as they are):
+
+    ``obsm[spatial_key]``
+        ``(n_obs, 2)`` float64 spot centres ``(x, y)``: in pixels of the image's full-resolution level
+        (``scale0``) for spots with an image, mapped with the elements' coordinate transformations;
+        in the shapes element's own (intrinsic) coordinates for spots without one.
+    ``obsm[histology_key]``, ``uns[histology_key]``
+        Written by :func:`spacrd.pp.image_features` when ``image_key`` is given: float32 embeddings,
+        NaN rows for spots without an image, and their provenance.
+
+    Nothing else in ``sdata`` changes.
+
+    Raises
+    ------
+    KeyError
+        A missing table, shapes or image element.
+    ValueError
+        A table not annotated with ``region``/``region_key``/``instance_key`` or not annotating the
+        shapes, shapes that are not circles with radii, table rows whose instance ids the shapes lack
+        or repeat.
+
+    """
+    from spatialdata.transformations import get_transformation_between_coordinate_systems
+
+    if not _is_spatialdata(sdata):
+        raise TypeError(f"Expected a SpatialData object, got {type(sdata).__name__}.")
+    table = _table(sdata, table_key)
+    regions, region_key, instance_key = _table_keys(table, table_key)
+    row_regions = table.obs[region_key].astype(str).to_numpy()
+    shape_keys = _shape_keys(sdata, regions, table_key, shapes_key, row_regions)
+    images = _images(sdata, image_key, shape_keys)
+
+    centres = None
+    if spatial_key not in table.obsm:
+        centres = np.full((table.n_obs, 2), np.nan, dtype=np.float64)
+        instances = table.obs[instance_key].to_numpy()
+        for key in shape_keys:
+            shapes = sdata.shapes[key]
+            rows = np.flatnonzero(row_regions == key)
+            xy = _spot_centres(shapes, key, instances[rows], table_key, instance_key)
+            if key in images:
+                # shapes' intrinsic coordinates -> pixels of the image's scale0, as the crops are cut
+                affine = get_transformation_between_coordinate_systems(
+                    sdata, shapes, sdata.images[images[key]]
+                ).to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+                xy = xy @ affine[:2, :2].T + affine[:2, 2]
+            centres[rows] = xy
+
+    if images and histology_key not in table.obsm:
+        image_features(
+            sdata,
+            backbone,
+            key_added=histology_key,
+            image_key=list(images.values()),
+            shapes_key=list(images),
+            table_key=table_key,
+            **image_feature_kwargs,
+        )
+    if centres is not None:
+        table.obsm[spatial_key] = centres
+    return table
+
+
+def table_region_key(table: AnnData) -> str:
+    """The ``obs`` column naming the shapes element of each row of a SpatialData table."""
+    return _table_keys(table, "")[1]
+
+
+def registered_table(model_cls: type[SpaCRD], data: Any) -> Any:
+    """The table of a SpatialData that ``model_cls.setup_spatialdata`` registered; other data unchanged."""
+    if not _is_spatialdata(data):
+        return data
+    registered = [
+        key
+        for key, table in data.tables.items()
+        if model_cls._get_most_recent_anndata_manager(table, required=False) is not None
+    ]
+    if not registered:
+        raise ValueError(
+            f"No table of this SpatialData is set up for {model_cls.__name__}; call "
+            f"{model_cls.__name__}.setup_spatialdata(sdata, table_key=...) first."
+        )
+    if len(registered) > 1:
+        raise ValueError(
+            f"Tables {registered} of this SpatialData are all set up for {model_cls.__name__}; pass the one "
+            f"to train on, e.g. {model_cls.__name__}(sdata.tables[{registered[-1]!r}])."
+        )
+    return data.tables[registered[0]]
+
+
+def target_table(model: SpaCRD, data: Any, table_key: str, image_key: str | Mapping[str, str] | None) -> Any:
+    """Resolve a SpatialData prediction target to its table, with the inputs ``model`` reads.
+
+    Spot centres go under the set-up ``spatial_key``. For a model with an image encoder whose table
+    lacks the set-up embedding key, the embeddings are computed from ``image_key`` (default: the only
+    image of ``data``; with no image at all the spots are predicted from expression alone, as
+    :meth:`SpaCRD.predict` does for an AnnData without embeddings) with the ``histology_stats``
+    backbone; embeddings of other backbones must be computed beforehand. AnnData (or ``None``) is
+    returned unchanged.
+    """
+    if not _is_spatialdata(data):
+        return data
+    args = model.setup_args
+    histology_key = args["image_key"] if model.module.image_encoder is not None else None
+    table = _table(data, table_key)
+    if histology_key is None or histology_key in table.obsm:
+        image_key = None
+    elif image_key is None and len(data.images) > 1:
+        raise ValueError(
+            f"The model uses histology and table {table_key!r} has no obsm[{histology_key!r}]; pass "
+            f"image_key= (one of {list(data.images)}) to compute it, or predict on the table itself, "
+            f"sdata.tables[{table_key!r}], to go without images."
+        )
+    elif image_key is None and len(data.images) == 1:
+        (image_key,) = data.images
+    if image_key is not None and (backbone := _source_backbone(model, histology_key)) != HISTOLOGY_STATS:
+        raise ValueError(
+            f"The model's histology embeddings came from backbone {backbone!r}; compute the target's with "
+            f"spacrd.pp.image_features(sdata, <that backbone>, key_added={histology_key!r}, "
+            f"table_key={table_key!r}, image_key=...) before predicting."
+        )
+    keys = {"histology_key": histology_key} if histology_key is not None else {}
+    return prepare_table(data, table_key, image_key=image_key, spatial_key=args["spatial_key"], **keys)
+
+
+# --------------------------------------------------------------------------------------------------
+# checks and look-ups
+# --------------------------------------------------------------------------------------------------
+
+
+def _table(sdata: SpatialData, table_key: str) -> AnnData:
+    if table_key not in sdata.tables:
+        raise KeyError(
+            f"SpatialData has no table {table_key!r} (it has {list(sdata.tables)}); pass table_key= naming "
+            "the table of spot counts."
+        )
+    return sdata.tables[table_key]
+
+
+def _table_keys(table: AnnData, table_key: str) -> tuple[list[str], str, str]:
+    from spatialdata.models import get_table_keys
+
+    try:
+        regions, region_key, instance_key = get_table_keys(table)
+    except (ValueError, KeyError) as error:
+        raise ValueError(
+            f"Table {table_key!r} does not say which shapes it annotates; parse it with "
+            "spatialdata.models.TableModel.parse(table, region=, region_key=, instance_key=)."
+        ) from error
+    for key in (region_key, instance_key):
+        if key not in table.obs:
+            raise ValueError(
+                f"Table {table_key!r} names obs column {key!r} in its attrs but has no such column."
+            )
+    return ([regions] if isinstance(regions, str) else list(regions)), region_key, instance_key
+
+
+def _shape_keys(
+    sdata: SpatialData,
+    regions: list[str],
+    table_key: str,
+    shapes_key: str | Sequence[str] | None,
+    row_regions: np.ndarray,
+) -> list[str]:
+    used = list(pd.unique(row_regions))
+    keys = used if shapes_key is None else ([shapes_key] if isinstance(shapes_key, str) else list(shapes_key))
+    for key in keys:
+        if key not in sdata.shapes:
+            kind = next((k for k in ("labels", "points", "images") if key in getattr(sdata, k)), None)
+            detail = f"{key!r} is a {kind} element" if kind else f"there is no element {key!r}"
+            raise KeyError(
+                f"Table {table_key!r} must annotate spot shapes, but {detail} (shapes: {list(sdata.shapes)})."
+            )
+        if key not in regions:
+            raise ValueError(f"Table {table_key!r} annotates {regions}, not shapes {key!r}.")
+        shapes = sdata.shapes[key]
+        if "radius" not in shapes.columns or not (shapes.geometry.geom_type == "Point").all():
+            raise ValueError(
+                f"Shapes {key!r} are not circles (points with a 'radius' column); SpaCRD's spots are circles, "
+                "as spatialdata-io's Visium reader writes them."
+            )
+        if not np.isfinite(shapes["radius"].to_numpy(dtype=float)).all():
+            raise ValueError(f"Shapes {key!r} have missing or infinite radii.")
+    others = [r for r in used if r not in keys]
+    if others:
+        raise ValueError(
+            f"{int(np.isin(row_regions, others).sum())} rows of table {table_key!r} annotate {others}, which "
+            f"shapes_key={keys} leaves out; include them or subset the table first "
+            "(spatialdata.match_table_to_element)."
+        )
+    return keys
+
+
+def _images(
+    sdata: SpatialData, image_key: str | Mapping[str, str] | None, shape_keys: list[str]
+) -> dict[str, str]:
+    if image_key is None:
+        return {}
+    if isinstance(image_key, str):
+        images = dict.fromkeys(shape_keys, image_key)
+    elif isinstance(image_key, Mapping):
+        unknown = [k for k in image_key if k not in shape_keys]
+        if unknown:
+            raise ValueError(
+                f"image_key maps shapes {unknown}, which are not among the spots' shapes {shape_keys}."
+            )
+        images = dict(image_key)
+    else:
+        raise TypeError(
+            f"image_key must be an image key or a mapping {{shapes_key: image_key}}, got {type(image_key).__name__}."
+        )
+    missing = sorted({v for v in images.values() if v not in sdata.images})
+    if missing:
+        raise KeyError(f"SpatialData has no image {missing[0]!r} (it has {list(sdata.images)}).")
+    return images
+
+
+def _spot_centres(
+    shapes: Any, key: str, instances: np.ndarray, table_key: str, instance_key: str
+) -> np.ndarray:
+    """``(n, 2)`` intrinsic ``(x, y)`` of the circles whose index equals ``instances``, in that order."""
+    repeated = pd.Index(instances)[pd.Index(instances).duplicated()].unique()
+    if len(repeated):
+        raise ValueError(
+            f"Table {table_key!r} has several rows for instance(s) {repeated[:3].tolist()} of shapes {key!r} "
+            f"(obs[{instance_key!r}] must be unique per region)."
+        )
+    position = shapes.index.get_indexer(pd.Index(instances))
+    if (position < 0).any():
+        raise ValueError(
+            f"{int((position < 0).sum())} row(s) of table {table_key!r} point to instances missing from shapes "
+            f"{key!r} (first: {instances[position < 0][:3].tolist()}; obs[{instance_key!r}] is "
+            f"{instances.dtype}, the shapes index {shapes.index.dtype})."
+        )
+    geometry = shapes.geometry.iloc[position]
+    return np.column_stack([geometry.x.to_numpy(dtype=np.float64), geometry.y.to_numpy(dtype=np.float64)])
+
+
+def _source_backbone(model: SpaCRD, histology_key: str) -> str:
+    """Backbone that made the training embeddings, from their provenance; histology_stats if unrecorded."""
+    if model.adata is None:
+        return HISTOLOGY_STATS
+    provenance = model.adata.uns.get(histology_key)
+    if isinstance(provenance, Mapping) and "backbone" in provenance:
+        return str(provenance["backbone"])
+    return HISTOLOGY_STATS
