@@ -169,7 +169,9 @@ def her2st(
     Raises
     ------
     ValueError
-        Unknown or repeated section names.
+        Unknown or repeated section names, or ``hires_size`` not a positive integer.
+    TypeError
+        ``sections`` neither a name, a sequence of names nor ``None``.
     FileNotFoundError
         ``path`` lacks files needed for the requested sections.
 
@@ -181,6 +183,8 @@ def her2st(
 
     """
     sections = _check_sections(sections)
+    if isinstance(hires_size, bool) or not isinstance(hires_size, int | np.integer) or hires_size < 1:
+        raise ValueError(f"`hires_size` must be a positive whole number of pixels, got {hires_size!r}.")
     files = {s: _files_for(s, load_images) for s in sections}
     local = _resolve_files(files, path, progressbar)
 
@@ -230,6 +234,10 @@ def _check_sections(sections: str | Sequence[str] | None) -> list[str]:
         return list(SECTIONS)
     if isinstance(sections, str):
         sections = [sections]
+    if not isinstance(sections, Sequence | np.ndarray | pd.Index):
+        raise TypeError(
+            f"`sections` must be a section name such as 'A1', a list of names or None, got {type(sections).__name__}."
+        )
     sections = list(sections)
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:

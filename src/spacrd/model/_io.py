@@ -102,6 +102,15 @@ def load_model(
         raise ValueError(f"{meta_path} is not valid JSON (truncated or foreign file): {err}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} does not describe a SpaCRD model.")
+    missing = [
+        key for key in ("registry", "init_params", "genes", "is_trained", "history") if key not in meta
+    ]
+    if missing:
+        raise ValueError(
+            f"{meta_path} lacks the entries {missing} (edited or damaged); save the model again."
+        )
+    if not isinstance(meta.get("format_version", 0), int):
+        raise ValueError(f"{meta_path} has an invalid format_version {meta.get('format_version')!r}.")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(
             f"{dir_path} was written by a newer spacrd ({meta.get('spacrd_version')}); upgrade spacrd."

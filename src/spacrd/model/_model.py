@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -28,7 +30,14 @@ from ._inputs import NeighbourhoodDataset, SectionScaling, SpotInputs, build_inp
 from ._labels import LABEL_CATEGORIES, cancer_labels
 from ._spatialdata import prepare_table, registered_table, table_region_key, target_table
 from ._training import NeighbourhoodDataModule, SpaCRDTrainingPlan
-from ._validation import check_coordinates, check_counts, check_image_features, check_obs_key
+from ._validation import (
+    check_coordinates,
+    check_counts,
+    check_image_features,
+    check_not_view,
+    check_obs_key,
+    check_unique_var_names,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -42,6 +51,12 @@ IMAGE_REGISTRY_KEY = "image"
 NEIGHBORS_REGISTRY_KEY = "neighbors"
 SPATIAL_REGISTRY_KEY = "spatial"
 SINGLE_SECTION = "section"
+#: Sections with fewer spots are left out of the highly-variable-gene selection (seurat_v3 cannot fit them).
+MIN_HVG_SPOTS = 10
+UNTRAINED_MESSAGE = (
+    "This SpaCRD model is not trained (an interrupted `train()` leaves it untrained). Call `model.train()`, "
+    "or load a trained model with `SpaCRD.load(dir_path)`."
+)
 
 
 class SpaCRD(BaseModelClass):
@@ -58,7 +73,8 @@ class SpaCRD(BaseModelClass):
         :meth:`setup_spatialdata` registered (the model attaches to that table).
     n_top_genes
         Number of highly variable genes (``seurat_v3`` on the source counts, batch-aware) used as the
-        expression features.
+        expression features. Sections of fewer than 10 spots are left out of this selection (all spots
+        are pooled if no section has 10).
     genes
         Use these registered genes as the expression features instead of selecting ``n_top_genes``
         (e.g. the genes of a targeted panel you will predict on).
@@ -105,7 +121,17 @@ class SpaCRD(BaseModelClass):
         elif adata is not None:
             counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
             sections = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel()
-            self.gene_columns_ = select_genes(counts, self.adata.var_names, sections, n_top_genes)
+            # seurat_v3 fits a loess per section: a few spots make it fail, a single spot crashes the process.
+            big = pd.Series(sections).map(pd.Series(sections).value_counts()).to_numpy() >= MIN_HVG_SPOTS
+            rows, hvg_sections = (big, sections[big]) if big.any() else (slice(None), np.zeros_like(sections))
+            try:
+                self.gene_columns_ = select_genes(counts[rows], self.adata.var_names, hvg_sections, n_top_genes)
+            except ValueError as err:
+                raise ValueError(
+                    f"Selecting {n_top_genes} highly variable genes (seurat_v3) failed: {err!s}. Sections of fewer "
+                    f"than {MIN_HVG_SPOTS} spots are left out of the selection; with few spots in all, pass the "
+                    "feature genes as `genes=`."
+                ) from err
             if self.gene_columns_.size == 0:
                 raise ValueError("No gene has a non-zero count in the registered data; check `layer`.")
         else:
@@ -142,13 +168,18 @@ class SpaCRD(BaseModelClass):
         ``obs["_scvi_batch"]``, ``obs["_scvi_labels"]``), this writes ``obs["_spacrd_labels"]`` (the
         label mapped to non-cancer / cancer / unlabelled) and ``obsm["_spacrd_neighbors"]`` (``(n, k)``
         int, each spot's nearest spots in its own section, itself first, ``-1`` where a section has
-        fewer than ``k`` spots). Nothing else in ``adata`` changes.
+        fewer than ``k`` spots). Nothing else in ``adata`` changes. A view (``adata[mask]``) is refused,
+        since writing into it would silently make it a copy: pass ``adata[mask].copy()``. Gene names must
+        be unique. A backed ``adata.X`` is refused; counts in an in-memory ``layer`` of a backed AnnData
+        are fine.
 
         Parameters
         ----------
         %(param_adata)s
         layer
-            Layer holding raw counts; ``None`` uses ``adata.X``.
+            Layer holding raw counts; ``None`` uses ``adata.X``. Negative, NaN or infinite values are
+            errors; non-integer values only warn (ambient-corrected counts are non-integer and work),
+            though normalised or log-transformed data give a poorer model.
         labels_key
             ``obs`` column with the cancer label: bool, 0/1, or categories named by
             ``cancer_categories``. Missing values mark unlabelled spots. ``None``: no labels (a model
@@ -169,7 +200,9 @@ class SpaCRD(BaseModelClass):
 
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        check_not_view(adata)
         check_counts(adata, layer)
+        check_unique_var_names(adata)
         coordinates = check_coordinates(adata, spatial_key)
         if batch_key is not None:
             check_obs_key(adata, batch_key, "batch_key")
@@ -371,6 +404,15 @@ class SpaCRD(BaseModelClass):
                     f"obsm[{image_key!r}] has {image.shape[1]} features but the model was trained with "
                     f"{self.module.n_image_features}; compute them with the same backbone."
                 )
+        elif self.module.image_encoder is not None:
+            warnings.warn(
+                f"The target has no obsm[{image_key!r}]: every spot is predicted from expression alone, as "
+                "spots without an image are. Compute the histology embeddings with "
+                f"`spacrd.pp.image_features(adata, key_added={image_key!r})` and the training backbone to use them.",
+                UserWarning,
+                stacklevel=4,
+            )
+            image = np.full((adata.n_obs, self.module.n_image_features), np.nan, dtype=np.float32)
         return self._build_inputs(counts, sections, neighbors, None, image)
 
     def _inputs(self, adata: AnnData | None, min_gene_overlap: float = 0.5) -> SpotInputs:
@@ -434,6 +476,13 @@ class SpaCRD(BaseModelClass):
         ``model.history`` holds each stage's epoch losses under ``stage1_*``, ``stage2_*`` and
         ``stage3_*`` keys.
 
+        Interrupting training (Ctrl+C, or :class:`KeyboardInterrupt` raised in a callback passed as
+        ``callbacks=[...]``) stops the running stage and raises :class:`KeyboardInterrupt` naming it.
+        Lightning's own handling, ``sys.exit(1)`` with SIGINT ignored from then on, is undone: the
+        Python session and Ctrl+C keep working. The model object stays usable: ``history`` keeps the
+        epochs logged so far, the model counts as untrained (``predict`` raises a ``RuntimeError``
+        saying so), and calling ``train()`` again runs every stage, starting from the current weights.
+
         """
         if self.adata is None:
             raise ValueError("This model has no registered AnnData to train on.")
@@ -489,12 +538,27 @@ class SpaCRD(BaseModelClass):
             self.is_trained_, self.history_ = False, None
             # The runner leaves the module in eval mode after each stage; Lightning keeps that mode.
             self.module.train()
+            sigint, interrupted = signal.getsignal(signal.SIGINT), False
             try:
                 runner()
+            except SystemExit as err:
+                # Lightning turns Ctrl+C into sys.exit(1), which would end a script's caller too.
+                if not isinstance(err.__context__, KeyboardInterrupt):
+                    raise
+                interrupted = True
             finally:
                 for key, frame in (self.history_ or {}).items():
                     history[f"stage{number}_{key}"] = frame.rename(columns={key: f"stage{number}_{key}"})
                 self.history_ = history
+            if interrupted or runner.trainer.interrupted:
+                # Lightning also ignores SIGINT from then on; give Ctrl+C back to the session.
+                if sigint is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGINT, sigint)
+                self.module.eval()
+                raise KeyboardInterrupt(
+                    f"Training interrupted in stage {number} ({stage}); the model is not trained. Call "
+                    "`model.train()` again: it runs every stage, starting from the current weights."
+                )
         self.module.eval()
         self.is_trained_ = True
 
@@ -535,8 +599,11 @@ class SpaCRD(BaseModelClass):
         ----------
         adata
             Target AnnData with raw counts in the set-up ``layer`` (or ``X``) and coordinates in
-            ``obsm[spatial_key]``; ``None`` predicts the registered AnnData. A SpatialData is predicted
-            through its table (see ``table_key``).
+            ``obsm[spatial_key]``; ``None`` predicts the registered AnnData. A view gets the results
+            after becoming a copy (with a warning); the AnnData it was sliced from is not changed. An
+            image model predicts a target without ``obsm[image_key]`` from expression alone (with a
+            warning), as for spots whose embedding row is NaN. A SpatialData is predicted through its
+            table (see ``table_key``).
         batch_size
             Spots per minibatch; default ``scvi.settings.batch_size``.
         prob_key
@@ -562,7 +629,7 @@ class SpaCRD(BaseModelClass):
         ``(n_spots,)`` float array of cancer probabilities.
 
         """
-        self._check_if_trained(warn=False)
+        self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
         adata = target_table(self, adata, table_key, image_key)
         target = self.adata if adata is None else adata
         inputs = self._inputs(adata, min_gene_overlap)
@@ -574,6 +641,15 @@ class SpaCRD(BaseModelClass):
         elif not 0.0 <= threshold <= 1.0:
             raise ValueError(f"`threshold` must be a probability in [0, 1], got {threshold}.")
         calls = np.where(probabilities >= threshold, "cancer", "non-cancer")
+        if target.is_view:
+            warnings.warn(
+                "adata is a view (e.g. `adata[mask]`): the results are written into it, which makes it a copy; "
+                "the AnnData it was sliced from is not changed. Predict on the full AnnData, or write the "
+                "returned probabilities into it yourself.",
+                UserWarning,
+                stacklevel=2,
+            )
+            target._init_as_actual(target.copy())  # as scvi-tools' copy_if_view; avoids anndata's own warning
         target.obs[prob_key] = probabilities
         target.obs[call_key] = pd.Categorical(calls, categories=["non-cancer", "cancer"])
         target.uns[uns_key] = {
@@ -594,7 +670,7 @@ class SpaCRD(BaseModelClass):
         image_key: str | Mapping[str, str] | None = None,
     ) -> np.ndarray:
         """Posterior mean of the fused VAE latent, ``(n_spots, n_latent)``; arguments as in :meth:`predict`."""
-        self._check_if_trained(warn=False)
+        self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
         adata = target_table(self, adata, table_key, image_key)
         return self._forward_all(self._inputs(adata), batch_size)["latent"]
 

@@ -27,6 +27,11 @@ def check_counts(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmat
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if matrix is None:
         raise ValueError(f"{where} is empty; store raw counts there.")
+    if layer is None and adata.isbacked:
+        raise TypeError(
+            f"adata.X is backed on disk ({adata.filename}); SpaCRD reads the counts into memory. Load them "
+            "with `adata = adata.to_memory()`, or pass raw counts held in memory with `layer=`."
+        )
     values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix)
     if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
         raise TypeError(f"{where} has dtype {values.dtype}; raw counts must be numeric.")
@@ -52,6 +57,27 @@ def check_counts(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmat
             stacklevel=3,
         )
     return matrix
+
+
+def check_not_view(adata: AnnData) -> None:
+    """Refuse a view: registering writes keys into ``adata``, which would silently turn it into a copy."""
+    if adata.is_view:
+        raise ValueError(
+            "adata is a view of another AnnData (e.g. `adata[mask]`). setup_anndata writes registry keys into "
+            "it, which would turn the view into a copy that the parent never sees. Make the copy explicit: "
+            "`adata = adata[mask].copy()`."
+        )
+
+
+def check_unique_var_names(adata: AnnData) -> None:
+    """Refuse duplicated gene names, which make aligning genes by name ambiguous."""
+    if adata.var_names.has_duplicates:
+        dups = adata.var_names[adata.var_names.duplicated()].unique()
+        raise ValueError(
+            f"adata has {len(dups)} duplicated gene names (e.g. {dups[:5].tolist()}); genes are matched by name "
+            "between training and prediction. Make them unique with `adata.var_names_make_unique()` or "
+            "aggregate the duplicated genes first."
+        )
 
 
 def check_coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
