@@ -15,6 +15,7 @@ See ``benchmarks/README.md`` for the methods, metrics and timings.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -66,8 +67,13 @@ def _check(adata: ad.AnnData, where: str) -> None:
         raise ValueError(f"{where} lacks {', '.join(missing)}")
 
 
-def load_data(data: Path, extra: list[Path], with_image: bool) -> tuple[ad.AnnData, float]:
+def load_data(
+    data: Path, extra: list[Path], with_image: bool, undetermined: str = "non-cancer"
+) -> tuple[ad.AnnData, float]:
     """HER2ST labelled sections plus extra ``.h5ad`` sections, on their common genes.
+
+    ``undetermined="exclude"`` unsets ``cancer`` of spots whose ``obs["label"]`` is ``"undetermined"``
+    (they are then neither training targets nor scored); the default keeps them as non-cancer.
 
     Returns the AnnData (raw counts in ``X`` and ``layers["counts"]``, ``obs["section"]``,
     ``obs["cancer"]``, ``obsm["spatial"]``, and ``obsm["X_histology"]`` when ``with_image``) and the
@@ -84,6 +90,8 @@ def load_data(data: Path, extra: list[Path], with_image: bool) -> tuple[ad.AnnDa
         _check(part, "HER2ST" if i == 0 else str(extra[i - 1]))
         part.obs["section"] = part.obs["section"].astype(str)
         part.obs["cancer"] = part.obs["cancer"].astype("boolean")
+        if undetermined == "exclude" and "label" in part.obs:
+            part.obs.loc[(part.obs["label"].astype(str) == "undetermined").to_numpy(), "cancer"] = pd.NA
         if with_image and IMAGE_KEY not in part.obsm:
             from spacrd.pp import image_features
 
@@ -234,22 +242,26 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
             "",
         ]
     for col, (title, higher) in METRICS.items():
+        # F1 of calling every spot cancer, 2p / (1 + p): what F1 gives for free on cancer-rich sections
+        f1_ref = col.startswith("f1")
         lines += [
             f"## {title}",
             "",
-            "| held-out section | spots (cancer share) | " + " | ".join(methods) + " |",
+            "| held-out section | spots (cancer share) | "
+            + ("all spots called cancer | " if f1_ref else "")
+            + " | ".join(methods)
+            + " |",
         ]
-        lines.append("|---|---|" + "---|" * len(methods))
+        lines.append("|---|---|" + "---|" * (len(methods) + f1_ref))
         rows = [*sections, "mean"]
         for sec in rows:
             cells, centres = [], []
             for m in methods:
                 d = df[df["method"] == m]
-                if sec == "mean":
+                if sec == "mean":  # seeds that have every section; a partial seed would bias the mean
+                    complete = d.groupby("seed")["section"].nunique() == len(sections)
                     per_seed = (
-                        d.groupby("seed")[col].mean().to_numpy()
-                        if d["section"].nunique() == len(sections)
-                        else []
+                        d[d["seed"].isin(complete.index[complete])].groupby("seed")[col].mean().to_numpy()
                     )
                 else:
                     per_seed = d.loc[d["section"] == sec, col].to_numpy()
@@ -263,12 +275,15 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
             if np.isfinite(c).any():
                 best = np.nanargmax(c) if higher else np.nanargmin(c)
                 cells[best] = f"**{cells[best]}**"
+            prevalence = df.groupby("section")["prevalence"].first()
             if sec == "mean":
                 info = ""
+                ref = f"{np.mean(2 * prevalence / (1 + prevalence)):.3f} | "
             else:
                 r = df[df["section"] == sec].iloc[0]
                 info = f"{int(r['n'])} ({r['prevalence']:.2f})"
-            lines.append(f"| {sec} | {info} | " + " | ".join(cells) + " |")
+                ref = f"{2 * r['prevalence'] / (1 + r['prevalence']):.3f} | "
+            lines.append(f"| {sec} | {info} | " + (ref if f1_ref else "") + " | ".join(cells) + " |")
         lines.append("")
     lines += [
         "## Cost per held-out section",
@@ -288,11 +303,19 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
         "",
         "Bold: best mean in the row. Every method is trained on the other labelled sections only and "
         "never reads the held-out section's labels. Cancer = invasive cancer or cancer in situ; every "
-        "other pathologist label (`undetermined` included) is non-cancer, as in the SpaCRD paper. Spots "
-        "without any label would be scored but not counted.",
+        "other pathologist label is non-cancer, as in the SpaCRD paper"
+        + (
+            " (`undetermined` spots excepted: see the notes below)."
+            if notes and "Undetermined spots" in notes
+            else " (`undetermined` included)."
+        )
+        + " Spots without a label are scored but not counted.",
         "",
         "¹ Threshold at the quantile of the scores equal to the held-out section's true share of "
         "non-cancer spots (the SpaCRD paper's rule). It uses the held-out labels, so it is optimistic.",
+        "",
+        "In the F1 tables, *all spots called cancer* is the F1 of the trivial call that every spot is "
+        "cancer, 2p / (1 + p) for a cancer share p: on cancer-rich sections F1 is high for free.",
         "",
         "² Label-free call: SpaCRD's own `obs['ctr']` (its GMM threshold); for the baselines, the crossing "
         "point of the two weighted densities of a 2-component Gaussian mixture fitted to their scores "
@@ -345,6 +368,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="CPU threads per run (torch, BLAS, OpenMP); default: the libraries' own choice",
     )
+    p.add_argument(
+        "--undetermined",
+        choices=["non-cancer", "exclude"],
+        default="non-cancer",
+        help="spots labelled 'undetermined': non-cancer (as in the SpaCRD paper) or left out of training and scoring",
+    )
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/benchmark.csv")
     p.add_argument("--summarise-only", action="store_true", help="rewrite summary.md from OUT/benchmark.csv")
     return p.parse_args(argv)
@@ -355,9 +384,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path, pred_path = args.out / "benchmark.csv", args.out / "predictions.csv.gz"
     notes: dict[str, str] = {"Hardware": _hardware()}
+    notes_path = args.out / "notes.json"
     if args.summarise_only:
-        df = pd.read_csv(csv_path)
-        return _write_summary(df, args, notes)
+        if notes_path.exists():
+            notes = {**json.loads(notes_path.read_text()), **notes}
+        return _write_summary(pd.read_csv(csv_path), args, notes)
 
     if args.threads:  # read by BLAS/OpenMP when the spawned runs import numpy and torch
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -366,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     with_image = with_image and "spacrd" in args.methods
     seeds = args.seeds[:1] if args.quick else args.seeds
     t0 = time.perf_counter()
-    adata, image_s = load_data(args.data, args.extra, with_image)
+    adata, image_s = load_data(args.data, args.extra, with_image, args.undetermined)
     print(
         f"loaded {adata.n_obs} spots × {adata.n_vars} common genes in {time.perf_counter() - t0:.1f} s",
         flush=True,
@@ -386,10 +417,15 @@ def main(argv: list[str] | None = None) -> None:
             f"`spacrd.pp.image_features(backbone='histology_stats')` for sections {', '.join(with_img) or 'none'} "
             f"({image_s:.1f} s, computed once before the splits, not counted as training)"
         )
+    if args.undetermined == "exclude":
+        notes["Undetermined spots"] = (
+            "excluded: neither training targets nor scored (`--undetermined exclude`)"
+        )
     notes["Data"] = (
         f"{adata.n_vars} genes common to all sections; training sections = the other labelled sections "
         f"of {', '.join(labelled_sections)}"
     )
+    notes_path.write_text(json.dumps(notes, indent=1))
     done = pd.read_csv(csv_path) if args.resume and csv_path.exists() else pd.DataFrame()
     rows = done.to_dict("records")
     preds = [pd.read_csv(pred_path)] if args.resume and pred_path.exists() else []
