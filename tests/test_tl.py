@@ -40,3 +40,15 @@ def test_gmm_threshold_between_modes():
     assert gmm_threshold(np.full(10, 0.3)) == pytest.approx(0.3)
     with pytest.raises(ValueError):
         gmm_threshold(np.array([np.nan, 0.2]))
+
+
+def test_smooth_over_neighbors_ignores_padding():
+    from spacrd.tl import smooth_over_neighbors
+
+    values = np.array([0.0, 2.0, 10.0])
+    idx = np.array([[0, 1, 0], [1, 0, 1], [2, 2, 2]])
+    padding = np.array([[False, False, True], [False, False, True], [False, True, True]])
+    np.testing.assert_allclose(smooth_over_neighbors(values, idx, padding), [1.0, 1.0, 10.0])
+    np.testing.assert_allclose(
+        smooth_over_neighbors(np.c_[values, values], idx, padding)[:, 1], [1.0, 1.0, 10.0]
+    )

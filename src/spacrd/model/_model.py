@@ -23,7 +23,7 @@ from scvi.utils import setup_anndata_dsp
 
 from spacrd.module import SpaCRDModule
 from spacrd.module._constants import UNLABELLED
-from spacrd.tl import gmm_threshold, section_neighbors
+from spacrd.tl import gmm_threshold, section_neighbors, smooth_over_neighbors
 
 from . import _io
 from ._inputs import NeighbourhoodDataset, SectionScaling, SpotInputs, build_inputs, make_loader, select_genes
@@ -125,7 +125,9 @@ class SpaCRD(BaseModelClass):
             big = pd.Series(sections).map(pd.Series(sections).value_counts()).to_numpy() >= MIN_HVG_SPOTS
             rows, hvg_sections = (big, sections[big]) if big.any() else (slice(None), np.zeros_like(sections))
             try:
-                self.gene_columns_ = select_genes(counts[rows], self.adata.var_names, hvg_sections, n_top_genes)
+                self.gene_columns_ = select_genes(
+                    counts[rows], self.adata.var_names, hvg_sections, n_top_genes
+                )
             except ValueError as err:
                 raise ValueError(
                     f"Selecting {n_top_genes} highly variable genes (seurat_v3) failed: {err!s}. Sections of fewer "
@@ -430,13 +432,13 @@ class SpaCRD(BaseModelClass):
     # ---------------------------------------------------------------- training
     def train(
         self,
-        align_epochs: int = 20,
-        fuse_epochs: int = 20,
-        classify_epochs: int = 30,
+        align_epochs: int = 10,
+        fuse_epochs: int = 10,
+        classify_epochs: int = 20,
         align_lr: float = 1e-3,
         fuse_lr: float = 1e-3,
         classify_lr: float = 1e-3,
-        weight_decay: float = 1e-4,
+        weight_decay: float = 1e-3,
         batch_size: int = 256,
         train_size: float = 0.9,
         accelerator: str = "auto",
@@ -586,6 +588,7 @@ class SpaCRD(BaseModelClass):
         uns_key: str = "spacrd",
         threshold: float | None = None,
         min_gene_overlap: float = 0.5,
+        spatial_smoothing: bool = True,
         table_key: str = "table",
         image_key: str | Mapping[str, str] | None = None,
     ) -> np.ndarray:
@@ -618,6 +621,10 @@ class SpaCRD(BaseModelClass):
             Gaussian mixture on the logits (:func:`spacrd.tl.gmm_threshold`).
         min_gene_overlap
             Smallest fraction of the model's genes that must be in the target.
+        spatial_smoothing
+            Average each spot's logit over its neighbourhood in the target (the same ``k`` spatial
+            neighbours the model attends to). Cancer regions are spatially contiguous, and on held-out
+            HER2ST patients this label-free step raised ROC AUC for every section tested.
         table_key, image_key
             For a SpatialData ``adata``: the results go into ``sdata.tables[table_key]``, which gets
             spot centres and, for a model with histology whose table lacks the embeddings, the
@@ -634,6 +641,8 @@ class SpaCRD(BaseModelClass):
         target = self.adata if adata is None else adata
         inputs = self._inputs(adata, min_gene_overlap)
         logits = self._forward_all(inputs, batch_size)["logits"]
+        if spatial_smoothing:
+            logits = smooth_over_neighbors(logits, inputs.neighbors, inputs.padding)
         probabilities = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
         method = "fixed" if threshold is not None else "gmm"
         if threshold is None:
@@ -655,6 +664,7 @@ class SpaCRD(BaseModelClass):
         target.uns[uns_key] = {
             "threshold": float(threshold),
             "threshold_method": method,
+            "spatial_smoothing": spatial_smoothing,
             "prob_key": prob_key,
             "call_key": call_key,
             "version": _io.package_version(),

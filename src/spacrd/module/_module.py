@@ -43,7 +43,9 @@ class SpaCRDModule(BaseModuleClass):
     n_image_features
         Number of histology features per token; ``0`` for an expression-only model.
     n_hidden
-        Hidden widths of the two modality encoders.
+        Hidden widths of the two modality encoders. The default ``()`` is a linear encoder with input
+        dropout: on held-out HER2ST patients it generalised better than the paper's
+        ``(1024, 512)`` MLP, which fits the few source patients too closely.
     n_embed
         Width of the aligned embeddings, the attention tokens and the fused embedding ``h``.
     n_heads
@@ -52,6 +54,8 @@ class SpaCRDModule(BaseModuleClass):
         Dimension of the VAE latent.
     dropout
         Dropout in the modality encoders.
+    input_dropout
+        Dropout on the encoders' input features.
     attention_dropout
         Dropout on attention weights.
     temperature
@@ -72,11 +76,12 @@ class SpaCRDModule(BaseModuleClass):
         self,
         n_genes: int,
         n_image_features: int = 0,
-        n_hidden: tuple[int, ...] = (512, 256),
-        n_embed: int = 256,
+        n_hidden: tuple[int, ...] = (),
+        n_embed: int = 64,
         n_heads: int = 8,
-        n_latent: int = 32,
+        n_latent: int = 16,
         dropout: float = 0.2,
+        input_dropout: float = 0.5,
         attention_dropout: float = 0.1,
         temperature: float = 0.07,
         contrastive_alpha: float = 0.5,
@@ -93,9 +98,11 @@ class SpaCRDModule(BaseModuleClass):
         self.fused_weight = fused_weight
         self.class_mean_margin = class_mean_margin
 
-        self.gene_encoder = MLPEncoder(n_genes, n_hidden, n_embed, dropout)
+        self.gene_encoder = MLPEncoder(n_genes, n_hidden, n_embed, dropout, input_dropout)
         self.image_encoder = (
-            MLPEncoder(n_image_features, n_hidden, n_embed, dropout) if n_image_features else None
+            MLPEncoder(n_image_features, n_hidden, n_embed, dropout, input_dropout)
+            if n_image_features
+            else None
         )
         self.gene_guided_attention = CrossAttentionBlock(n_embed, n_heads, attention_dropout)
         self.image_guided_attention = CrossAttentionBlock(n_embed, n_heads, attention_dropout)

@@ -22,12 +22,21 @@ class MLPEncoder(nn.Module):
         Output embedding dimension.
     dropout
         Dropout rate after each hidden layer.
+    input_dropout
+        Dropout rate on the input features (regularises wide expression inputs).
 
     """
 
-    def __init__(self, n_input: int, n_hidden: tuple[int, ...], n_output: int, dropout: float = 0.2):
+    def __init__(
+        self,
+        n_input: int,
+        n_hidden: tuple[int, ...],
+        n_output: int,
+        dropout: float = 0.2,
+        input_dropout: float = 0.0,
+    ):
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout > 0 else []
         width = n_input
         for n_out in n_hidden:
             layers += [nn.Linear(width, n_out), nn.BatchNorm1d(n_out), nn.ReLU(), nn.Dropout(dropout)]

@@ -1,4 +1,4 @@
-from ._neighbors import section_neighbors
+from ._neighbors import section_neighbors, smooth_over_neighbors
 from ._threshold import gmm_threshold
 
-__all__ = ["gmm_threshold", "section_neighbors"]
+__all__ = ["gmm_threshold", "section_neighbors", "smooth_over_neighbors"]
