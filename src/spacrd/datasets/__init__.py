@@ -1,5 +1,6 @@
 """Public spatial transcriptomics data sets with H&E images and pathologist labels."""
 
 from ._her2st import her2st
+from ._her2st_ctr import her2st_ctr
 
-__all__ = ["her2st"]
+__all__ = ["her2st", "her2st_ctr"]

@@ -75,6 +75,7 @@ def save_model(
         "genes": model.gene_names.tolist(),
         "registry": model.registry,
         "is_trained": model.is_trained_,
+        "n_image_training_spots": getattr(model, "n_image_training_spots_", 0),
         "history": {k: v.reset_index().to_dict(orient="list") for k, v in (model.history_ or {}).items()},
     }
     torch.save(model.module.state_dict(), os.path.join(dir_path, MODEL_FILE))
@@ -146,5 +147,6 @@ def load_model(
     model.to_device(torch_device)
     model.module.eval()
     model.is_trained_ = bool(meta["is_trained"])
+    model.n_image_training_spots_ = int(meta.get("n_image_training_spots", 0))
     model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
     return model

@@ -343,6 +343,9 @@ class SpaCRD(BaseModelClass):
         )
 
     def _build_inputs(self, counts, sections, neighbors, labels, image) -> SpotInputs:
+        if image is not None and self.is_trained_ and getattr(self, "n_image_training_spots_", 0) < 2:
+            # An image encoder that never saw an image would only add noise.
+            image = np.full_like(image, np.nan, dtype=np.float32)
         padding = neighbors < 0
         neighbors = np.where(padding, np.arange(len(neighbors))[:, None], neighbors)
         return build_inputs(
@@ -498,7 +501,15 @@ class SpaCRD(BaseModelClass):
                 f"non-cancer and {np.bincount(labelled, minlength=2)[1] if labelled.size else 0} cancer spots. "
                 "Check `labels_key`/`cancer_categories` in setup_anndata."
             )
-        has_images = inputs.has_image is not None and inputs.has_image.sum() >= 2
+        self.n_image_training_spots_ = 0 if inputs.has_image is None else int(inputs.has_image.sum())
+        has_images = self.n_image_training_spots_ >= 2
+        if self.module.image_encoder is not None and not has_images:
+            warnings.warn(
+                "No training spot has a histology embedding, so the image branch cannot be learnt; the model "
+                "predicts from expression alone, also on targets with images.",
+                UserWarning,
+                stacklevel=2,
+            )
         if not has_images and align_epochs:
             logger.info("No histology embeddings registered: skipping stage I (modality alignment).")
             align_epochs = 0
