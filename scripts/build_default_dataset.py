@@ -42,7 +42,7 @@ def main() -> None:
     adata.var = adata.var[[]]
     adata.obs = adata.obs[["section", "patient", "array_x", "array_y", "label", "cancer"]]
 
-    for section, entry in adata.uns["spatial"].items():
+    for entry in adata.uns["spatial"].values():
         image = entry.get("images", {}).get("hires")
         entry.get("metadata", {}).pop("fullres_image_path", None)
         if image is None:
