@@ -147,6 +147,43 @@ def _proc_status_mb(field: str) -> float:
     raise KeyError(field)
 
 
+def _package_digest() -> str:
+    """Short SHA-1 of the imported ``spacrd`` package's source files (which model code a run used)."""
+    import hashlib
+
+    import spacrd
+
+    digest = hashlib.sha1()
+    root = Path(spacrd.__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def _provenance() -> str:
+    """Where the ``spacrd`` being benchmarked comes from: path, git commit, uncommitted changes."""
+    import subprocess
+
+    import spacrd
+
+    root = Path(spacrd.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "."], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        git = f"git {commit}" + (" with uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        git = "not a git checkout"
+    return f"spacrd {spacrd.__version__} from `{root}` ({git}); source digest {_package_digest()}"
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0)."""
     try:
@@ -193,6 +230,7 @@ def _child(method: str, train: ad.AnnData, test: ad.AnnData, seed: int, options:
         "load_avg": load,
         "cores": len(os.sched_getaffinity(0)),
         "threads": torch.get_num_threads(),
+        "spacrd_digest": _package_digest(),
     }
 
 
@@ -339,6 +377,14 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
         f"{'/'.join(map(str, sorted(df['threads'].unique()))) if 'threads' in df else '?'} CPU thread(s).",
         "",
     ]
+    sp_rows = df[df["method"] == "spacrd"]
+    if "spacrd_digest" in df and sp_rows["spacrd_digest"].nunique() > 1:
+        lines += [
+            "**Warning**: the SpaCRD runs used different versions of the package source (digests "
+            + ", ".join(sorted(sp_rows["spacrd_digest"].astype(str).unique()))
+            + "); they are not one experiment.",
+            "",
+        ]
     if notes:
         lines += [f"{k}: {v}" for k, v in notes.items()]
         lines.append("")
@@ -383,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path, pred_path = args.out / "benchmark.csv", args.out / "predictions.csv.gz"
-    notes: dict[str, str] = {"Hardware": _hardware()}
+    notes: dict[str, str] = {"Hardware": _hardware(), "Package": _provenance()}
     notes_path = args.out / "notes.json"
     if args.summarise_only:
         if notes_path.exists():
