@@ -29,7 +29,10 @@ def select_genes(
     expressed = np.asarray((counts > 0).sum(axis=0)).ravel() > 0
     if expressed.sum() <= n_top_genes:
         return np.flatnonzero(expressed)
-    tmp = ad.AnnData(counts[:, expressed], obs=pd.DataFrame({"section": pd.Categorical(sections)}))
+    tmp = ad.AnnData(
+        counts[:, expressed],
+        obs=pd.DataFrame({"section": pd.Categorical(sections)}, index=np.arange(len(sections)).astype(str)),
+    )
     tmp.var_names = gene_names[expressed]
     n_sections = tmp.obs["section"].nunique()
     sc.pp.highly_variable_genes(
