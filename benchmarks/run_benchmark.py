@@ -147,27 +147,24 @@ def _proc_status_mb(field: str) -> float:
     raise KeyError(field)
 
 
-def _package_digest() -> str:
-    """Short SHA-1 of the imported ``spacrd`` package's source files (which model code a run used)."""
+def _package_digest(root: Path | None = None) -> str:
+    """Short SHA-1 of a ``spacrd`` source tree (default: the imported one), to tell code versions apart."""
     import hashlib
 
-    import spacrd
+    if root is None:
+        import spacrd
 
+        root = Path(spacrd.__file__).resolve().parent
     digest = hashlib.sha1()
-    root = Path(spacrd.__file__).resolve().parent
     for f in sorted(root.rglob("*.py")):
         digest.update(str(f.relative_to(root)).encode())
         digest.update(f.read_bytes())
     return digest.hexdigest()[:10]
 
 
-def _provenance() -> str:
-    """Where the ``spacrd`` being benchmarked comes from: path, git commit, uncommitted changes."""
+def _git_state(root: Path) -> str | None:
     import subprocess
 
-    import spacrd
-
-    root = Path(spacrd.__file__).resolve().parent
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
@@ -178,10 +175,25 @@ def _provenance() -> str:
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "."], capture_output=True, text=True, check=True
         ).stdout.strip()
-        git = f"git {commit}" + (" with uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        git = "not a git checkout"
-    return f"spacrd {spacrd.__version__} from `{root}` ({git}); source digest {_package_digest()}"
+        return None
+    return f"git {commit}" + (" with uncommitted changes" if dirty else "")
+
+
+def _provenance() -> str:
+    """Where the benchmarked ``spacrd`` comes from: path, git state, source digest."""
+    import spacrd
+
+    root = Path(spacrd.__file__).resolve().parent
+    digest = _package_digest(root)
+    text = f"spacrd {spacrd.__version__} from `{root}`, source digest {digest}"
+    git = _git_state(root)
+    if git:
+        return f"{text} ({git})"
+    repo_src = REPO_ROOT / "src" / "spacrd"
+    if repo_src.is_dir() and _package_digest(repo_src) == digest:  # e.g. an exported copy of a commit
+        return f"{text}, identical to `src/spacrd` of this repository at {_git_state(repo_src) or 'its current state'}"
+    return text
 
 
 def _reset_peak_rss() -> bool:
@@ -349,11 +361,11 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
         )
         + " Spots without a label are scored but not counted.",
         "",
-        "¹ Threshold at the quantile of the scores equal to the held-out section's true share of "
-        "non-cancer spots (the SpaCRD paper's rule). It uses the held-out labels, so it is optimistic.",
-        "",
         "In the F1 tables, *all spots called cancer* is the F1 of the trivial call that every spot is "
         "cancer, 2p / (1 + p) for a cancer share p: on cancer-rich sections F1 is high for free.",
+        "",
+        "¹ Threshold at the quantile of the scores equal to the held-out section's true share of "
+        "non-cancer spots (the SpaCRD paper's rule). It uses the held-out labels, so it is optimistic.",
         "",
         "² Label-free call: SpaCRD's own `obs['ctr']` (its GMM threshold); for the baselines, the crossing "
         "point of the two weighted densities of a 2-component Gaussian mixture fitted to their scores "
