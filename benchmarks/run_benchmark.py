@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     notes_path = args.out / "notes.json"
     if args.summarise_only:
         if notes_path.exists():
-            notes = {**json.loads(notes_path.read_text()), **notes}
+            notes = {**notes, **json.loads(notes_path.read_text())}  # the run's own notes win
         return _write_summary(pd.read_csv(csv_path), args, notes)
 
     if args.threads:  # read by BLAS/OpenMP when the spawned runs import numpy and torch
