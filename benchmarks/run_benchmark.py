@@ -423,8 +423,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="CPU threads per run (torch, BLAS, OpenMP); default: the libraries' own choice",
+        default=1,
+        help="CPU threads per run (torch, BLAS, OpenMP); 0 = the libraries' own choice. One thread "
+        "keeps timings comparable between methods and avoids oversubscription on a shared machine",
     )
     p.add_argument(
         "--undetermined",
