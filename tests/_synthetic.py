@@ -51,3 +51,18 @@ def synthetic_sections(
     adata.obs["section"] = adata.obs["section"].astype("category")
     adata.layers["counts"] = adata.X.copy()
     return adata
+
+
+def tiny_sections() -> ad.AnnData:
+    """Three 8 × 8 sections of 60 genes: the smallest data the model trains on, for input-validation tests."""
+    return synthetic_sections(n_sections=3, grid=8, n_genes=60)
+
+
+def source_of(adata: ad.AnnData, held_out: str = "S2") -> ad.AnnData:
+    """Copy of every section but ``held_out``."""
+    return adata[adata.obs["section"] != held_out].copy()
+
+
+def target_of(adata: ad.AnnData, held_out: str = "S2") -> ad.AnnData:
+    """Copy of the ``held_out`` section."""
+    return adata[adata.obs["section"] == held_out].copy()

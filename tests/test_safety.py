@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import scvi
 import torch
-from _synthetic import synthetic_sections
+from _synthetic import source_of, target_of, tiny_sections
 from anndata import ImplicitModificationWarning
 from matplotlib import pyplot as plt
 from scipy import sparse
@@ -39,15 +39,7 @@ SETUP_UNS = {"_scvi_uuid", "_scvi_manager_uuid"}
 
 @pytest.fixture(scope="module")
 def data():
-    return synthetic_sections(n_sections=3, grid=8, n_genes=60)
-
-
-def _source(data):
-    return data[data.obs["section"] != "S2"].copy()
-
-
-def _target(data):
-    return data[data.obs["section"] == "S2"].copy()
+    return tiny_sections()
 
 
 def _fit(source, seed=0, **train_kwargs):
@@ -60,7 +52,7 @@ def _fit(source, seed=0, **train_kwargs):
 
 @pytest.fixture(scope="module")
 def trained(data):
-    return _fit(_source(data))
+    return _fit(source_of(data))
 
 
 def _with_images(adata):
@@ -144,7 +136,7 @@ def test_snapshot_comparison_catches_changes(data):
 # ------------------------------------------------------------------------ documented outputs only
 @pytest.mark.parametrize("obs_dtypes", ["categorical", "strings"])
 def test_setup_anndata_writes_only_documented_keys(data, obs_dtypes):
-    source = _source(data)
+    source = source_of(data)
     kwargs = dict(SETUP)
     if obs_dtypes == "strings":  # object columns must not be turned into categoricals in place
         source.obs["section"] = source.obs["section"].astype(str).astype(object)
@@ -158,12 +150,12 @@ def test_setup_anndata_writes_only_documented_keys(data, obs_dtypes):
 
 
 def test_predict_writes_only_documented_keys(data, trained):
-    target = _with_images(_target(data))
+    target = _with_images(target_of(data))
     before, source_before = _snapshot(target), _snapshot(trained.adata)
     trained.predict(target)
     _assert_only_added(before, target, obs={"ctr_prob", "ctr"}, uns={"spacrd"})
     _assert_only_added(source_before, trained.adata)  # the training data are not touched
-    custom = _target(data)
+    custom = target_of(data)
     before = _snapshot(custom)
     trained.predict(custom, prob_key="p", call_key="c", uns_key="run")
     _assert_only_added(before, custom, obs={"p", "c"}, uns={"run"})
@@ -194,7 +186,7 @@ def test_ctr_changes_nothing(data):
 
 # ----------------------------------------------------------------------------------- views, backed
 def test_setup_anndata_refuses_a_view(data):
-    parent = _source(data)
+    parent = source_of(data)
     before = _snapshot(parent)
     view = parent[parent.obs["section"] == "S0"]
     with pytest.raises(ValueError, match=r"view of another AnnData.*`adata = adata\[mask\]\.copy\(\)`"):
@@ -215,7 +207,7 @@ def test_predict_on_a_view_warns_and_leaves_the_parent_alone(data, trained):
     _assert_only_added(before, parent)
     assert not view.is_view
     np.testing.assert_array_equal(view.obs["ctr_prob"].to_numpy(), prob)
-    np.testing.assert_array_equal(prob, trained.predict(_target(data)))
+    np.testing.assert_array_equal(prob, trained.predict(target_of(data)))
 
 
 def test_image_features_on_a_view_leaves_the_parent_alone(data):
@@ -231,10 +223,10 @@ def test_image_features_on_a_view_leaves_the_parent_alone(data):
 
 def test_predict_on_a_backed_anndata(data, trained, tmp_path):
     """Backed mode keeps X on disk; the counts layer is in memory, so prediction works unchanged."""
-    _target(data).write_h5ad(tmp_path / "t.h5ad")
+    target_of(data).write_h5ad(tmp_path / "t.h5ad")
     backed = ad.read_h5ad(tmp_path / "t.h5ad", backed="r")
     try:
-        np.testing.assert_array_equal(trained.predict(backed), trained.predict(_target(data)))
+        np.testing.assert_array_equal(trained.predict(backed), trained.predict(target_of(data)))
         assert "ctr_prob" in backed.obs
     finally:
         backed.file.close()
@@ -243,14 +235,14 @@ def test_predict_on_a_backed_anndata(data, trained, tmp_path):
 
 # --------------------------------------------------------------------------------- reproducibility
 def test_same_seed_same_probabilities(data, trained):
-    target = _target(data)
+    target = target_of(data)
     expected = trained.predict(target.copy())
-    np.testing.assert_array_equal(_fit(_source(data), seed=0).predict(target.copy()), expected)
-    assert not np.array_equal(_fit(_source(data), seed=1).predict(target.copy()), expected)
+    np.testing.assert_array_equal(_fit(source_of(data), seed=0).predict(target.copy()), expected)
+    assert not np.array_equal(_fit(source_of(data), seed=1).predict(target.copy()), expected)
 
 
 def test_save_load_gives_identical_predictions(data, trained, tmp_path):
-    target = _target(data)
+    target = target_of(data)
     expected = trained.predict(target.copy())
     trained.save(tmp_path / "m", save_anndata=True)
     loaded = SpaCRD.load(tmp_path / "m")
@@ -290,7 +282,7 @@ def test_load_rejects_damaged_and_foreign_directories(data, trained, tmp_path):
         SpaCRD.load(tmp_path / "m")
 
     meta_path.write_text(json.dumps(meta))
-    other = _source(data)
+    other = source_of(data)
     SpaCRD.setup_anndata(other, **SETUP)
     wider = SpaCRD(other, **{**NET, "n_hidden": (48,)})
     torch.save(wider.module.state_dict(), tmp_path / "m" / "model.pt")
@@ -298,11 +290,11 @@ def test_load_rejects_damaged_and_foreign_directories(data, trained, tmp_path):
         SpaCRD.load(tmp_path / "m")
 
     trained.save(tmp_path / "m", overwrite=True)
-    other_genes = _source(data)
+    other_genes = source_of(data)
     other_genes.var_names = [f"g{i}" for i in range(other_genes.n_vars)]
     with pytest.raises(ValueError, match=r"var_names differ.*load without `adata`"):
         SpaCRD.load(tmp_path / "m", adata=other_genes)
-    parent = _source(data)
+    parent = source_of(data)
     with pytest.raises(ValueError, match="view of another AnnData"):
         SpaCRD.load(tmp_path / "m", adata=parent[:50])
     assert SpaCRD.load(tmp_path / "m").is_trained_  # the directory itself was fine all along
@@ -342,7 +334,7 @@ class _InterruptFusion(pl.Callback):
 
 
 def test_interrupted_training_leaves_a_usable_model(data):
-    source = _source(data)
+    source = source_of(data)
     scvi.settings.seed = 0
     SpaCRD.setup_anndata(source, **SETUP)
     model = SpaCRD(source, **NET)
@@ -355,9 +347,9 @@ def test_interrupted_training_leaves_a_usable_model(data):
     assert not model.is_trained_
     assert "stage1_train_loss" in model.history and "stage3_train_loss" not in model.history
     with pytest.raises(RuntimeError, match=r"not trained \(an interrupted `train\(\)` leaves it untrained\)"):
-        model.predict(_target(data))
+        model.predict(target_of(data))
 
     model.train(**EPOCHS)
     assert model.is_trained_ and len(model.history["stage3_train_loss"]) == EPOCHS["classify_epochs"]
-    prob = model.predict(_target(data))
+    prob = model.predict(target_of(data))
     assert np.isfinite(prob).all() and ((prob >= 0) & (prob <= 1)).all()

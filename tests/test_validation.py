@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scvi
-from _synthetic import synthetic_sections
+from _synthetic import source_of, target_of, tiny_sections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -37,20 +37,12 @@ PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 @pytest.fixture(scope="module")
 def data():
-    return synthetic_sections(n_sections=3, grid=8, n_genes=60)
+    return tiny_sections()
 
 
-def _source(data):
-    return data[data.obs["section"] != "S2"].copy()
-
-
-def _target(data):
-    return data[data.obs["section"] == "S2"].copy()
-
-
-def _messy_source(data):
+def _messysource_of(data):
     """S0 and S1 plus a 3-spot section at one position, two spots without counts, some labels missing."""
-    source = _source(data)
+    source = source_of(data)
     tiny = data[data.obs["section"] == "S2"][:3].copy()
     tiny.obs["section"] = "tiny"
     tiny.obsm["spatial"][:] = tiny.obsm["spatial"][0]
@@ -68,7 +60,7 @@ def _messy_source(data):
 def trained(data):
     """A tiny model trained on the messy source: every oddity above must still train."""
     scvi.settings.seed = 0
-    source = _messy_source(data)
+    source = _messysource_of(data)
     with pytest.warns(UserWarning, match="2 spots have no counts"):
         SpaCRD.setup_anndata(source, **SETUP)
     model = SpaCRD(source, **NET)
@@ -88,17 +80,17 @@ def test_negative_nan_and_infinite_counts_are_errors(data):
         (np.nan, "NaN or infinite"),
         (np.inf, "NaN or infinite"),
     ):
-        source = _source(data)
+        source = source_of(data)
         source.layers["counts"].data[3] = bad
         _setup_error(source, ValueError, rf"adata.layers\['counts'\] contains {match}")
 
 
 def test_non_numeric_missing_and_backed_counts(data, tmp_path):
-    source = _source(data)
+    source = source_of(data)
     _setup_error(source, KeyError, r"Layer 'raw' not found; available layers: \['counts'\]", layer="raw")
     source.layers["counts"] = source.layers["counts"].toarray() > 0
     _setup_error(source, TypeError, "dtype bool; raw counts must be numeric")
-    _source(data).write_h5ad(tmp_path / "s.h5ad")
+    source_of(data).write_h5ad(tmp_path / "s.h5ad")
     backed = ad.read_h5ad(tmp_path / "s.h5ad", backed="r")
     _setup_error(backed, TypeError, r"adata.X is backed on disk.*adata.to_memory\(\)", layer=None)
     # layers of a backed AnnData are in memory: setting up on them works
@@ -108,7 +100,7 @@ def test_non_numeric_missing_and_backed_counts(data, tmp_path):
 
 def test_non_integer_counts_warn_but_work(data):
     """A warning, not an error: ambient-corrected counts are legitimately non-integer."""
-    source = _source(data)
+    source = source_of(data)
     source.layers["counts"] = source.layers["counts"] * 1.5
     with pytest.warns(UserWarning, match="non-integer values; SpaCRD expects raw counts"):
         SpaCRD.setup_anndata(source, **SETUP)
@@ -116,7 +108,7 @@ def test_non_integer_counts_warn_but_work(data):
 
 
 def test_all_zero_spots_warn_and_all_zero_genes_are_dropped(data):
-    source = _source(data)
+    source = source_of(data)
     counts = source.layers["counts"].toarray()
     counts[:4] = 0
     counts[:, :12] = 0  # twelve genes never detected
@@ -134,20 +126,20 @@ def test_all_zero_spots_warn_and_all_zero_genes_are_dropped(data):
 
 def test_gene_selection_leaves_out_sections_too_small_to_fit(data):
     """seurat_v3 fails on a 2- or 3-spot section and crashes the interpreter on a 1-spot one."""
-    reference = _source(data)
+    reference = source_of(data)
     SpaCRD.setup_anndata(reference, **SETUP)
     expected = list(SpaCRD(reference, **NET).gene_names)
     for n_spots in (1, 3):
         small = data[data.obs["section"] == "S2"][:n_spots].copy()
         small.obs["section"] = "small"
-        source = ad.concat([_source(data), small], merge="same")
+        source = ad.concat([source_of(data), small], merge="same")
         source.obs["section"] = source.obs["section"].astype("category")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # scvi-tools: a category with fewer than 3 cells
             SpaCRD.setup_anndata(source, **SETUP)
         assert list(SpaCRD(source, **NET).gene_names) == expected
     # no section large enough: all spots are pooled, and a failed fit says how to go on
-    two = _source(data)[:2].copy()
+    two = source_of(data)[:2].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         SpaCRD.setup_anndata(two, **SETUP)
@@ -170,10 +162,10 @@ def test_gene_selection_leaves_out_sections_too_small_to_fit(data):
     ids=["dense32", "dense64", "dense-int64", "csc", "csr-int32"],
 )
 def test_count_storage_does_not_change_the_inputs(data, convert):
-    reference = _source(data)
+    reference = source_of(data)
     SpaCRD.setup_anndata(reference, **SETUP)
     expected = SpaCRD(reference, **NET)
-    source = _source(data)
+    source = source_of(data)
     source.layers["counts"] = convert(source.layers["counts"])
     SpaCRD.setup_anndata(source, **SETUP)
     model = SpaCRD(source, **NET)
@@ -184,9 +176,9 @@ def test_count_storage_does_not_change_the_inputs(data, convert):
 # ------------------------------------------------------------------------------------------ labels
 def test_label_errors(data):
     _setup_error(
-        _source(data), KeyError, r"`labels_key='tumour'` is not a column of adata.obs", labels_key="tumour"
+        source_of(data), KeyError, r"`labels_key='tumour'` is not a column of adata.obs", labels_key="tumour"
     )
-    source = _source(data)
+    source = source_of(data)
     source.obs["region"] = np.where(source.obs["cancer"], "invasive cancer", "stroma")
     _setup_error(
         source,
@@ -206,7 +198,7 @@ def test_label_errors(data):
 
 
 def test_cancer_categories_map_region_names(data):
-    source = _source(data)
+    source = source_of(data)
     regions = np.where(source.obs["cancer"], "invasive cancer", "stroma").astype(object)
     regions[:5] = "cancer in situ"
     regions[5:8] = None
@@ -222,7 +214,7 @@ def test_cancer_categories_map_region_names(data):
 
 @pytest.mark.parametrize("labels", ["one class", "all missing", "no labels_key"])
 def test_training_needs_both_classes(data, labels):
-    source = _source(data)
+    source = source_of(data)
     kwargs = dict(SETUP)
     if labels == "one class":
         source.obs["cancer"] = False
@@ -242,23 +234,23 @@ def test_training_needs_both_classes(data, labels):
 
 # ------------------------------------------------------------------------------------------- genes
 def test_duplicated_gene_names(data, trained):
-    source = _source(data)
+    source = source_of(data)
     source.var_names = [f"gene{i % 55}" for i in range(60)]
     _setup_error(source, ValueError, r"5 duplicated gene names \(e.g. \['gene0',.*var_names_make_unique")
-    target = _target(data)
+    target = target_of(data)
     target.var_names = source.var_names
     with pytest.raises(ValueError, match=r"target has duplicated gene names.*var_names_make_unique"):
         trained.predict(target)
 
 
 def test_low_gene_overlap_names_the_threshold_and_the_likely_cause(data, trained):
-    target = _target(data)
+    target = target_of(data)
     target.var_names = [f"ENSG{i:011d}" for i in range(target.n_vars)]
     with pytest.raises(
         ValueError, match=r"Only 0 of the model's 50 genes \(0%\).*min_gene_overlap=0.5.*Ensembl"
     ):
         trained.predict(target)
-    half = _target(data)[:, list(trained.gene_names[:20])].copy()
+    half = target_of(data)[:, list(trained.gene_names[:20])].copy()
     with pytest.raises(ValueError, match=r"min_gene_overlap=0\.5"):
         trained.predict(half)
     with pytest.warns(UserWarning, match="30 of the model's 50 genes are missing"):
@@ -267,19 +259,21 @@ def test_low_gene_overlap_names_the_threshold_and_the_likely_cause(data, trained
 
 # ----------------------------------------------------------------------------------------- spatial
 def test_spatial_errors(data):
-    source = _source(data)
+    source = source_of(data)
     del source.obsm["spatial"]
     _setup_error(
         source, KeyError, r"obsm\['spatial'\] not found.*Available obsm keys: \['X_histology'\].*spatial_key="
     )
-    source = _source(data)
+    source = source_of(data)
     source.obsm["xy"] = source.obsm["spatial"][:, :1]
     _setup_error(source, ValueError, r"obsm\['xy'\] must be \(n_spots, 2\).*\(128, 1\)", spatial_key="xy")
     source.obsm["spatial"][[4, 9]] = [np.nan, np.inf]
     _setup_error(source, ValueError, r"2 spots with NaN or infinite coordinates \(e.g. \['S0_4', 'S0_9'\]\)")
-    _setup_error(_source(data), ValueError, "`n_neighbors` must be a positive integer, got 0", n_neighbors=0)
-    _setup_error(_source(data), KeyError, "`batch_key='slide'` is not a column", batch_key="slide")
-    source = _source(data)
+    _setup_error(
+        source_of(data), ValueError, "`n_neighbors` must be a positive integer, got 0", n_neighbors=0
+    )
+    _setup_error(source_of(data), KeyError, "`batch_key='slide'` is not a column", batch_key="slide")
+    source = source_of(data)
     source.obs["section"] = source.obs["section"].astype(object)
     source.obs.loc[source.obs_names[0], "section"] = None
     _setup_error(source, ValueError, r"obs\['section'\] has missing values; every spot needs its section")
@@ -294,20 +288,20 @@ def test_small_sections_and_duplicated_coordinates(data, trained):
     assert (neighbors[tiny, 3:] == -1).all()
     assert all(set(row) == set(tiny) for row in neighbors[tiny, :3])
     assert (neighbors[np.setdiff1d(np.arange(len(neighbors)), tiny)] >= 0).all()
-    prob = trained.predict(_target(data)[:3].copy())  # a 3-spot target, one section smaller than k
+    prob = trained.predict(target_of(data)[:3].copy())  # a 3-spot target, one section smaller than k
     assert prob.shape == (3,) and np.isfinite(prob).all()
 
 
 def test_predict_checks_target_coordinates_and_sections(data, trained):
-    target = _target(data)
+    target = target_of(data)
     target.obsm["spatial"][2] = np.nan
     with pytest.raises(ValueError, match=r"1 spots with NaN or infinite coordinates \(e.g. \['S2_2'\]\)"):
         trained.predict(target)
-    target = _target(data)
+    target = target_of(data)
     del target.obsm["spatial"]
     with pytest.raises(KeyError, match=r"obsm\['spatial'\] not found"):
         trained.predict(target)
-    target = _target(data)
+    target = target_of(data)
     target.obs["section"] = target.obs["section"].astype(object)
     target.obs.loc[target.obs_names[:2], "section"] = np.nan
     with pytest.raises(ValueError, match="has missing values; every spot needs its section"):
@@ -318,7 +312,7 @@ def test_predict_checks_target_coordinates_and_sections(data, trained):
 
 # ----------------------------------------------------------------------------- histology embeddings
 def test_histology_embedding_errors(data, trained):
-    source = _source(data)
+    source = source_of(data)
     _setup_error(
         source,
         KeyError,
@@ -329,7 +323,7 @@ def test_histology_embedding_errors(data, trained):
     _setup_error(source, ValueError, r"1 rows of obsm\['X_histology'\] are partly NaN")
     source.obsm["X_histology"][0] = np.inf
     _setup_error(source, ValueError, "contains infinite values")
-    target = _target(data)
+    target = target_of(data)
     target.obsm["X_histology"] = target.obsm["X_histology"][:, :5]
     with pytest.raises(ValueError, match=r"has 5 features but the model was trained with 12.*same backbone"):
         trained.predict(target)
@@ -337,7 +331,7 @@ def test_histology_embedding_errors(data, trained):
 
 def test_target_without_embeddings_is_predicted_from_expression(data, trained):
     """As documented: a missing embedding key means 'no image' for every spot, with a warning."""
-    target = _target(data)
+    target = target_of(data)
     expected = target.copy()
     expected.obsm["X_histology"][:] = np.nan
     del target.obsm["X_histology"]
@@ -350,11 +344,11 @@ def test_target_without_embeddings_is_predicted_from_expression(data, trained):
 
 # ------------------------------------------------------------------------------------------- shape
 def test_empty_and_single_spot_anndata(data, trained):
-    source = _source(data)
+    source = source_of(data)
     _setup_error(source[:0].copy(), ValueError, r"The AnnData is empty \(0 spots × 60 genes\)")
     _setup_error(source[:, :0].copy(), ValueError, r"The AnnData is empty \(128 spots × 0 genes\)")
     with pytest.raises(ValueError, match="empty"):
-        trained.predict(_target(data)[:0].copy())
+        trained.predict(target_of(data)[:0].copy())
     one = source[:1].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # scvi-tools: categories with fewer than 3 cells
@@ -362,7 +356,7 @@ def test_empty_and_single_spot_anndata(data, trained):
     assert (one.obsm["_spacrd_neighbors"] == [[0, -1, -1, -1, -1, -1, -1]]).all()
     with pytest.raises(ValueError, match="both classes"):
         SpaCRD(one, **NET).train(**EPOCHS)
-    target = _target(data)[:1].copy()
+    target = target_of(data)[:1].copy()
     prob = trained.predict(target)
     assert prob.shape == (1,) and 0 <= prob[0] <= 1
     assert target.obs["ctr"].iloc[0] in ("cancer", "non-cancer")
@@ -370,12 +364,12 @@ def test_empty_and_single_spot_anndata(data, trained):
 
 # ------------------------------------------------------------------------------------------- state
 def test_predict_before_train_says_what_to_do(data):
-    source = _source(data)
+    source = source_of(data)
     SpaCRD.setup_anndata(source, **SETUP)
     model = SpaCRD(source, **NET)
     for call in (model.predict, model.get_latent_representation):
         with pytest.raises(RuntimeError, match=r"not trained.*model.train\(\).*SpaCRD.load"):
-            call(_target(data))
+            call(target_of(data))
     with pytest.raises(ValueError, match=r"`train_size` must be in \(0, 1\]"):
         model.train(train_size=0.0, **EPOCHS)
 
