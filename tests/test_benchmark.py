@@ -182,3 +182,15 @@ def test_summary_has_section_and_mean_rows():
     assert "| X1 | 100 (0.30) |" in auc_table
     assert "| mean |" in auc_table
     assert "0.805 ± 0.007" in auc_table  # spacrd: seeds 0 and 1
+
+
+def test_fit_logreg_chooses_strength_on_training_sections(split_data):
+    train, _, _, _ = split_data
+    mask, y = bl.labelled(train)
+    sections = train.obs["section"].astype(str).to_numpy()[mask]
+    x = bl.expression_features(train, bl.select_hvgs(train, n_top=50), smooth=False)[mask]
+    clf = bl.fit_logreg(x, y, sections, seed=0)
+    assert clf.C_[0] in bl.LOGREG_CS
+    assert clf.scores_[1].shape == (2, len(bl.LOGREG_CS))  # one fold per training section
+    single = bl.fit_logreg(x, y, np.full(y.size, "S0"), seed=0)
+    assert single.C == bl.LOGREG_CS[len(bl.LOGREG_CS) // 2]
