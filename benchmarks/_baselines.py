@@ -144,7 +144,9 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, sections: np.ndarray, seed: int) ->
         if np.unique(y[tr]).size == 2 and np.unique(y[va]).size == 2
     ]
     cv = LogisticRegressionCV(Cs=LOGREG_CS, cv=folds, scoring="roc_auc", max_iter=5000, random_state=seed)
-    return cv.fit(x, y)
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces changes of defaults we do not rely on
+        warnings.simplefilter("ignore", FutureWarning)
+        return cv.fit(x, y)
 
 
 def logreg_hvg(
