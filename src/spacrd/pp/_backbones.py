@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -18,17 +19,18 @@ _TIMM_HINT = (
 )
 
 
-class Backbone:
+class Backbone(abc.ABC):
     """A feature extractor: uint8 RGB crops ``(b, s, s, 3)`` -> float32 features ``(b, d)``."""
 
     name: str
     input_size: tuple[int, int]
     feature_names: list[str] | None = None
 
+    @abc.abstractmethod
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Features of a batch of crops."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most backbones change nothing that needs undoing
         """Undo temporary changes to a user's module."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -23,16 +24,16 @@ _PAD_MODES = ("constant", "reflect", "edge")
 # --------------------------------------------------------------------------------------------------
 
 
-class _Source:
+class _Source(abc.ABC):
     """Pixel blocks of one image, converted to ``(h, w, 3)`` uint8 RGB."""
 
     height: int
     width: int
     description: str
 
+    @abc.abstractmethod
     def read(self, boxes: Sequence[tuple[int, int, int, int]]) -> list[np.ndarray]:
         """Blocks ``image[y0:y1, x0:x1]`` for boxes ``(x0, y0, x1, y1)`` inside the image."""
-        raise NotImplementedError
 
 
 class _ArraySource(_Source):
