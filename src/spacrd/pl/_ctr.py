@@ -189,6 +189,19 @@ def call_label(adata: AnnData, prob_key: str, call_key: str) -> str:
     return f"{call_key} = {CANCER} ({prob_key} ≥ {threshold:.2f}{how})"
 
 
+def call_legend_handle(adata: AnnData, prob_key: str, call_key: str, color: str) -> Line2D:
+    """Legend entry for the call outline: an open circle in ``color`` with :func:`call_label`'s text."""
+    return Line2D(
+        [],
+        [],
+        marker="o",
+        linestyle="none",
+        markerfacecolor="none",
+        markeredgecolor=color,
+        label=call_label(adata, prob_key, call_key),
+    )
+
+
 def _resolve_libraries(
     adata: AnnData, library_key: str | None, library_id: str | Sequence[str] | None
 ) -> tuple[str | None, list[str]]:
@@ -395,18 +408,9 @@ def _ctr_anndata(
 
     if called is not None:
         geometry = spot_geometry(plot_adata, libraries, library_key, spatial_key=spatial_key, **geometry_args)
-        label = call_label(adata, prob_key, call_key)
+        handle = call_legend_handle(adata, prob_key, call_key, call_color)
         for prob_ax, (mask, centres, radius) in zip(prob_axes, geometry, strict=True):
             _outline(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
-            handle = Line2D(
-                [],
-                [],
-                marker="o",
-                linestyle="none",
-                markerfacecolor="none",
-                markeredgecolor=call_color,
-                label=label,
-            )
             # Inside the panel: below it the legend would collide with the axis label or the next row.
             prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
     return axes

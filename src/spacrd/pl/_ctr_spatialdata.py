@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.colors import Colormap, Normalize
-from matplotlib.lines import Line2D
 
-from ._ctr import call_label, call_mask
+from ._ctr import call_legend_handle, call_mask
 from ._utils import as_class_labels, as_list, check_obs_key, check_prob_key, class_palette, new_axes
 
 if TYPE_CHECKING:
@@ -158,16 +157,7 @@ def ctr_spatialdata(
     plot.pl.show(coordinate_systems=systems, ax=prob_axes, title=[f"{cs}: {prob_key}" for cs in systems])
 
     if called is not None:
-        label = call_label(table, prob_key, call_key)
-        handle = Line2D(
-            [],
-            [],
-            marker="o",
-            linestyle="none",
-            markerfacecolor="none",
-            markeredgecolor=call_color,
-            label=label,
-        )
+        handle = call_legend_handle(table, prob_key, call_key, call_color)
         for prob_ax in prob_axes:
             prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
 
