@@ -101,3 +101,19 @@ def test_cross_attention_respects_padding():
     changed = context.clone()
     changed[0, 2] += 10
     torch.testing.assert_close(block(query, context, mask), block(query, changed, mask))
+
+
+def test_wide_term_uses_the_neighbourhood_mean_and_ignores_padding():
+    module = SpaCRDModule(n_genes=30, n_embed=16, n_heads=4, n_latent=6).eval()
+    assert SpaCRDModule(n_genes=30, n_embed=16, n_heads=4, n_latent=6, wide=False).wide is None
+    batch = _batch(with_image=False)
+    batch[TENSOR_KEYS.PADDING_MASK][:, -1] = True
+    inputs = module._get_inference_input(batch)
+    with torch.no_grad():
+        module.wide[1].weight.zero_()
+        deep_only = module.inference(**inputs)["logits"]
+        module.wide[1].weight[0, 0] = 1.0
+        with_wide = module.inference(**inputs)["logits"]
+    # The wide term adds gene 0's mean over the unpadded neighbours (the last slot is padding).
+    expected = batch[TENSOR_KEYS.GENE_TOKENS][:, :-1, 0].mean(dim=1)
+    torch.testing.assert_close(with_wide - deep_only, expected)

@@ -17,6 +17,14 @@ Stage = Literal["align", "fuse", "classify"]
 STAGES: tuple[Stage, ...] = ("align", "fuse", "classify")
 
 
+def _masked_mean(tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the neighbourhood axis of ``tokens`` ``(B, k, d)``, leaving out padded slots: ``(B, d)``."""
+    if padding_mask is None:
+        return tokens.mean(dim=1)
+    keep = (~padding_mask.bool()).unsqueeze(-1).to(tokens.dtype)
+    return (tokens * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
 class SpaCRDModule(BaseModuleClass):
     """SpaCRD network over spot neighbourhoods.
 
@@ -69,6 +77,10 @@ class SpaCRDModule(BaseModuleClass):
     class_mean_margin
         The two class means are pushed apart only while their distance is below this margin (a
         bounded hinge; the research code's ``-||m_0 - m_1||`` is unbounded below). ``0`` disables it.
+    wide
+        Add a linear term on the neighbourhood-mean expression to the classifier's logit (a "wide and
+        deep" head). The deep path models what the linear term cannot; the linear term carries the
+        plain expression signal that a 16-dimensional latent can squeeze out.
 
     """
 
@@ -88,6 +100,7 @@ class SpaCRDModule(BaseModuleClass):
         kl_weight: float = 0.5,
         fused_weight: float = 0.1,
         class_mean_margin: float = 2.0,
+        wide: bool = True,
     ):
         super().__init__()
         self.n_genes = n_genes
@@ -117,6 +130,9 @@ class SpaCRDModule(BaseModuleClass):
         init[0, 0], init[1, 0] = -1.0, 1.0
         self.class_means = nn.Parameter(init)
         self.classifier = nn.Sequential(nn.Linear(2 * n_latent, 64), nn.ReLU(), nn.Linear(64, 1))
+        self.wide = (
+            nn.Sequential(nn.Dropout(input_dropout), nn.Linear(n_genes, 1, bias=False)) if wide else None
+        )
 
     # ------------------------------------------------------------------ inference
     def _get_inference_input(
@@ -183,6 +199,8 @@ class SpaCRDModule(BaseModuleClass):
         qz_std = torch.exp(0.5 * qz_log_var)
         z = qz_mean + qz_std * torch.randn_like(qz_std) if self.training else qz_mean
         logits = self.classifier(torch.cat([qz_mean, qz_std], dim=-1)).squeeze(-1)
+        if self.wide is not None:
+            logits = logits + self.wide(_masked_mean(gene_tokens, padding_mask)).squeeze(-1)
         outputs.update(h=h, qz_mean=qz_mean, qz_log_var=qz_log_var, z=z, logits=logits)
         return outputs
 
