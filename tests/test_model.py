@@ -1,6 +1,7 @@
 import json
 import os
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,9 +66,38 @@ def test_predict_writes_only_documented_keys(trained):
     assert set(target.obsm) == set(before.obsm) and set(target.layers) == set(before.layers)
     assert list(target.obs["ctr"].cat.categories) == ["non-cancer", "cancer"]
     meta = target.uns["spacrd"]
-    assert meta["threshold_method"] == "gmm" and 0 < meta["threshold"] < 1
+    assert meta["threshold_method"] == "bayes" and meta["threshold"] == 0.5
+    assert set(meta["cancer_share"]) == set(target.obs["section"]) and meta["prior_shift"]
     called = (target.obs["ctr"] == "cancer").to_numpy()
     np.testing.assert_array_equal(called, target.obs["ctr_prob"].to_numpy() >= meta["threshold"])
+
+
+def test_prior_shift_follows_the_targets_cancer_share(trained):
+    model, target = trained
+    share = target.obs["cancer"].mean()
+    # Drop most cancer spots: the estimated share falls, and so do the probabilities of the rest.
+    cancer = target.obs["cancer"].to_numpy()
+    keep = ~cancer | (np.random.default_rng(0).random(target.n_obs) < 0.2)
+    sparse_target = target[keep].copy()
+    model.predict(sparse_target)
+    (estimate,) = sparse_target.uns["spacrd"]["cancer_share"].values()
+    assert estimate < share
+    assert abs(estimate - sparse_target.obs["cancer"].mean()) < abs(
+        model.source_cancer_share_ - sparse_target.obs["cancer"].mean()
+    )
+    unadjusted = model.predict(sparse_target.copy(), prior_shift=False)
+    assert (sparse_target.obs["ctr_prob"].to_numpy() <= unadjusted + 1e-6).all()
+
+
+def test_predict_gmm_call_and_no_adaptation(trained):
+    model, target = trained
+    target = target.copy()
+    prob = model.predict(target, threshold="gmm", prior_shift=False, expression_propagation=0.0)
+    meta = target.uns["spacrd"]
+    assert meta["threshold_method"] == "gmm" and meta["cancer_share"] == {} and 0 < meta["threshold"] < 1
+    assert roc_auc_score(target.obs["cancer"], prob) >= 0.9
+    with pytest.raises(ValueError, match="'gmm'"):
+        model.predict(target, threshold="otsu")
 
 
 def test_predict_custom_keys_and_fixed_threshold(trained):
@@ -139,6 +169,8 @@ def test_save_load_roundtrip(trained, tmp_path):
     assert sorted(os.listdir(tmp_path / "m")) == ["model.json", "model.pt"]
     loaded = SpaCRD.load(tmp_path / "m")
     assert loaded.adata is None and loaded.is_trained_
+    assert loaded.source_cancer_share_ == pytest.approx(model.source_cancer_share_)
+    assert loaded.calibration_ == pytest.approx(model.calibration_)
     np.testing.assert_allclose(loaded.predict(target.copy()), expected, rtol=0, atol=1e-6)
     assert list(loaded.history) == list(model.history)
     with pytest.raises(ValueError, match="already exists"):
@@ -194,3 +226,14 @@ def test_sections_without_image_mix_with_imaged_ones(data):
     model = _train(source)
     target.obsm["X_histology"][:] = np.nan
     assert roc_auc_score(target.obs["cancer"], model.predict(target)) >= 0.85
+
+
+@pytest.mark.parametrize("prior_shift", [True, False])
+def test_predicted_target_writes_to_h5ad(trained, tmp_path, prior_shift):
+    model, target = trained
+    target = target.copy()
+    model.predict(target, prior_shift=prior_shift)
+    target.write_h5ad(tmp_path / "t.h5ad")
+    back = ad.read_h5ad(tmp_path / "t.h5ad")
+    assert back.uns["spacrd"]["threshold_method"] == "bayes"
+    np.testing.assert_array_equal(back.obs["ctr"], target.obs["ctr"])

@@ -102,6 +102,8 @@ class SpotInputs:
         ``(n, n_image_features)`` float32 scaled histology features, or ``None``.
     has_image
         ``(n,)`` bool, rows with a usable histology embedding.
+    sections
+        ``(n,)`` section of each spot (the unit of the per-section statistics), or ``None``.
 
     """
 
@@ -111,6 +113,7 @@ class SpotInputs:
     labels: np.ndarray
     image: np.ndarray | None = None
     has_image: np.ndarray | None = None
+    sections: np.ndarray | None = None
 
     @property
     def n_obs(self) -> int:
@@ -142,7 +145,15 @@ def build_inputs(
         has_image = np.isfinite(image).all(axis=1)
         image = scale_per_section(np.nan_to_num(image), sections, scaling, rows=has_image)
         image[~has_image] = 0.0
-    return SpotInputs(genes, neighbors.astype(np.int64), padding.astype(bool), labels, image, has_image)
+    return SpotInputs(
+        genes,
+        neighbors.astype(np.int64),
+        padding.astype(bool),
+        labels,
+        image,
+        has_image,
+        np.asarray(sections),
+    )
 
 
 class NeighbourhoodDataset(torch.utils.data.Dataset):

@@ -76,6 +76,8 @@ def save_model(
         "registry": model.registry,
         "is_trained": model.is_trained_,
         "n_image_training_spots": getattr(model, "n_image_training_spots_", 0),
+        "source_cancer_share": getattr(model, "source_cancer_share_", None),
+        "calibration": getattr(model, "calibration_", None),
         "history": {k: v.reset_index().to_dict(orient="list") for k, v in (model.history_ or {}).items()},
     }
     torch.save(model.module.state_dict(), os.path.join(dir_path, MODEL_FILE))
@@ -148,5 +150,7 @@ def load_model(
     model.module.eval()
     model.is_trained_ = bool(meta["is_trained"])
     model.n_image_training_spots_ = int(meta.get("n_image_training_spots", 0))
+    model.source_cancer_share_ = meta.get("source_cancer_share")
+    model.calibration_ = meta.get("calibration")
     model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
     return model
