@@ -4,8 +4,9 @@
 
 Trains the default architecture briefly on a small synthetic source (accuracy is not the point here),
 then predicts one synthetic section of ``--n-spots`` spots on a square lattice (neighbours, per-section
-scaling, GMM call and spatial smoothing included) and prints a Markdown table. Peak memory is the
-process's maximum resident set size (``resource.getrusage``) and its growth during ``predict``.
+scaling, label propagation over the expression graph, spatial smoothing, calibration, prior shift and
+call included) and prints a Markdown table. Peak memory is the process's maximum resident set size
+(``resource.getrusage``) and its growth during ``predict``.
 """
 
 from __future__ import annotations

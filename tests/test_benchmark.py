@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _baselines as bl
 import _metrics as mt
+import nested_selection as ns
 import run_benchmark as rb
 
 
@@ -194,3 +195,53 @@ def test_fit_logreg_chooses_strength_on_training_sections(split_data):
     assert clf.scores_[1].shape == (2, len(bl.LOGREG_CS))  # one fold per training section
     single = bl.fit_logreg(x, y, np.full(y.size, "S0"), seed=0)
     assert single.C == bl.LOGREG_CS[len(bl.LOGREG_CS) // 2]
+
+
+# ------------------------------------------------------------------------------ nested selection
+def test_nested_selection_picks_ranking_by_auc_then_call_by_f1():
+    rows = []
+    for section, bump in (("B1", 0.0), ("C1", 0.02)):
+        for arch, alpha, call in [
+            (a, p, c) for a in ns.ARCHITECTURES for p in ns.PROPAGATION for c in ns.CALLS
+        ]:
+            auc = 0.8 + bump + (0.05 if arch == "deep" and alpha == 0.0 else 0.0)
+            f1 = 0.7 + (0.1 if call == "gmm" else 0.0)
+            rows.append(
+                {
+                    "section": section,
+                    "architecture": arch,
+                    "propagation": alpha,
+                    "call": call,
+                    "auc": auc,
+                    "f1_free": f1,
+                }
+            )
+    assert ns.select(pd.DataFrame(rows)) == ("deep", 0.0, "gmm")
+
+
+def test_nested_selection_summary_marks_the_default():
+    outer = pd.DataFrame(
+        [
+            {
+                "section": s,
+                "architecture": a,
+                "propagation": p,
+                "call": c,
+                "auc": 0.9,
+                "ap": 0.9,
+                "f1_prev": 0.8,
+                "f1_free": 0.8,
+                "brier": 0.1,
+            }
+            for s in ("A1", "B1")
+            for a in ns.ARCHITECTURES
+            for p in ns.PROPAGATION
+            for c in ns.CALLS
+        ]
+    )
+    chosen = pd.DataFrame(
+        [{"section": s, "architecture": "wide", "propagation": 0.5, "call": "bayes"} for s in ("A1", "B1")]
+    )
+    text = ns.summarise(outer, chosen)
+    assert "| A1 | wide | 0.5 | bayes |" in text and "wide (default)" in text
+    assert text.count("(default)") == 1

@@ -7,7 +7,7 @@ Run from the repository root, with the shared data beside the repository (or pas
 It writes ``docs/_static/ctr_her2st_a1.png`` (probabilities on the H&E next to the pathologist's
 labels), ``docs/_static/score_distribution_her2st_a1.png`` and ``docs/_static/training_history_her2st.png``.
 Only A1 of the labelled sections has an H&E image in the public data, so the model here is trained on
-expression alone (B1, C1, D1, E1, F1); the image is used for display. The run takes about ten minutes on
+expression alone (B1, C1, D1, E1, F1); the image is used for display. The run takes about a minute on
 two CPU cores and gives the same figures each time (fixed seed).
 """
 
