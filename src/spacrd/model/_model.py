@@ -720,15 +720,16 @@ class SpaCRD(BaseModelClass):
         self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
         adata = target_table(self, adata, table_key, image_key)
         target = self.adata if adata is None else adata
-        if isinstance(threshold, str) and threshold != "gmm":
-            raise ValueError(f"`threshold` must be None, 'gmm' or a probability, got {threshold!r}.")
-        if not isinstance(threshold, str | type(None)) and not 0.0 <= threshold <= 1.0:
+        if isinstance(threshold, str):
+            if threshold != "gmm":
+                raise ValueError(f"`threshold` must be None, 'gmm' or a probability, got {threshold!r}.")
+        elif threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"`threshold` must be a probability in [0, 1], got {threshold}.")
         inputs = self._inputs(adata, min_gene_overlap)
         logits = self._label_free_logits(inputs, batch_size, expression_propagation, spatial_smoothing)
         calibration = getattr(self, "calibration_", None) or {"scale": 1.0, "shift": 0.0}
         logits = calibration["scale"] * logits.astype(np.float64) + calibration["shift"]
-        probabilities = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+        probabilities = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         cancer_share: dict[str, float] = {}
         if prior_shift:
             source_share = getattr(self, "source_cancer_share_", None)

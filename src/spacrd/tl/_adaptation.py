@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 from sklearn.decomposition import PCA
+
+from ._neighbors import section_neighbors
 
 
 def expression_neighbors(
@@ -41,25 +42,16 @@ def expression_neighbors(
 
     """
     features = np.asarray(features, dtype=np.float32)
-    if n_neighbors < 1:
-        raise ValueError(f"`n_neighbors` must be at least 1 (the spot itself), got {n_neighbors}.")
     n = features.shape[0]
-    indices = np.repeat(np.arange(n, dtype=np.int64)[:, None], n_neighbors, axis=1)
+    # Per-section PCA embedding, zero-padded to n_comps columns; the search is section_neighbors'.
+    embedding = np.zeros((n, n_comps), dtype=np.float32)
     codes = np.zeros(n, dtype=np.int64) if sections is None else pd.factorize(np.asarray(sections))[0]
     for code in np.unique(codes):
         rows = np.flatnonzero(codes == code)
-        k = min(n_neighbors, rows.size)
-        if k < 2:
-            continue
         comps = min(n_comps, rows.size - 1, features.shape[1])
-        embedding = PCA(comps, random_state=random_state).fit_transform(features[rows])
-        _, local = cKDTree(embedding).query(embedding, k=k)
-        local = np.asarray(local).reshape(rows.size, k)
-        # Put each spot first even when a twin lies at distance zero.
-        for i in np.flatnonzero(local[:, 0] != np.arange(rows.size)):
-            others = local[i][local[i] != i][: k - 1]
-            local[i] = np.concatenate([[i], others, np.full(k - 1 - others.size, i)])
-        indices[rows, :k] = rows[local]
+        if comps >= 1:
+            embedding[rows, :comps] = PCA(comps, random_state=random_state).fit_transform(features[rows])
+    indices, _ = section_neighbors(embedding, codes, n_neighbors)
     return indices
 
 

@@ -15,7 +15,8 @@ def section_neighbors(
     Parameters
     ----------
     coordinates
-        ``(n, 2)`` spot centres (any unit shared within a section, e.g. full-resolution pixels).
+        ``(n, d)`` spot positions: centres ``(n, 2)`` in any unit shared within a section (e.g.
+        full-resolution pixels), or any embedding, as :func:`spacrd.tl.expression_neighbors` uses.
     sections
         ``(n,)`` section label per spot; ``None`` treats all spots as one section.
     n_neighbors
