@@ -1,0 +1,84 @@
+"""Every key spacrd reads or writes in an AnnData, the label categories and the package-wide defaults.
+
+Modules import these names instead of writing the strings, so that renaming a key is a one-line change
+and ``git grep`` finds each key in one place. Users pass other keys through the functions' ``*_key``
+arguments; the values here are only the defaults.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class _ObsKeys(NamedTuple):
+    """``adata.obs`` columns."""
+
+    #: Cancer probability per spot, float in ``[0, 1]`` (written by :meth:`~spacrd.model.SpaCRD.predict`).
+    PROB: str = "ctr_prob"
+    #: Label-free call, categorical :data:`CALL_CATEGORIES`.
+    CALL: str = "ctr"
+    #: Per-spot uncertainty of the probability.
+    UNCERTAINTY: str = "ctr_uncertainty"
+    #: Default section column of the loaders (:func:`spacrd.datasets.her2st`).
+    SECTION: str = "section"
+
+
+class _ObsmKeys(NamedTuple):
+    """``adata.obsm`` entries."""
+
+    #: Spot centres ``(n, 2)``, the scanpy/squidpy convention.
+    SPATIAL: str = "spatial"
+    #: Per-spot histology embedding ``(n, d)`` of :func:`spacrd.pp.image_features`.
+    HISTOLOGY: str = "X_histology"
+    #: Fixed-k spatial neighbour indices ``(n, k)`` of :func:`spacrd.pp.spatial_neighbors`.
+    NEIGHBORS: str = "spacrd_neighbors"
+
+
+class _UnsKeys(NamedTuple):
+    """``adata.uns`` entries."""
+
+    #: What :meth:`~spacrd.model.SpaCRD.predict` did: threshold, keys it wrote, per-section estimates.
+    PREDICTION: str = "spacrd"
+    #: The squidpy/scanpy image container, ``uns["spatial"][library_id]``.
+    SPATIAL: str = "spatial"
+
+
+class _RegistryKeys(NamedTuple):
+    """Names of the AnnDataManager fields SpaCRD registers, beyond scvi-tools' ``X``/``batch``."""
+
+    IMAGE: str = "image"
+    NEIGHBORS: str = "neighbors"
+    SPATIAL: str = "spatial"
+    LABELS_SOURCE: str = "labels_source"
+
+
+class _ModuleKeys(NamedTuple):
+    """Keys of the dict that :meth:`spacrd.module.SpaCRDModule.inference` returns."""
+
+    LOGITS: str = "logits"
+    QZ_MEAN: str = "qz_mean"
+    QZ_LOG_VAR: str = "qz_log_var"
+    Z: str = "z"
+    H: str = "h"
+    GENE_EMB: str = "gene_emb"
+    IMAGE_EMB: str = "image_emb"
+    HAS_IMAGE: str = "has_image"
+    H_REC: str = "h_rec"
+
+
+OBS_KEYS = _ObsKeys()
+OBSM_KEYS = _ObsmKeys()
+UNS_KEYS = _UnsKeys()
+REGISTRY_KEYS = _RegistryKeys()
+MODULE_KEYS = _ModuleKeys()
+
+#: Categories of the label-free call in ``obs[OBS_KEYS.CALL]``, in code order.
+NON_CANCER, CANCER = "non-cancer", "cancer"
+CALL_CATEGORIES: tuple[str, str] = (NON_CANCER, CANCER)
+#: Label codes inside the model: 0 non-cancer, 1 cancer, and this for spots without a label.
+UNLABELLED = -1
+
+#: The default image backbone of :func:`spacrd.pp.image_features` (hand-crafted, no downloaded weights).
+DEFAULT_BACKBONE = "histology_stats"
+#: Default neighbourhood size ``k`` (the spot itself included), as in the SpaCRD paper.
+DEFAULT_N_NEIGHBORS = 7
