@@ -1,21 +1,25 @@
 import pytest
 import torch
 
+from spacrd._constants import TENSOR_KEYS, UNLABELLED
 from spacrd.module import STAGES, SpaCRDModule
-from spacrd.module._constants import TENSOR_KEYS, UNLABELLED
 from spacrd.nn import CrossAttentionBlock
 
 
-def _batch(n=16, k=5, n_genes=30, n_image=8, with_image=True):
+def _batch(n=16, k=5, n_genes=30, n_image=8, with_image=True, n_spots=40):
+    """``n`` neighbourhoods of ``k`` spots drawn from ``n_spots`` distinct spots (so spots are shared)."""
     torch.manual_seed(0)
+    neighbors = torch.randint(0, n_spots, (n, k))
+    neighbors[:, 0] = torch.arange(n)  # distinct centres
     batch = {
-        TENSOR_KEYS.GENE_TOKENS: torch.randn(n, k, n_genes),
+        TENSOR_KEYS.SPOT_GENES: torch.randn(n_spots, n_genes),
+        TENSOR_KEYS.NEIGHBORS: neighbors,
         TENSOR_KEYS.PADDING_MASK: torch.zeros(n, k, dtype=torch.bool),
         TENSOR_KEYS.LABELS: torch.tensor([0, 1, UNLABELLED, 1] * (n // 4)),
     }
     if with_image:
-        batch[TENSOR_KEYS.IMAGE_TOKENS] = torch.randn(n, k, n_image)
-        batch[TENSOR_KEYS.IMAGE_MASK] = torch.ones(n, k, dtype=torch.bool)
+        batch[TENSOR_KEYS.SPOT_IMAGE] = torch.randn(n_spots, n_image)
+        batch[TENSOR_KEYS.SPOT_HAS_IMAGE] = torch.ones(n_spots, dtype=torch.bool)
     return batch
 
 
@@ -65,7 +69,7 @@ def test_missing_image_tokens_fall_back_to_gene_embedding():
         n_genes=30, n_image_features=8, n_hidden=(32,), n_embed=16, n_heads=4, n_latent=6
     ).eval()
     batch = _batch()
-    batch[TENSOR_KEYS.IMAGE_MASK][:4] = False
+    batch[TENSOR_KEYS.SPOT_HAS_IMAGE][:4] = False  # the first four centres have no image
     out = module.inference(**module._get_inference_input(batch))
     torch.testing.assert_close(out["image_emb"][:4], out["gene_emb"][:4])
     assert not torch.allclose(out["image_emb"][4:], out["gene_emb"][4:])
@@ -115,5 +119,61 @@ def test_wide_term_uses_the_neighbourhood_mean_and_ignores_padding():
         module.wide[1].weight[0, 0] = 1.0
         with_wide = module.inference(**inputs)["logits"]
     # The wide term adds gene 0's mean over the unpadded neighbours (the last slot is padding).
-    expected = batch[TENSOR_KEYS.GENE_TOKENS][:, :-1, 0].mean(dim=1)
+    tokens = batch[TENSOR_KEYS.SPOT_GENES][batch[TENSOR_KEYS.NEIGHBORS]]
+    expected = tokens[:, :-1, 0].mean(dim=1)
     torch.testing.assert_close(with_wide - deep_only, expected)
+
+
+@pytest.mark.parametrize("n_hidden", [(), (32,)])
+def test_evaluation_encodes_each_spot_once_with_the_same_outputs(n_hidden):
+    """Encoding distinct spots once and gathering equals encoding every neighbourhood token."""
+    module = SpaCRDModule(
+        n_genes=30, n_image_features=8, n_hidden=n_hidden, n_embed=16, n_heads=4, n_latent=6
+    )
+    module.eval()
+    batch = _batch()
+    batch[TENSOR_KEYS.SPOT_HAS_IMAGE][::3] = False
+    batch[TENSOR_KEYS.PADDING_MASK][-2:, -1] = True
+    inputs = module._get_inference_input(batch)
+    calls = []
+    module.gene_encoder.register_forward_hook(
+        lambda _m, args, _o: calls.append(args[0].reshape(-1, 30).shape[0])
+    )
+    module.inference(**inputs)
+    assert calls == [40]  # the batch's 40 distinct spots, not its 16 x 5 tokens
+    with torch.no_grad():
+        tokens = module._embed(
+            batch[TENSOR_KEYS.SPOT_GENES][batch[TENSOR_KEYS.NEIGHBORS]],
+            batch[TENSOR_KEYS.SPOT_IMAGE][batch[TENSOR_KEYS.NEIGHBORS]],
+            batch[TENSOR_KEYS.SPOT_HAS_IMAGE][batch[TENSOR_KEYS.NEIGHBORS]],
+        )
+    keys = ("spot_genes", "neighbors", "spot_image", "spot_has_image")
+    gathered = module._embed_neighbourhoods(**{k: inputs[k] for k in keys})
+    for got, expected in zip(gathered, tokens, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_training_token_path_and_evaluation_path_agree_without_dropout():
+    module = SpaCRDModule(
+        n_genes=30,
+        n_image_features=8,
+        n_embed=16,
+        n_heads=4,
+        n_latent=6,
+        dropout=0.0,
+        input_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    inputs = module._get_inference_input(_batch())
+    with torch.no_grad():
+        per_token = module.train().inference(**inputs)
+        once = module.eval().inference(**inputs)
+    torch.testing.assert_close(per_token["logits"], once["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_centre_query_equals_row_zero_of_full_attention():
+    block = CrossAttentionBlock(16, 4, dropout=0.0).eval()
+    query, context = torch.randn(5, 7, 16), torch.randn(5, 7, 16)
+    mask = torch.zeros(5, 7, dtype=torch.bool)
+    mask[3, 4:] = True
+    torch.testing.assert_close(block(query[:, 0], context, mask), block(query, context, mask)[:, 0])

@@ -31,10 +31,10 @@ matplotlib.use("Agg")
 NET = {"n_top_genes": 50, "n_hidden": (32,), "n_embed": 16, "n_heads": 2, "n_latent": 4}
 EPOCHS = {"align_epochs": 1, "fuse_epochs": 1, "classify_epochs": 2, "enable_progress_bar": False}
 SETUP = {"layer": "counts", "labels_key": "cancer", "batch_key": "section", "image_key": "X_histology"}
-#: What ``setup_anndata`` adds, as listed in its docstring.
-SETUP_OBS = {"_spacrd_labels", "_scvi_batch", "_scvi_labels"}
-SETUP_OBSM = {"_spacrd_neighbors"}
-SETUP_UNS = {"_scvi_uuid", "_scvi_manager_uuid"}
+#: What ``setup_anndata`` adds, as listed in its docstring: scvi-tools' registry and the spatial graph.
+SETUP_OBS = {"_scvi_batch"}
+SETUP_OBSM = {"spacrd_neighbors"}
+SETUP_UNS = {"_scvi_uuid", "_scvi_manager_uuid", "spacrd_neighbors"}
 
 
 @pytest.fixture(scope="module")

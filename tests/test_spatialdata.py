@@ -147,7 +147,7 @@ def test_section_without_image(adata, a1):
     assert np.isnan(features[~is_a1]).all()
     # the region column is the section: neighbours never cross from A1 to B1
     assert SpaCRD(sdata).setup_args["batch_key"] == "region"
-    neighbors = table.obsm["_spacrd_neighbors"]
+    neighbors = table.obsm["spacrd_neighbors"]
     assert is_a1[neighbors[is_a1]].all() and not is_a1[neighbors[~is_a1]].any()
 
 

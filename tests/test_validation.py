@@ -22,9 +22,11 @@ from hypothesis.extra.numpy import arrays
 from scipy import sparse
 
 import spacrd
+from spacrd._constants import UNLABELLED
+from spacrd._validation import check_counts
 from spacrd.model import SpaCRD
-from spacrd.model._labels import LABEL_CATEGORIES, cancer_labels
-from spacrd.model._validation import check_counts
+from spacrd.model._adata_inputs import source_inputs
+from spacrd.model._labels import LABEL_CATEGORIES, cancer_labels, label_codes
 from spacrd.tl import section_neighbors
 
 matplotlib.use("Agg")
@@ -95,7 +97,7 @@ def test_non_numeric_missing_and_backed_counts(data, tmp_path):
     _setup_error(backed, TypeError, r"adata.X is backed on disk.*adata.to_memory\(\)", layer=None)
     # layers of a backed AnnData are in memory: setting up on them works
     SpaCRD.setup_anndata(backed, **SETUP)
-    assert backed.obsm["_spacrd_neighbors"].shape == (backed.n_obs, 7)
+    assert backed.obsm["spacrd_neighbors"].shape == (backed.n_obs, 7)
 
 
 def test_non_integer_counts_warn_but_work(data):
@@ -170,7 +172,10 @@ def test_count_storage_does_not_change_the_inputs(data, convert):
     SpaCRD.setup_anndata(source, **SETUP)
     model = SpaCRD(source, **NET)
     assert list(model.gene_names) == list(expected.gene_names)
-    np.testing.assert_allclose(model._source_inputs().genes, expected._source_inputs().genes, atol=1e-6)
+    rows = np.arange(source.n_obs)
+    np.testing.assert_allclose(
+        source_inputs(model).genes(rows), source_inputs(expected).genes(rows), atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------------ labels
@@ -189,7 +194,7 @@ def test_label_errors(data):
     _setup_error(
         source,
         ValueError,
-        "None of `cancer_categories`.*'tumor'",
+        r"`cancer_categories` \['tumor'\] do not occur.*\['invasive cancer', 'stroma'\]",
         labels_key="region",
         cancer_categories=["tumor"],
     )
@@ -206,10 +211,12 @@ def test_cancer_categories_map_region_names(data):
     SpaCRD.setup_anndata(
         source, **{**SETUP, "labels_key": "region"}, cancer_categories=["invasive cancer", "cancer in situ"]
     )
-    labels = source.obs["_spacrd_labels"].astype(str).to_numpy()
-    assert (labels[:5] == "cancer").all() and (labels[5:8] == "unlabelled").all()
-    expected = np.where(source.obs["cancer"].to_numpy()[8:], "cancer", "non-cancer")
-    np.testing.assert_array_equal(labels[8:], expected)
+    labels = label_codes(source.obs["region"], ["invasive cancer", "cancer in situ"])
+    assert (labels[:5] == 1).all() and (labels[5:8] == UNLABELLED).all()
+    np.testing.assert_array_equal(labels[8:], source.obs["cancer"].to_numpy()[8:].astype(int))
+    # every entry must match a category exactly: a misspelt one is an error, even next to a correct one
+    with pytest.raises(ValueError, match=r"\['cancer in-situ'\] do not occur"):
+        label_codes(source.obs["region"], ["invasive cancer", "cancer in-situ"])
 
 
 @pytest.mark.parametrize("labels", ["one class", "all missing", "no labels_key"])
@@ -281,7 +288,7 @@ def test_spatial_errors(data):
 
 def test_small_sections_and_duplicated_coordinates(data, trained):
     """Padding marks exactly the slots a 3-spot section cannot fill; twins keep each spot first."""
-    neighbors = trained.adata.obsm["_spacrd_neighbors"]
+    neighbors = trained.adata.obsm["spacrd_neighbors"]
     tiny = np.flatnonzero(trained.adata.obs["section"].to_numpy() == "tiny")
     assert neighbors.shape == (trained.adata.n_obs, 7)
     np.testing.assert_array_equal(neighbors[tiny, 0], tiny)
@@ -306,7 +313,7 @@ def test_predict_checks_target_coordinates_and_sections(data, trained):
     target.obs.loc[target.obs_names[:2], "section"] = np.nan
     with pytest.raises(ValueError, match="has missing values; every spot needs its section"):
         trained.predict(target)
-    with pytest.raises(TypeError, match="Expected an AnnData, got DataFrame"):
+    with pytest.raises(TypeError, match="Expected an AnnData or a SpatialData, got DataFrame"):
         trained.predict(target.obs)
 
 
@@ -353,7 +360,7 @@ def test_empty_and_single_spot_anndata(data, trained):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # scvi-tools: categories with fewer than 3 cells
         SpaCRD.setup_anndata(one, **SETUP)
-    assert (one.obsm["_spacrd_neighbors"] == [[0, -1, -1, -1, -1, -1, -1]]).all()
+    assert (one.obsm["spacrd_neighbors"] == [[0, -1, -1, -1, -1, -1, -1]]).all()
     with pytest.raises(ValueError, match="both classes"):
         SpaCRD(one, **NET).train(**EPOCHS)
     target = target_of(data)[:1].copy()
@@ -458,8 +465,9 @@ def test_cancer_labels_of_binary_columns(values, storage):
 )
 def test_cancer_labels_map_named_categories(values, cancer, categorical):
     column = pd.Series(values, dtype="category" if categorical else object, name="region")
-    if not cancer & {v for v in values if v is not None}:
-        with pytest.raises(ValueError, match="None of `cancer_categories`"):
+    if not cancer <= {v for v in values if v is not None}:
+        # every requested category must be one of the column's values: a typo is never dropped silently
+        with pytest.raises(ValueError, match="do not occur in obs"):
             cancer_labels(column, sorted(cancer))
         return
     labels = cancer_labels(column, sorted(cancer))

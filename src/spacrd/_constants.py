@@ -52,6 +52,28 @@ class _RegistryKeys(NamedTuple):
     LABELS_SOURCE: str = "labels_source"
 
 
+class _TensorKeys(NamedTuple):
+    """Keys of a minibatch, from the data loader to the module.
+
+    A minibatch of ``B`` neighbourhoods carries the features of the ``U`` distinct spots they contain
+    once, and each neighbourhood as rows into them, so that a spot shared by several neighbourhoods
+    is read (and, at inference, encoded) once.
+    """
+
+    #: ``(U, n_genes)`` float32 preprocessed expression of the batch's distinct spots.
+    SPOT_GENES: str = "spot_genes"
+    #: ``(U, n_image_features)`` float32 scaled histology features of those spots.
+    SPOT_IMAGE: str = "spot_image"
+    #: ``(U,)`` bool, true where the spot has a histology embedding.
+    SPOT_HAS_IMAGE: str = "spot_has_image"
+    #: ``(B, k)`` int64 rows into the spot arrays, the centre spot first.
+    NEIGHBORS: str = "neighbors"
+    #: ``(B, k)`` bool, true for padded neighbour slots (sections of fewer than ``k`` spots).
+    PADDING_MASK: str = "padding_mask"
+    #: ``(B,)`` int64 label of the centre spot: 0, 1 or :data:`UNLABELLED`.
+    LABELS: str = "labels"
+
+
 class _ModuleKeys(NamedTuple):
     """Keys of the dict that :meth:`spacrd.module.SpaCRDModule.inference` returns."""
 
@@ -71,6 +93,7 @@ OBSM_KEYS = _ObsmKeys()
 UNS_KEYS = _UnsKeys()
 REGISTRY_KEYS = _RegistryKeys()
 MODULE_KEYS = _ModuleKeys()
+TENSOR_KEYS = _TensorKeys()
 
 #: Categories of the label-free call in ``obs[OBS_KEYS.CALL]``, in code order.
 NON_CANCER, CANCER = "non-cancer", "cancer"

@@ -1,4 +1,5 @@
+from ._datamodule import NeighbourhoodDataModule
 from ._model import SpaCRD
-from ._training import NeighbourhoodDataModule, SpaCRDTrainingPlan
+from ._training import STAGES, SpaCRDTrainingPlan, StageSpec
 
-__all__ = ["NeighbourhoodDataModule", "SpaCRD", "SpaCRDTrainingPlan"]
+__all__ = ["STAGES", "NeighbourhoodDataModule", "SpaCRD", "SpaCRDTrainingPlan", "StageSpec"]

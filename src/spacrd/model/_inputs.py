@@ -1,226 +1,363 @@
-"""Turn raw counts, histology embeddings and coordinates into the model's per-spot token features."""
+"""Raw counts, histology embeddings and neighbour graphs → the model's per-spot inputs, sparse and streamed.
+
+Counts stay a sparse CSR matrix end to end. Library sizes, log-normalisation and the per-section
+scaling statistics are reduced from it without densifying all spots; a dense array exists only for
+the spots of one minibatch (:meth:`SpotInputs.genes`). Backed or lazily read AnnData are read in row
+chunks.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
-import torch
 from scipy import sparse
 
-from spacrd.module._constants import TENSOR_KEYS, UNLABELLED
+from spacrd._constants import UNLABELLED
 
 SectionScaling = Literal["zscore", "minmax", "none"]
+SECTION_SCALINGS: tuple[str, ...] = ("zscore", "minmax", "none")
+#: Library sizes are scaled to this many counts before ``log1p`` (``normalize_total(1e4)``).
+TARGET_SUM = 1e4
+#: Spots per chunk when counts are read from a backed or dense matrix.
+READ_CHUNK = 65_536
+#: Features whose spread within a section is below this are constant there and scaled to 0.
+MIN_SPREAD = 1e-8
 
 
-def select_genes(
-    counts: sparse.spmatrix | np.ndarray, gene_names: pd.Index, sections: np.ndarray, n_top_genes: int
-) -> np.ndarray:
-    """Highly variable genes on raw counts of the source sections (``seurat_v3``, batch-aware).
+# --------------------------------------------------------------------------------------------------
+# counts → log-normalised feature genes (sparse)
+# --------------------------------------------------------------------------------------------------
 
-    Returns the positions of the selected genes in ``gene_names``, in their original order. With fewer
-    genes than ``n_top_genes`` all genes with non-zero counts are kept.
+
+def gene_selector(
+    source_genes: pd.Index, feature_genes: pd.Index, universe: pd.Index
+) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+    """Sparse maps from the columns of a count matrix to the model's genes.
+
+    Parameters
+    ----------
+    source_genes
+        Gene names of the count matrix's columns (``d``).
+    feature_genes
+        The model's expression features, in model order (``G``).
+    universe
+        The model's gene universe, over which library sizes are taken.
+
+    Returns
+    -------
+    selector
+        ``(d, G)`` 0/1 CSR matrix: ``counts @ selector`` are the counts of the feature genes, with zero
+        columns for feature genes the matrix lacks.
+    in_universe
+        ``(d,)`` float64 indicator of the columns that are in the universe: ``counts @ in_universe``
+        are the library sizes.
+    present
+        ``(G,)`` bool, the feature genes the matrix has.
+
     """
-    counts = sparse.csr_matrix(counts)
-    expressed = np.asarray((counts > 0).sum(axis=0)).ravel() > 0
-    if expressed.sum() <= n_top_genes:
-        return np.flatnonzero(expressed)
-    tmp = ad.AnnData(
-        counts[:, expressed],
-        obs=pd.DataFrame({"section": pd.Categorical(sections)}, index=np.arange(len(sections)).astype(str)),
+    position = source_genes.get_indexer(feature_genes)
+    present = position >= 0
+    selector = sparse.csr_matrix(
+        (np.ones(int(present.sum())), (position[present], np.flatnonzero(present))),
+        shape=(len(source_genes), len(feature_genes)),
+        dtype=np.float32,
     )
-    tmp.var_names = gene_names[expressed]
-    n_sections = tmp.obs["section"].nunique()
-    sc.pp.highly_variable_genes(
-        tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key="section" if n_sections > 1 else None
+    in_universe = source_genes.isin(universe).astype(np.float64)
+    return selector, in_universe, present
+
+
+def _row_chunks(matrix: Any, chunk: int):
+    """Yield ``(start, CSR block)`` over the rows of an in-memory, backed or dense matrix."""
+    if sparse.issparse(matrix) and not isinstance(matrix, sparse.csr_matrix | sparse.csr_array):
+        matrix = sparse.csr_matrix(matrix)  # csc or coo in memory: one conversion, as scanpy does
+    n = matrix.shape[0]
+    if sparse.issparse(matrix):
+        yield 0, matrix
+        return
+    for start in range(0, n, chunk):
+        block = matrix[start : min(start + chunk, n)]
+        if hasattr(block, "compute"):  # a lazily read (dask) matrix
+            block = block.compute()
+        if not sparse.issparse(block):
+            block = sparse.csr_matrix(np.asarray(block))
+        yield start, sparse.csr_matrix(block)
+
+
+def log_normalised_features(
+    counts: Any, selector: sparse.csr_matrix, in_universe: np.ndarray, chunk: int = READ_CHUNK
+) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """``log1p(counts / library * 1e4)`` of the feature genes, as a CSR matrix.
+
+    Parameters
+    ----------
+    counts
+        ``(n, d)`` raw counts: scipy sparse, numpy, or a backed AnnData's ``X`` / an h5py-backed sparse
+        dataset (read in row chunks of ``chunk`` spots).
+    selector, in_universe
+        From :func:`gene_selector`.
+
+    Returns
+    -------
+    features
+        ``(n, G)`` float32 CSR: zero where the count is zero, so its sparsity is the counts'.
+    library
+        ``(n,)`` float64 library sizes over the model's gene universe (float64: large counts do not
+        overflow). Spots without counts stay all zero.
+
+    """
+    blocks, libraries = [], []
+    for _, block in _row_chunks(counts, chunk):
+        library = np.asarray(block @ in_universe, dtype=np.float64).ravel()
+        selected = sparse.csr_matrix(block @ selector, dtype=np.float32)
+        size_factor = np.divide(TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)
+        per_entry = np.repeat(size_factor, np.diff(selected.indptr))
+        selected.data = np.log1p(selected.data * per_entry).astype(np.float32)
+        blocks.append(selected)
+        libraries.append(library)
+    features = blocks[0] if len(blocks) == 1 else sparse.vstack(blocks, format="csr")
+    return sparse.csr_matrix(features), np.concatenate(libraries)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-section scaling statistics (streamed moments)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SectionStats:
+    """Per-section affine scaling of features: ``scaled = (x - centre[s]) * inverse_spread[s]``.
+
+    Attributes
+    ----------
+    centre
+        ``(n_sections, d)`` float32: mean (``zscore``), minimum (``minmax``) or 0 (``none``).
+    inverse_spread
+        ``(n_sections, d)`` float32: 1 / standard deviation or 1 / range; 0 for features constant in
+        the section (which therefore scale to 0).
+
+    """
+
+    centre: np.ndarray
+    inverse_spread: np.ndarray
+
+    def apply(self, values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Scale ``values`` ``(b, d)`` of spots in sections ``codes`` ``(b,)``."""
+        return (values - self.centre[codes]) * self.inverse_spread[codes]
+
+
+def _dense(matrix: Any) -> np.ndarray:
+    return matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
+
+
+def _indicator(codes: np.ndarray, n_sections: int, rows: np.ndarray | None = None) -> sparse.csr_matrix:
+    """``(n_sections, n)`` 0/1 matrix summing the (selected) rows of each section."""
+    n = len(codes)
+    use = np.ones(n, dtype=bool) if rows is None else rows
+    return sparse.csr_matrix(
+        (np.ones(int(use.sum())), (codes[use], np.flatnonzero(use))), shape=(n_sections, n)
     )
-    return np.flatnonzero(expressed)[tmp.var["highly_variable"].to_numpy()]
 
 
-def log_normalise(
-    counts: sparse.spmatrix | np.ndarray, columns: np.ndarray, target_sum: float = 1e4
-) -> np.ndarray:
-    """``log1p`` of counts scaled to ``target_sum`` per spot, for the selected ``columns``.
+def section_stats(
+    values: sparse.csr_matrix | np.ndarray,
+    codes: np.ndarray,
+    n_sections: int,
+    method: SectionScaling,
+    rows: np.ndarray | None = None,
+) -> SectionStats:
+    """Statistics of :class:`SectionStats` from sparse or dense ``values`` ``(n, d)``.
 
-    Library sizes are taken over all columns of ``counts`` (the model's gene universe), so they do not
-    depend on the gene selection. Spots with no counts stay zero.
-
-    Returns a dense float32 array ``(n_spots, len(columns))``.
+    Means and variances come from per-section sums and sums of squares in float64 (one pass over the
+    stored entries; implicit zeros count as zeros), minima and maxima from the sparse reductions, so
+    no dense ``(n, d)`` array is built. Only ``rows`` (default all) enter the statistics.
     """
-    counts = sparse.csr_matrix(counts, dtype=np.float32)
-    library = np.asarray(counts.sum(axis=1)).ravel()
-    scale = np.divide(target_sum, library, out=np.zeros_like(library), where=library > 0)
-    selected = counts[:, columns].toarray()
-    return np.log1p(selected * scale[:, None]).astype(np.float32)
-
-
-def scale_per_section(
-    values: np.ndarray, sections: np.ndarray, method: SectionScaling, rows: np.ndarray | None = None
-) -> np.ndarray:
-    """Scale every feature within each section using that section's own statistics.
-
-    ``zscore`` centres and divides by the standard deviation; ``minmax`` maps to ``[0, 1]`` as in the
-    SpaCRD paper; constant features become 0. Only ``rows`` (default all) enter the statistics and are
-    scaled; other rows (e.g. spots without an image) are returned unchanged.
-    """
-    out = values.astype(np.float32, copy=True)
+    d = values.shape[1]
     if method == "none":
-        return out
-    use = np.ones(len(values), dtype=bool) if rows is None else rows
-    for section in pd.unique(sections[use]):
-        idx = np.flatnonzero((sections == section) & use)
-        block = out[idx]
-        if method == "zscore":
-            centre, spread = block.mean(axis=0), block.std(axis=0)
-        elif method == "minmax":
-            centre, spread = block.min(axis=0), block.max(axis=0) - block.min(axis=0)
-        else:
-            raise ValueError(f"Unknown section scaling {method!r}; use 'zscore', 'minmax' or 'none'.")
-        out[idx] = np.divide(block - centre, spread, out=np.zeros_like(block), where=spread > 1e-8)
-    return out
+        return SectionStats(np.zeros((n_sections, d), np.float32), np.ones((n_sections, d), np.float32))
+    if method not in SECTION_SCALINGS:
+        raise ValueError(f"Unknown section scaling {method!r}; use one of {SECTION_SCALINGS}.")
+    use = np.ones(len(codes), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    if method == "zscore":
+        sums, sum_sq = np.zeros((n_sections, d)), np.zeros((n_sections, d))
+        for start in range(0, len(codes), READ_CHUNK):
+            stop = min(start + READ_CHUNK, len(codes))
+            indicator = _indicator(codes[start:stop], n_sections, use[start:stop])
+            block = values[start:stop].astype(np.float64)
+            squares = block.multiply(block) if sparse.issparse(block) else block**2
+            sums += _dense(indicator @ block)
+            sum_sq += _dense(indicator @ squares)
+        counts = np.bincount(codes[use], minlength=n_sections).astype(np.float64)[:, None]
+        mean = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+        mean_sq = np.divide(sum_sq, counts, out=np.zeros_like(sums), where=counts > 0)
+        centre, spread = mean, np.sqrt(np.maximum(mean_sq - mean**2, 0.0))
+    else:
+        centre = np.zeros((n_sections, d))
+        spread = np.zeros((n_sections, d))
+        for code in range(n_sections):
+            block = values[np.flatnonzero((codes == code) & use)]
+            if block.shape[0] == 0:
+                continue
+            lo = block.min(axis=0)
+            hi = block.max(axis=0)
+            lo = np.asarray(lo.toarray() if sparse.issparse(lo) else lo, dtype=np.float64).ravel()
+            hi = np.asarray(hi.toarray() if sparse.issparse(hi) else hi, dtype=np.float64).ravel()
+            centre[code], spread[code] = lo, hi - lo
+    inverse = np.divide(1.0, spread, out=np.zeros_like(spread), where=spread > MIN_SPREAD)
+    return SectionStats(centre.astype(np.float32), inverse.astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------------------
+# the inputs of one AnnData
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class SpotInputs:
-    """Per-spot features of one AnnData, ready to be gathered into neighbourhood tokens.
+    """Per-spot inputs of one AnnData, read into minibatches by :class:`~spacrd.model._datamodule.NeighbourhoodDataset`.
 
     Attributes
     ----------
-    genes
-        ``(n, n_genes)`` float32 preprocessed expression.
+    features
+        ``(n, n_genes)`` float32 CSR log-normalised counts of the model's genes.
+    gene_stats
+        Per-section scaling of ``features``.
+    codes
+        ``(n,)`` int64 section code of each spot; ``section_names[code]`` is its section.
+    section_names
+        Section labels, in code order.
     neighbors
-        ``(n, k)`` int64 neighbour indices (self first).
+        ``(n, k)`` int64 neighbour rows (self first; padded slots repeat the spot).
     padding
         ``(n, k)`` bool, padded neighbour slots.
     labels
         ``(n,)`` int64: 0 non-cancer, 1 cancer, ``UNLABELLED`` (-1) otherwise.
     image
-        ``(n, n_image_features)`` float32 scaled histology features, or ``None``.
+        ``(n, n_image_features)`` float32 raw histology embeddings (NaN rows: no image), or ``None``.
+    image_stats
+        Per-section scaling of ``image`` over the spots with an image.
     has_image
         ``(n,)`` bool, rows with a usable histology embedding.
-    sections
-        ``(n,)`` section of each spot (the unit of the per-section statistics), or ``None``.
+    coordinates
+        ``(n, 2)`` float64 spot centres, or ``None``; they order the spots into spatially compact
+        chunks at prediction (:func:`locality_order`).
 
     """
 
-    genes: np.ndarray
+    features: sparse.csr_matrix
+    gene_stats: SectionStats
+    codes: np.ndarray
+    section_names: list[str]
     neighbors: np.ndarray
     padding: np.ndarray
     labels: np.ndarray
     image: np.ndarray | None = None
+    image_stats: SectionStats | None = None
     has_image: np.ndarray | None = None
-    sections: np.ndarray | None = None
+    coordinates: np.ndarray | None = None
 
     @property
     def n_obs(self) -> int:
-        return self.genes.shape[0]
+        return self.features.shape[0]
+
+    @property
+    def sections(self) -> np.ndarray:
+        """``(n,)`` section label of each spot."""
+        return np.asarray(self.section_names, dtype=object)[self.codes]
+
+    def genes(self, rows: np.ndarray) -> np.ndarray:
+        """Dense ``(len(rows), n_genes)`` float32 preprocessed expression of ``rows``."""
+        dense = self.features[rows].toarray()
+        return self.gene_stats.apply(dense, self.codes[rows]).astype(np.float32, copy=False)
+
+    def image_features(self, rows: np.ndarray) -> np.ndarray:
+        """Dense ``(len(rows), n_image_features)`` float32 scaled histology features; 0 without an image."""
+        raw = np.nan_to_num(self.image[rows])
+        scaled = self.image_stats.apply(raw, self.codes[rows]).astype(np.float32, copy=False)
+        scaled[~self.has_image[rows]] = 0.0
+        return scaled
+
+
+def section_codes(sections: np.ndarray | pd.Series | None, n: int) -> tuple[np.ndarray, list[str]]:
+    """Integer codes of sections in order of first appearance, and the section labels."""
+    if sections is None:
+        return np.zeros(n, dtype=np.int64), ["section"]
+    codes, names = pd.factorize(np.asarray(sections))
+    return codes.astype(np.int64), [str(name) for name in names]
 
 
 def build_inputs(
-    counts: sparse.spmatrix | np.ndarray,
-    gene_columns: np.ndarray,
-    sections: np.ndarray,
+    counts: Any,
+    selector: sparse.csr_matrix,
+    in_universe: np.ndarray,
+    sections: np.ndarray | None,
     neighbors: np.ndarray,
-    padding: np.ndarray,
     labels: np.ndarray | None,
     image: np.ndarray | None,
     scaling: SectionScaling,
+    coordinates: np.ndarray | None = None,
 ) -> SpotInputs:
-    """Preprocess raw counts and histology features of spots into :class:`SpotInputs`.
+    """Preprocess raw counts and histology embeddings of spots into :class:`SpotInputs`.
 
-    ``counts`` are raw counts over the model's gene universe, ``gene_columns`` the model's selected
-    genes within it, ``sections`` the section of each spot (statistics are per section).
+    Parameters
+    ----------
+    counts
+        ``(n, d)`` raw counts (sparse, dense or backed), columns mapped to the model's genes by
+        ``selector`` and ``in_universe`` (:func:`gene_selector`).
+    sections
+        ``(n,)`` section of each spot; statistics are per section. ``None``: one section.
+    neighbors
+        ``(n, k)`` neighbour rows, self first, ``-1`` for padded slots.
+    labels
+        ``(n,)`` 0/1/``UNLABELLED`` codes, or ``None`` (all unlabelled).
+    image
+        ``(n, n_image_features)`` histology embeddings with NaN rows for spots without one, or ``None``.
+    scaling
+        ``"zscore"``, ``"minmax"`` or ``"none"``.
+    coordinates
+        ``(n, 2)`` spot centres (optional).
+
     """
-    genes = scale_per_section(log_normalise(counts, gene_columns), sections, scaling)
-    labels = (
-        np.full(genes.shape[0], UNLABELLED, dtype=np.int64) if labels is None else labels.astype(np.int64)
+    features, _ = log_normalised_features(counts, selector, in_universe)
+    n = features.shape[0]
+    codes, names = section_codes(sections, n)
+    neighbors = np.asarray(neighbors, dtype=np.int64)
+    padding = neighbors < 0
+    neighbors = np.where(padding, np.arange(n)[:, None], neighbors)
+    labels = np.full(n, UNLABELLED, dtype=np.int64) if labels is None else np.asarray(labels, np.int64)
+    inputs = SpotInputs(
+        features=features,
+        gene_stats=section_stats(features, codes, len(names), scaling),
+        codes=codes,
+        section_names=names,
+        neighbors=neighbors,
+        padding=padding,
+        labels=labels,
+        coordinates=None if coordinates is None else np.asarray(coordinates, dtype=np.float64)[:, :2],
     )
-    has_image = None
     if image is not None:
         image = np.asarray(image, dtype=np.float32)
-        has_image = np.isfinite(image).all(axis=1)
-        image = scale_per_section(np.nan_to_num(image), sections, scaling, rows=has_image)
-        image[~has_image] = 0.0
-    return SpotInputs(
-        genes,
-        neighbors.astype(np.int64),
-        padding.astype(bool),
-        labels,
-        image,
-        has_image,
-        np.asarray(sections),
-    )
+        inputs.has_image = np.isfinite(image).all(axis=1)
+        inputs.image = image
+        inputs.image_stats = section_stats(
+            np.nan_to_num(image), codes, len(names), scaling, rows=inputs.has_image
+        )
+    return inputs
 
 
-class NeighbourhoodDataset(torch.utils.data.Dataset):
-    """Serves minibatches of neighbourhood tokens; indexed with a list of spot indices at a time.
+def locality_order(coordinates: np.ndarray, codes: np.ndarray, bits: int = 16) -> np.ndarray:
+    """A permutation that visits spots section by section along a Z-order (Morton) curve.
 
-    Each item is a dict with ``gene_tokens`` ``(B, k, n_genes)``, ``padding_mask`` ``(B, k)``,
-    ``labels`` ``(B,)`` and, for models with images, ``image_tokens`` ``(B, k, n_image_features)`` and
-    ``image_mask`` ``(B, k)``.
+    Consecutive spots in this order are close in space, so a chunk of them shares most neighbours and
+    the distinct spots of a chunk's neighbourhoods are little more than the chunk itself.
     """
-
-    def __init__(self, inputs: SpotInputs, use_image: bool):
-        self.genes = torch.from_numpy(inputs.genes)
-        self.neighbors = torch.from_numpy(inputs.neighbors)
-        self.padding = torch.from_numpy(inputs.padding)
-        self.labels = torch.from_numpy(inputs.labels)
-        self.use_image = use_image
-        if use_image:
-            n, n_image = inputs.n_obs, 0 if inputs.image is None else inputs.image.shape[1]
-            self.image = (
-                torch.from_numpy(inputs.image) if inputs.image is not None else torch.zeros(n, n_image)
-            )
-            self.has_image = (
-                torch.from_numpy(inputs.has_image)
-                if inputs.has_image is not None
-                else torch.zeros(n, dtype=torch.bool)
-            )
-
-    def __len__(self) -> int:
-        return self.genes.shape[0]
-
-    def __getitem__(self, index) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
-        neighbors = self.neighbors[index]
-        batch = {
-            TENSOR_KEYS.GENE_TOKENS: self.genes[neighbors],
-            TENSOR_KEYS.PADDING_MASK: self.padding[index],
-            TENSOR_KEYS.LABELS: self.labels[index],
-        }
-        if self.use_image:
-            batch[TENSOR_KEYS.IMAGE_TOKENS] = self.image[neighbors]
-            batch[TENSOR_KEYS.IMAGE_MASK] = self.has_image[neighbors]
-        return batch
-
-
-def make_loader(
-    dataset: NeighbourhoodDataset, indices: np.ndarray, batch_size: int, shuffle: bool
-) -> torch.utils.data.DataLoader:
-    """DataLoader over ``indices`` that hands whole index batches to the dataset (no per-item collation)."""
-    subset = _BatchedSubset(dataset, np.asarray(indices))
-    sampler = (
-        torch.utils.data.RandomSampler(subset) if shuffle else torch.utils.data.SequentialSampler(subset)
-    )
-    # A training batch of one spot would break BatchNorm in the centre-only alignment stage.
-    drop_last = shuffle and len(subset) % batch_size == 1
-    batches = torch.utils.data.BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
-    return torch.utils.data.DataLoader(subset, sampler=batches, batch_size=None)
-
-
-class _BatchedSubset(torch.utils.data.Dataset):
-    """View of a dataset restricted to ``indices``, indexed by lists of positions."""
-
-    def __init__(self, dataset: NeighbourhoodDataset, indices: np.ndarray):
-        self.dataset = dataset
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, positions) -> dict[str, torch.Tensor]:
-        return self.dataset[self.indices[np.asarray(positions)]]
+    xy = np.asarray(coordinates, dtype=np.float64)[:, :2]
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    grid = ((xy - lo) / np.where(hi > lo, hi - lo, 1.0) * (2**bits - 1)).astype(np.uint64)
+    morton = np.zeros(len(xy), dtype=np.uint64)
+    for bit in range(bits):
+        for axis in (0, 1):
+            morton |= ((grid[:, axis] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(2 * bit + axis)
+    return np.lexsort((morton, codes))

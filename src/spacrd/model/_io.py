@@ -12,6 +12,8 @@ import pandas as pd
 import torch
 from scvi.model._utils import parse_device_args
 
+from spacrd.tl import Calibration
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -77,7 +79,8 @@ def save_model(
         "is_trained": model.is_trained_,
         "n_image_training_spots": getattr(model, "n_image_training_spots_", 0),
         "source_cancer_share": getattr(model, "source_cancer_share_", None),
-        "calibration": getattr(model, "calibration_", None),
+        "calibration": None if model.calibration_ is None else model.calibration_.to_dict(),
+        "validation_split": getattr(model, "validation_split_", None),
         "history": {k: v.reset_index().to_dict(orient="list") for k, v in (model.history_ or {}).items()},
     }
     torch.save(model.module.state_dict(), os.path.join(dir_path, MODEL_FILE))
@@ -151,6 +154,7 @@ def load_model(
     model.is_trained_ = bool(meta["is_trained"])
     model.n_image_training_spots_ = int(meta.get("n_image_training_spots", 0))
     model.source_cancer_share_ = meta.get("source_cancer_share")
-    model.calibration_ = meta.get("calibration")
+    model.calibration_ = Calibration.from_dict(meta.get("calibration"))
+    model.validation_split_ = meta.get("validation_split")
     model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
     return model

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from spacrd._constants import CANCER, NON_CANCER, UNLABELLED
+
 #: Categories of the derived label column, in code order (0, 1, 2).
-LABEL_CATEGORIES = ("non-cancer", "cancer", "unlabelled")
+LABEL_CATEGORIES = (NON_CANCER, CANCER, "unlabelled")
 
 
 def cancer_labels(column: pd.Series, cancer_categories: Sequence[str] | None = None) -> pd.Categorical:
@@ -23,13 +25,21 @@ def cancer_labels(column: pd.Series, cancer_categories: Sequence[str] | None = N
     missing = column.isna().to_numpy()
     values = column.to_numpy(dtype=object)
     if cancer_categories is not None:
+        if isinstance(cancer_categories, str):
+            raise TypeError(
+                f"`cancer_categories` must be a list of category names, got the string {cancer_categories!r}; "
+                f"pass [{cancer_categories!r}]."
+            )
         wanted = {str(c) for c in cancer_categories}
         present = {str(v) for v in values[~missing]}
-        unknown = wanted - present
-        if wanted and unknown == wanted:
+        available = sorted(present)
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            available = sorted({str(c) for c in column.cat.categories} | present)
+        unknown = sorted(wanted - set(available))
+        if not wanted or unknown:
             raise ValueError(
-                f"None of `cancer_categories` {sorted(wanted)} occur in obs[{name!r}]; its values are "
-                f"{sorted(present)[:20]}."
+                f"`cancer_categories` {unknown or []} do not occur in obs[{name!r}] (every entry must name one of "
+                f"its values, exactly); its values are {available[:20]}."
             )
         is_cancer = np.array([str(v) in wanted for v in values])
     elif pd.api.types.is_bool_dtype(column.dtype) or set(values[~missing]) <= {True, False}:
@@ -53,3 +63,9 @@ def cancer_labels(column: pd.Series, cancer_categories: Sequence[str] | None = N
         is_cancer = np.array([str(v) == "cancer" for v in values])
     codes = np.where(missing, 2, is_cancer.astype(int))
     return pd.Categorical.from_codes(codes, categories=list(LABEL_CATEGORIES))
+
+
+def label_codes(column: pd.Series, cancer_categories: Sequence[str] | None = None) -> np.ndarray:
+    """``(n,)`` int64 label codes of :func:`cancer_labels`: 0 non-cancer, 1 cancer, ``UNLABELLED`` (-1)."""
+    codes = cancer_labels(column, cancer_categories).codes.astype(np.int64)
+    return np.where(codes == 2, UNLABELLED, codes)

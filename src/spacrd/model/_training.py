@@ -1,53 +1,84 @@
-"""Lightning pieces for the three training stages: the data module and the training plan."""
+"""Staged training: the table of SpaCRD's three stages, the Lightning training plan and the training mixin."""
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
+import logging
+import signal
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
+import pandas as pd
+import torch
+from scvi import settings
 from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
+from spacrd._constants import UNLABELLED
+from spacrd.module import STAGES as MODULE_STAGES
 from spacrd.module import SpaCRDModule
 from spacrd.module._module import Stage
+from spacrd.tl import PostprocessSettings
 
-from ._inputs import NeighbourhoodDataset, make_loader
+from ._adata_inputs import label_summary, source_inputs
+from ._datamodule import AUTO_SPOTS_PER_EPOCH, NeighbourhoodDataModule, Validation, validation_split
+
+logger = logging.getLogger(__name__)
 
 
-class NeighbourhoodDataModule(pl.LightningDataModule):
-    """Fixed train/validation split of spots, serving neighbourhood minibatches."""
+@dataclass(frozen=True)
+class StageSpec:
+    """One training stage of SpaCRD.
 
-    def __init__(
-        self, dataset: NeighbourhoodDataset, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int
-    ):
-        super().__init__()
-        self.dataset = dataset
-        self.train_idx = train_idx
-        self.val_idx = val_idx
-        self.test_idx = np.array([], dtype=np.int64)
-        self.batch_size = batch_size
+    Attributes
+    ----------
+    name
+        The module's name of the stage's loss (:meth:`spacrd.module.SpaCRDModule.loss`).
+    loss
+        The named loss term the stage optimises, as logged in ``model.history``.
+    epochs, lr
+        Default epochs and Adam learning rate (the ``<name>_epochs``/``<name>_lr`` arguments of
+        :meth:`~spacrd.model.SpaCRD.train`).
+    uses_neighbors
+        Whether the stage reads the spot's neighbourhood (stage I embeds the centre spot alone).
+    needs_images
+        Whether the stage is skipped when no training spot has a histology embedding.
+    history_prefix
+        Prefix of the stage's keys in ``model.history`` (e.g. ``stage3_validation_loss``).
+    title
+        Title of the stage's panel in :func:`spacrd.pl.training_history`.
 
-    @property
-    def n_train(self) -> int:
-        return len(self.train_idx)
+    """
 
-    @property
-    def n_val(self) -> int:
-        return len(self.val_idx)
+    name: Stage
+    loss: str
+    epochs: int
+    lr: float
+    uses_neighbors: bool
+    needs_images: bool
+    history_prefix: str
+    title: str
 
-    def train_dataloader(self):
-        return make_loader(self.dataset, self.train_idx, self.batch_size, shuffle=True)
 
-    def val_dataloader(self):
-        if self.n_val == 0:
-            return []
-        return make_loader(self.dataset, self.val_idx, self.batch_size, shuffle=False)
+#: SpaCRD's training stages, in the order they run.
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("align", "contrastive_loss", 10, 1e-3, False, True, "stage1", "Stage I: modality alignment"),
+    StageSpec("fuse", "fused_loss", 10, 1e-3, True, False, "stage2", "Stage II: fusion VAE"),
+    StageSpec("classify", "classification_loss", 20, 1e-3, True, False, "stage3", "Stage III: classifier"),
+)
+assert tuple(stage.name for stage in STAGES) == MODULE_STAGES
 
 
 class SpaCRDTrainingPlan(TrainingPlan):
     """scvi-tools training plan for one SpaCRD stage.
 
     Logs ``train_loss``/``validation_loss`` and the stage's named loss terms (``contrastive_loss``,
-    ``fused_loss``, ``classification_loss``) per epoch.
+    ``fused_loss``, ``classification_loss``) per epoch; in the classifier stage also the ROC AUC and
+    average precision of the labelled spots (``auroc_train``, ``auroc_validation``, ``ap_train``,
+    ``ap_validation``, :mod:`torchmetrics`, synchronised across processes).
 
     Parameters
     ----------
@@ -65,13 +96,44 @@ class SpaCRDTrainingPlan(TrainingPlan):
         kwargs.setdefault("n_epochs_kl_warmup", None)
         super().__init__(module, stage=stage, **kwargs)
         self.stage = stage
+        if stage == "classify":
+            self.ranking = torch.nn.ModuleDict(
+                {
+                    f"{name}_{mode}": metric()
+                    for name, metric in (("auroc", BinaryAUROC), ("ap", BinaryAveragePrecision))
+                    for mode in ("train", "validation")
+                }
+            )
 
     def forward(self, *args, **kwargs):
         """Run the module, embedding only the centre spots in the alignment stage."""
         return self.module(*args, **kwargs, inference_kwargs={"centre_only": self.stage == "align"})
 
+    def training_step(self, batch, batch_idx):
+        """One optimisation step; losses are averaged over centre spots (a batch's ``B``, not its ``U`` spots)."""
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self._log_loss("train", loss_output, prog_bar=True)
+        return loss_output.loss
+
+    def validation_step(self, batch, batch_idx):
+        """Validation losses and metrics of one batch."""
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self._log_loss("validation", loss_output)
+
+    def _log_loss(self, mode: str, loss_output: LossOutput, prog_bar: bool = False) -> None:
+        self.log(
+            f"{mode}_loss",
+            loss_output.loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=prog_bar,
+            batch_size=loss_output.n_obs_minibatch,
+            sync_dist=self.use_sync_dist,
+        )
+        self.compute_and_log_metrics(loss_output, None, mode)
+
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics, mode: str):
-        """Log the stage's named loss terms; the ELBO bookkeeping of the parent does not apply here."""
+        """Log the stage's named loss terms (and ranking metrics); the ELBO bookkeeping of the parent does not apply."""
         for key, value in loss_output.extra_metrics.items():
             self.log(
                 f"{key}_{mode}",
@@ -81,3 +143,235 @@ class SpaCRDTrainingPlan(TrainingPlan):
                 batch_size=loss_output.n_obs_minibatch,
                 sync_dist=self.use_sync_dist,
             )
+        if self.stage != "classify" or loss_output.logits is None:
+            return
+        labels = loss_output.true_labels.reshape(-1)
+        labelled = labels >= 0
+        if not labelled.any():
+            return
+        for name in ("auroc", "ap"):
+            metric = self.ranking[f"{name}_{mode}"]
+            metric.update(loss_output.logits.detach()[labelled], labels[labelled].long())
+            self.log(f"{name}_{mode}", metric, on_step=False, on_epoch=True, batch_size=int(labelled.sum()))
+
+
+class StagedTrainingMixin:
+    """``train`` for :class:`~spacrd.model.SpaCRD`: the stages of :data:`STAGES`, one Lightning run each."""
+
+    def train(
+        self,
+        align_epochs: int = STAGES[0].epochs,
+        fuse_epochs: int = STAGES[1].epochs,
+        classify_epochs: int = STAGES[2].epochs,
+        align_lr: float = STAGES[0].lr,
+        fuse_lr: float = STAGES[1].lr,
+        classify_lr: float = STAGES[2].lr,
+        weight_decay: float = 1e-3,
+        batch_size: int = 256,
+        train_size: float = 0.9,
+        validation: Validation = "auto",
+        spots_per_epoch: int | Literal["auto"] | None = "auto",
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        early_stopping: bool = False,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train the three stages in turn, each through scvi-tools' Lightning trainer.
+
+        Parameters
+        ----------
+        align_epochs, fuse_epochs, classify_epochs
+            Epochs of stage I (contrastive alignment; skipped without images), stage II (fusion VAE)
+            and stage III (classifier). ``0`` skips a stage.
+        align_lr, fuse_lr, classify_lr
+            Adam learning rates of the three stages.
+        weight_decay
+            Adam weight decay.
+        batch_size
+            Spots per minibatch (each with its ``k`` neighbours).
+        train_size
+            Share of spots used for training; the rest is the validation set whose losses are logged,
+            on which the calibration is fitted and which ``early_stopping`` monitors. ``1.0``: none.
+        validation
+            How validation spots are held out so that their neighbourhoods were not trained on:
+            ``"section"`` (whole labelled sections), ``"block"`` (square blocks within each section,
+            with the training spots whose neighbourhood touches them left out), ``"random"`` (spots
+            at random, optimistic) or ``"auto"`` (``"section"`` with at least three sections holding
+            both classes, else ``"block"``).
+        spots_per_epoch
+            Centre spots drawn per epoch (stratified by section and label, a new draw every epoch).
+            ``"auto"``: all training spots up to 100,000, else 100,000; ``None``: all.
+        accelerator, devices
+            Passed to :class:`scvi.train.Trainer`, as in scvi-tools (``accelerator="gpu"``,
+            ``devices=2, strategy="ddp_spawn"`` for several processes; each gets its shard of every
+            epoch).
+        early_stopping
+            Stop each stage when ``validation_loss`` stops improving (``early_stopping_patience`` and
+            friends go through ``trainer_kwargs``).
+        plan_kwargs
+            Extra arguments of :class:`~spacrd.model.SpaCRDTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer`.
+
+        Notes
+        -----
+        ``model.history`` holds each stage's epoch losses under ``stage1_*``, ``stage2_*`` and
+        ``stage3_*`` keys (:data:`spacrd.model.STAGES`). A stage that runs no optimisation step is an
+        error: the model is then not trained.
+
+        After the last stage, ``model.calibration_`` (:class:`spacrd.tl.Calibration`) is fitted on the
+        labelled validation spots (on all labelled spots when there are fewer than 20 or only one
+        class among them, e.g. with ``train_size=1.0``) for :meth:`predict`'s default post-processing,
+        and ``model.source_cancer_share_`` is the share of cancer among the labelled training spots,
+        the prior that ``predict(prior_shift=True)`` adapts from.
+
+        Interrupting training (Ctrl+C, or :class:`KeyboardInterrupt` raised in a callback passed as
+        ``callbacks=[...]``) stops the running stage and raises :class:`KeyboardInterrupt` naming it;
+        the Python session and Ctrl+C keep working, ``history`` keeps the epochs logged so far and the
+        model counts as untrained until ``train()`` runs again.
+
+        """
+        if self.adata is None:
+            raise ValueError("This model has no registered AnnData to train on.")
+        if not 0.0 < train_size <= 1.0:
+            raise ValueError(f"`train_size` must be in (0, 1], got {train_size}.")
+        inputs = source_inputs(self)
+        labelled = inputs.labels[inputs.labels != UNLABELLED]
+        if np.unique(labelled).size < 2:
+            counts = np.bincount(labelled, minlength=2)
+            raise ValueError(
+                f"Training needs labelled spots of both classes; found {counts[0]} non-cancer and {counts[1]} "
+                "cancer spots. Check `labels_key`/`cancer_categories` in setup_anndata."
+            )
+        logger.info("Training on %s.", label_summary(inputs.labels))
+        self.n_image_training_spots_ = 0 if inputs.has_image is None else int(inputs.has_image.sum())
+        self.source_cancer_share_ = float(labelled.mean())
+        epochs = {"align": align_epochs, "fuse": fuse_epochs, "classify": classify_epochs}
+        if self.module.image_encoder is not None and self.n_image_training_spots_ < 2:
+            warnings.warn(
+                "No training spot has a histology embedding, so the image branch cannot be learnt; the model "
+                "predicts from expression alone, also on targets with images.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self.n_image_training_spots_ < 2 and epochs["align"]:
+            logger.info("No histology embeddings to align: skipping stage I (modality alignment).")
+            epochs["align"] = 0
+
+        seed = default_seed()
+        train_idx, val_idx, how = validation_split(inputs, inputs.coordinates, validation, train_size, seed)
+        if spots_per_epoch == "auto":
+            spots_per_epoch = AUTO_SPOTS_PER_EPOCH if len(train_idx) > AUTO_SPOTS_PER_EPOCH else None
+        datamodule = NeighbourhoodDataModule(
+            self._dataset(inputs), train_idx, val_idx, batch_size, spots_per_epoch=spots_per_epoch, seed=seed
+        )
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+        self._run_stages(
+            datamodule,
+            epochs,
+            {"align": align_lr, "fuse": fuse_lr, "classify": classify_lr},
+            weight_decay=weight_decay,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping and datamodule.n_val > 0,
+            plan_kwargs=plan_kwargs,
+            trainer_kwargs=trainer_kwargs,
+        )
+        self.validation_split_ = how
+        self.validation_indices_ = val_idx
+        self.calibration_ = self._fit_calibration(inputs, val_idx, PostprocessSettings())
+
+    def _run_stages(
+        self,
+        datamodule,
+        epochs: dict[str, int],
+        lrs: dict[str, float],
+        *,
+        weight_decay: float,
+        accelerator: str,
+        devices,
+        early_stopping: bool,
+        plan_kwargs: dict | None,
+        trainer_kwargs: dict,
+    ) -> None:
+        """Run every stage with ``epochs[name] > 0``; ``model.history`` gets each stage's curves under its prefix."""
+        history: dict[str, pd.DataFrame] = {}
+        self.is_trained_ = False
+        for stage in STAGES:
+            if epochs[stage.name] <= 0:
+                continue
+            plan = self._training_plan_cls(
+                self.module,
+                stage=stage.name,
+                lr=lrs[stage.name],
+                weight_decay=weight_decay,
+                **(plan_kwargs or {}),
+            )
+            runner = self._train_runner_cls(
+                self,
+                training_plan=plan,
+                data_splitter=datamodule,
+                max_epochs=epochs[stage.name],
+                accelerator=accelerator,
+                devices=devices,
+                early_stopping=early_stopping,
+                check_val_every_n_epoch=1,
+                use_distributed_sampler=False,
+                **trainer_kwargs,
+            )
+            # Each stage starts a fresh logger; keep its curves under a stage prefix.
+            self.is_trained_, self.history_ = False, None
+            # The runner leaves the module in eval mode after each stage; Lightning keeps that mode.
+            self.module.train()
+            try:
+                _run_interruptible(runner, stage)
+            finally:
+                for key, frame in (self.history_ or {}).items():
+                    name = f"{stage.history_prefix}_{key}"
+                    history[name] = frame.rename(columns={key: name})
+                self.history_ = history
+                self.module.eval()
+                # scvi-tools' runner marks the model trained after every stage; only all stages do.
+                self.is_trained_ = False
+            _check_stage_stepped(runner, stage)
+        self.is_trained_ = True
+
+
+def _run_interruptible(runner, stage: StageSpec) -> None:
+    """Run one stage; Ctrl+C stops it with a :class:`KeyboardInterrupt` that names it.
+
+    Lightning turns Ctrl+C into ``sys.exit(1)`` with SIGINT ignored from then on, which would end a
+    script's caller and leave Ctrl+C dead in a notebook; both are undone here.
+    """
+    sigint, interrupted = signal.getsignal(signal.SIGINT), False
+    try:
+        runner()
+    except SystemExit as err:
+        if not isinstance(err.__context__, KeyboardInterrupt):
+            raise
+        interrupted = True
+    if interrupted or runner.trainer.interrupted:
+        if sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
+        raise KeyboardInterrupt(
+            f"Training interrupted in {stage.history_prefix.replace('stage', 'stage ')} ({stage.name}); the "
+            "model is not trained. Call "
+            "`model.train()` again: it runs every stage, starting from the current weights."
+        )
+
+
+def _check_stage_stepped(runner, stage: StageSpec) -> None:
+    """A stage that ran no optimisation step leaves random weights: that is an error, not a trained model."""
+    if runner.trainer.global_step == 0:
+        raise RuntimeError(
+            f"{stage.title} ran no optimisation step (no training batch: too few training spots for "
+            "`batch_size`, or `spots_per_epoch` too small); the model is not trained. Use more training spots, "
+            "a smaller `batch_size` or a larger `train_size`."
+        )
+
+
+def default_seed() -> int:
+    """The seed of the epoch samplers and the validation split: :attr:`scvi.settings.seed`."""
+    seed = settings.seed
+    return int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**31))

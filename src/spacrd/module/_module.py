@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
+from torch.distributions import Normal, kl_divergence
 
+from spacrd._constants import MODULE_KEYS, TENSOR_KEYS, UNLABELLED
 from spacrd.nn import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder
-
-from ._constants import TENSOR_KEYS, UNLABELLED
 
 Stage = Literal["align", "fuse", "classify"]
 STAGES: tuple[Stage, ...] = ("align", "fuse", "classify")
@@ -30,7 +30,8 @@ class SpaCRDModule(BaseModuleClass):
 
     Every sample is a spot with its ``k`` spatial neighbours (itself first). Each token carries the
     spot's preprocessed expression (``n_genes``) and, when available, its histology embedding
-    (``n_image_features``).
+    (``n_image_features``). A minibatch holds the features of its distinct spots once and each
+    neighbourhood as rows into them (:data:`spacrd._constants.TENSOR_KEYS`).
 
     * Stage I (``"align"``): gene and image encoders embed the centre spot; a symmetric CLIP-style
       InfoNCE aligns the two modalities over the minibatch.
@@ -139,89 +140,159 @@ class SpaCRDModule(BaseModuleClass):
         self, tensors: dict[str, torch.Tensor], **kwargs
     ) -> dict[str, torch.Tensor | None]:
         return {
-            "gene_tokens": tensors[TENSOR_KEYS.GENE_TOKENS],
-            "image_tokens": tensors.get(TENSOR_KEYS.IMAGE_TOKENS),
-            "image_mask": tensors.get(TENSOR_KEYS.IMAGE_MASK),
+            "spot_genes": tensors[TENSOR_KEYS.SPOT_GENES],
+            "neighbors": tensors[TENSOR_KEYS.NEIGHBORS],
             "padding_mask": tensors.get(TENSOR_KEYS.PADDING_MASK),
+            "spot_image": tensors.get(TENSOR_KEYS.SPOT_IMAGE),
+            "spot_has_image": tensors.get(TENSOR_KEYS.SPOT_HAS_IMAGE),
         }
 
-    def _embed_tokens(
-        self, gene_tokens: torch.Tensor, image_tokens: torch.Tensor | None, image_mask: torch.Tensor | None
+    def _embed(
+        self, genes: torch.Tensor, image: torch.Tensor | None, has_image: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """L2-normalised (over features) gene and image embeddings ``(B, k', e)`` and the image mask."""
-        gene_emb = F.normalize(self.gene_encoder(gene_tokens), dim=-1)
-        if self.image_encoder is None or image_tokens is None:
-            mask = torch.zeros(gene_tokens.shape[:-1], dtype=torch.bool, device=gene_tokens.device)
+        """L2-normalised (over features) gene and image embeddings ``(..., e)`` and the image mask ``(...)``.
+
+        Inputs are ``(..., n_genes)`` and ``(..., n_image_features)``: spots or neighbourhood tokens.
+        Where a spot has no image, its gene embedding stands in for the image one.
+        """
+        gene_emb = F.normalize(self.gene_encoder(genes), dim=-1)
+        if self.image_encoder is None or image is None:
+            mask = torch.zeros(genes.shape[:-1], dtype=torch.bool, device=genes.device)
             return gene_emb, gene_emb, mask
-        mask = image_mask.bool()
-        image_emb = F.normalize(self.image_encoder(torch.nan_to_num(image_tokens)), dim=-1)
+        mask = has_image.bool()
+        image_emb = F.normalize(self.image_encoder(torch.nan_to_num(image)), dim=-1)
         image_emb = torch.where(mask.unsqueeze(-1), image_emb, gene_emb)
         return gene_emb, image_emb, mask
+
+    def _embed_neighbourhoods(
+        self,
+        spot_genes: torch.Tensor,
+        neighbors: torch.Tensor,
+        spot_image: torch.Tensor | None,
+        spot_has_image: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token embeddings ``(B, k, e)`` (gene, image) and the image mask ``(B, k)`` of each neighbourhood.
+
+        In training every token is encoded on its own, so that a spot that sits in several neighbourhoods
+        of a minibatch gets an independent input-dropout mask in each, as in the method. Without dropout
+        (evaluation) the encoders are deterministic, so each distinct spot is encoded once and the
+        neighbourhoods gather its embedding: the same result for ``k`` times less encoder work.
+        """
+        if self.training:
+            image = spot_image[neighbors] if spot_image is not None else None
+            has_image = spot_has_image[neighbors] if spot_has_image is not None else None
+            return self._embed(spot_genes[neighbors], image, has_image)
+        gene_emb, image_emb, mask = self._embed(spot_genes, spot_image, spot_has_image)
+        return gene_emb[neighbors], image_emb[neighbors], mask[neighbors]
 
     @auto_move_data
     def inference(
         self,
-        gene_tokens: torch.Tensor,
-        image_tokens: torch.Tensor | None = None,
-        image_mask: torch.Tensor | None = None,
+        spot_genes: torch.Tensor,
+        neighbors: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
+        spot_image: torch.Tensor | None = None,
+        spot_has_image: torch.Tensor | None = None,
         centre_only: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Encode neighbourhoods.
 
         Parameters
         ----------
-        gene_tokens
-            ``(B, k, n_genes)`` preprocessed expression of each spot's neighbourhood, centre first.
-        image_tokens
-            ``(B, k, n_image_features)`` histology embeddings, or ``None``.
-        image_mask
-            ``(B, k)`` true where the token has an image embedding.
+        spot_genes
+            ``(U, n_genes)`` preprocessed expression of the distinct spots of the minibatch.
+        neighbors
+            ``(B, k)`` rows of each neighbourhood into the spot arrays, centre spot first.
         padding_mask
-            ``(B, k)`` true for padded neighbour slots to ignore in attention.
+            ``(B, k)`` true for padded neighbour slots to ignore in attention and in the wide term.
+        spot_image
+            ``(U, n_image_features)`` scaled histology features, or ``None``.
+        spot_has_image
+            ``(U,)`` true where the spot has a histology embedding.
         centre_only
             Only embed the centre spots (stage I); skips attention and the VAE.
 
+        Returns
+        -------
+        Dict (keys in :data:`spacrd._constants.MODULE_KEYS`): ``gene_emb``, ``image_emb`` ``(B, e)`` and
+        ``has_image`` ``(B,)`` of the centre spots; unless ``centre_only`` also the fused embedding ``h``
+        ``(B, n_embed)``, the posterior ``qz_mean``, ``qz_log_var``, a sample ``z`` ``(B, n_latent)`` and
+        the cancer ``logits`` ``(B,)``.
+
         """
         if centre_only:
-            gene_tokens = gene_tokens[:, :1]
-            image_tokens = image_tokens[:, :1] if image_tokens is not None else None
-            image_mask = image_mask[:, :1] if image_mask is not None else None
-        gene_emb, image_emb, mask = self._embed_tokens(gene_tokens, image_tokens, image_mask)
-        outputs = {"gene_emb": gene_emb[:, 0], "image_emb": image_emb[:, 0], "has_image": mask[:, 0]}
-        if centre_only:
-            return outputs
+            centres = neighbors[:, 0]
+            gene_emb, image_emb, mask = self._embed(
+                spot_genes[centres],
+                spot_image[centres] if spot_image is not None else None,
+                spot_has_image[centres] if spot_has_image is not None else None,
+            )
+            return {
+                MODULE_KEYS.GENE_EMB: gene_emb,
+                MODULE_KEYS.IMAGE_EMB: image_emb,
+                MODULE_KEYS.HAS_IMAGE: mask,
+            }
 
-        gene_guided = self.gene_guided_attention(gene_emb, image_emb, padding_mask)
-        image_guided = self.image_guided_attention(image_emb, gene_emb, padding_mask)
-        h = self.fusion(torch.cat([gene_guided[:, 0], image_guided[:, 0]], dim=-1))
+        gene_emb, image_emb, mask = self._embed_neighbourhoods(
+            spot_genes, neighbors, spot_image, spot_has_image
+        )
+        outputs = {
+            MODULE_KEYS.GENE_EMB: gene_emb[:, 0],
+            MODULE_KEYS.IMAGE_EMB: image_emb[:, 0],
+            MODULE_KEYS.HAS_IMAGE: mask[:, 0],
+        }
+        # Only the centre spot's outputs are fused, so only the centre queries the context.
+        gene_guided = self.gene_guided_attention(gene_emb[:, 0], image_emb, padding_mask)
+        image_guided = self.image_guided_attention(image_emb[:, 0], gene_emb, padding_mask)
+        h = self.fusion(torch.cat([gene_guided, image_guided], dim=-1))
         qz_mean, qz_log_var = self.vae_encoder(h)
-        qz_std = torch.exp(0.5 * qz_log_var)
-        z = qz_mean + qz_std * torch.randn_like(qz_std) if self.training else qz_mean
-        logits = self.classifier(torch.cat([qz_mean, qz_std], dim=-1)).squeeze(-1)
+        qz = Normal(qz_mean, torch.exp(0.5 * qz_log_var))
+        z = qz.rsample() if self.training else qz_mean
+        logits = self.classifier(torch.cat([qz_mean, qz.scale], dim=-1)).squeeze(-1)
         if self.wide is not None:
-            logits = logits + self.wide(_masked_mean(gene_tokens, padding_mask)).squeeze(-1)
-        outputs.update(h=h, qz_mean=qz_mean, qz_log_var=qz_log_var, z=z, logits=logits)
+            logits = logits + self._wide_term(spot_genes, neighbors, padding_mask)
+        outputs.update(
+            {
+                MODULE_KEYS.H: h,
+                MODULE_KEYS.QZ_MEAN: qz_mean,
+                MODULE_KEYS.QZ_LOG_VAR: qz_log_var,
+                MODULE_KEYS.Z: z,
+                MODULE_KEYS.LOGITS: logits,
+            }
+        )
         return outputs
+
+    def _wide_term(
+        self, spot_genes: torch.Tensor, neighbors: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Linear term on each neighbourhood's mean expression, ``(B,)``.
+
+        Training applies input dropout to the mean vector, as the method does. The linear map has no
+        bias, so in evaluation the mean of the per-spot terms is the same number at a fraction of the cost.
+        """
+        if self.training:
+            return self.wide(_masked_mean(spot_genes[neighbors], padding_mask)).squeeze(-1)
+        per_spot = self.wide(spot_genes)  # dropout is the identity in evaluation
+        return _masked_mean(per_spot[neighbors], padding_mask).squeeze(-1)
 
     # ----------------------------------------------------------------- generative
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict[str, torch.Tensor | None]:
-        return {"z": inference_outputs.get("z")}
+        return {"z": inference_outputs.get(MODULE_KEYS.Z)}
 
     @auto_move_data
     def generative(self, z: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
         """Decode the latent ``z`` ``(B, n_latent)`` to the reconstructed fused embedding ``(B, n_embed)``."""
-        return {"h_rec": None if z is None else self.vae_decoder(z)}
+        return {MODULE_KEYS.H_REC: None if z is None else self.vae_decoder(z)}
 
     # ----------------------------------------------------------------------- loss
     def _contrastive_loss(self, inference_outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Symmetric InfoNCE between centre image and gene embeddings of the spots with an image."""
-        has_image = inference_outputs["has_image"]
-        gene_emb = inference_outputs["gene_emb"][has_image]
-        image_emb = inference_outputs["image_emb"][has_image]
+        has_image = inference_outputs[MODULE_KEYS.HAS_IMAGE]
+        gene_emb = inference_outputs[MODULE_KEYS.GENE_EMB][has_image]
+        image_emb = inference_outputs[MODULE_KEYS.IMAGE_EMB][has_image]
         if gene_emb.shape[0] < 2:
             # Nothing to contrast (expression-only batch); keep the graph so Lightning can step.
-            return inference_outputs["gene_emb"].sum() * 0.0
+            return inference_outputs[MODULE_KEYS.GENE_EMB].sum() * 0.0
         logits = image_emb @ gene_emb.T / self.temperature
         target = torch.arange(logits.shape[0], device=logits.device)
         image_to_gene = F.cross_entropy(logits, target)
@@ -232,12 +303,14 @@ class SpaCRDModule(BaseModuleClass):
         self, labels: torch.Tensor, inference_outputs: dict[str, torch.Tensor], generative_outputs: dict
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-spot reconstruction and KL-to-class-prior terms, the labelled mask and the margin penalty."""
-        h = inference_outputs["h"]
-        reconstruction = F.mse_loss(generative_outputs["h_rec"], h, reduction="none").mean(-1)
+        h = inference_outputs[MODULE_KEYS.H]
+        reconstruction = F.mse_loss(generative_outputs[MODULE_KEYS.H_REC], h, reduction="none").mean(-1)
         labelled = labels != UNLABELLED
-        prior_mean = self.class_means[labels.clamp(min=0)]
-        mean, log_var = inference_outputs["qz_mean"], inference_outputs["qz_log_var"]
-        kl = 0.5 * (log_var.exp() + (mean - prior_mean) ** 2 - log_var - 1).sum(-1)
+        mean, log_var = inference_outputs[MODULE_KEYS.QZ_MEAN], inference_outputs[MODULE_KEYS.QZ_LOG_VAR]
+        qz = Normal(mean, torch.exp(0.5 * log_var))
+        # category-regularised prior: N(m_y, I) with the learnt mean of the spot's class
+        pz = Normal(self.class_means[labels.clamp(min=0)], torch.ones_like(mean))
+        kl = kl_divergence(qz, pz).sum(-1)
         kl = torch.where(labelled, kl, torch.zeros_like(kl))
         separation = torch.linalg.vector_norm(self.class_means[1] - self.class_means[0])
         margin_penalty = F.relu(self.class_mean_margin - separation)
@@ -253,7 +326,7 @@ class SpaCRDModule(BaseModuleClass):
         """Loss of one training stage; see the class docstring for the three stages."""
         if stage not in STAGES:
             raise ValueError(f"Unknown stage {stage!r}; expected one of {STAGES}.")
-        n_obs = tensors[TENSOR_KEYS.GENE_TOKENS].shape[0]
+        n_obs = tensors[TENSOR_KEYS.NEIGHBORS].shape[0]
         if stage == "align":
             contrastive = self._contrastive_loss(inference_outputs)
             return LossOutput(
@@ -274,7 +347,7 @@ class SpaCRDModule(BaseModuleClass):
                 extra_metrics={"fused_loss": fused},
             )
 
-        logits = inference_outputs["logits"]
+        logits = inference_outputs[MODULE_KEYS.LOGITS]
         bce = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0).float(), reduction="none")
         classification = (bce * labelled).sum() / n_labelled
         return LossOutput(

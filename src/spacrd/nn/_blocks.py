@@ -78,15 +78,21 @@ class CrossAttentionBlock(nn.Module):
         context: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attend from ``query`` ``(B, k, e)`` to ``context`` ``(B, k, e)``.
+        """Attend from ``query`` to ``context`` ``(B, k, e)``.
 
-        ``padding_mask`` ``(B, k)`` is ``True`` for context tokens that must be ignored (padded
-        neighbours of spots in sections with fewer than ``k`` spots).
+        ``query`` is ``(B, q, e)`` tokens, or ``(B, e)`` for a single query per sample (SpaCRD only reads
+        the centre spot's output, so it attends from the centre alone; the result equals row 0 of the
+        full ``(B, k, e)`` attention). ``padding_mask`` ``(B, k)`` is ``True`` for context tokens that
+        must be ignored (padded neighbours of spots in sections with fewer than ``k`` spots). Returns a
+        tensor of the shape of ``query``.
         """
+        single = query.ndim == 2
+        queries = query.unsqueeze(1) if single else query
         attended, _ = self.attention(
-            query, context, context, key_padding_mask=padding_mask, need_weights=False
+            queries, context, context, key_padding_mask=padding_mask, need_weights=False
         )
-        return self.norm(query + attended)
+        out = self.norm(queries + attended)
+        return out.squeeze(1) if single else out
 
 
 class GaussianEncoder(nn.Module):

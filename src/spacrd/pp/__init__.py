@@ -1,7 +1,16 @@
-"""Preprocessing: per-spot image crops and H&E image features."""
+"""Preprocessing: spatial neighbourhoods, expression features, per-spot image crops and H&E image features."""
 
 from ._crops import spot_crops
+from ._genes import select_genes
 from ._histology_stats import FEATURE_DESCRIPTIONS as HISTOLOGY_STATS_FEATURES
 from ._image_features import image_features
+from ._neighbors import section_neighbors, spatial_neighbors
 
-__all__ = ["HISTOLOGY_STATS_FEATURES", "image_features", "spot_crops"]
+__all__ = [
+    "HISTOLOGY_STATS_FEATURES",
+    "image_features",
+    "section_neighbors",
+    "select_genes",
+    "spatial_neighbors",
+    "spot_crops",
+]

@@ -1,13 +1,25 @@
-from ._adaptation import adjust_to_prior, expression_neighbors, fit_calibration, propagate_over_neighbors
-from ._neighbors import section_neighbors, smooth_over_neighbors
+"""Tools: label-free post-processing of scores (propagation, smoothing, calibration, prior shift, call)."""
+
+from spacrd.pp._neighbors import section_neighbors
+
+from ._adaptation import adjust_to_prior, expression_neighbors, propagate_over_neighbors, section_pca
+from ._calibration import Calibration, fit_calibration
+from ._neighbors import smooth_over_neighbors
+from ._postprocess import PostprocessResult, PostprocessSettings, label_free_logits, postprocess
 from ._threshold import gmm_threshold
 
 __all__ = [
+    "Calibration",
+    "PostprocessResult",
+    "PostprocessSettings",
     "adjust_to_prior",
     "expression_neighbors",
     "fit_calibration",
     "gmm_threshold",
+    "label_free_logits",
+    "postprocess",
     "propagate_over_neighbors",
     "section_neighbors",
+    "section_pca",
     "smooth_over_neighbors",
 ]

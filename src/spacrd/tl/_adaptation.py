@@ -4,28 +4,94 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from sklearn.decomposition import PCA
 
-from ._neighbors import section_neighbors
+from spacrd.pp._neighbors import section_neighbors
+
+#: Sections with more spots fit their principal axes on this many randomly drawn spots (and project
+#: all of them): the axes of 10 components are estimated as well from 50,000 spots as from millions.
+MAX_PCA_FIT_SPOTS = 50_000
 
 
-def expression_neighbors(
-    features: np.ndarray,
-    sections: np.ndarray | pd.Series | None,
-    n_neighbors: int = 10,
-    n_comps: int = 10,
+def section_pca(
+    features: np.ndarray | sparse.spmatrix,
+    codes: np.ndarray,
+    n_comps: int,
+    *,
+    column_weights: np.ndarray | None = None,
     random_state: int = 0,
 ) -> np.ndarray:
-    """Each spot's nearest spots in expression space, within its own section, the spot itself first.
-
-    Distances are Euclidean on the first ``n_comps`` principal components of ``features``, computed
-    per section, so that the graph follows the section's own transcriptional structure (tumour clones,
-    stroma, immune infiltrates) rather than differences between sections.
+    """Principal components of ``features`` computed separately within each section.
 
     Parameters
     ----------
     features
-        ``(n, d)`` preprocessed expression, e.g. log-normalised counts standardised per section.
+        ``(n, d)`` dense or sparse. Sparse input is never densified: PCA centres it implicitly
+        (scikit-learn's ARPACK solver), so the cost follows its stored entries.
+    codes
+        ``(n,)`` integer section code per spot.
+    n_comps
+        Components per section (fewer if the section has fewer spots or features).
+    column_weights
+        ``(n_sections, d)`` factors applied to the columns of each section's rows first, e.g. the
+        inverse spread of a per-section z-score (a per-column shift is irrelevant: PCA centres).
+    random_state
+        Seed of the solver's start vector and of the spots drawn to fit large sections.
+
+    Returns
+    -------
+    ``(n, n_comps)`` float32 embedding, zero-padded where a section has fewer components.
+
+    """
+    n, d = features.shape
+    embedding = np.zeros((n, n_comps), dtype=np.float32)
+    rng = np.random.default_rng(random_state)
+    for code in np.unique(codes):
+        rows = np.flatnonzero(codes == code)
+        block = features[rows]
+        if column_weights is not None:
+            weights = np.asarray(column_weights[code], dtype=np.float32)
+            block = block.multiply(weights).tocsr() if sparse.issparse(block) else block * weights
+        fit = rows.size if rows.size <= MAX_PCA_FIT_SPOTS else MAX_PCA_FIT_SPOTS
+        comps = min(n_comps, fit - 1, d)
+        if comps < 1:
+            continue
+        # ARPACK (exact, sparse-aware) needs fewer components than min(spots, features); else full SVD
+        solver = "arpack" if comps < min(fit, d) else "full"
+        if solver == "full" and sparse.issparse(block):
+            block = block.toarray()  # at most `n_comps` spots or features: small
+        pca = PCA(comps, svd_solver=solver, random_state=random_state)
+        if fit == rows.size:
+            embedding[rows, :comps] = pca.fit_transform(block)
+        else:
+            pca.fit(block[np.sort(rng.choice(rows.size, fit, replace=False))])
+            embedding[rows, :comps] = pca.transform(block)
+    return embedding
+
+
+def expression_neighbors(
+    features: np.ndarray | sparse.spmatrix,
+    sections: np.ndarray | pd.Series | None,
+    n_neighbors: int = 10,
+    n_comps: int = 10,
+    random_state: int = 0,
+    *,
+    column_weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each spot's nearest spots in expression space, within its own section, the spot itself first.
+
+    Distances are Euclidean on the first ``n_comps`` principal components of ``features``, computed
+    per section (:func:`section_pca`), so that the graph follows the section's own transcriptional
+    structure (tumour clones, stroma, immune infiltrates) rather than differences between sections.
+    The search is exact up to 100,000 spots per section and approximate (NN-descent) above
+    (:func:`spacrd.pp.section_neighbors`), so the cost stays near-linear in spots.
+
+    Parameters
+    ----------
+    features
+        ``(n, d)`` preprocessed expression, dense or sparse, e.g. log-normalised counts standardised per
+        section (or, sparse, the log-normalised counts with the standardisation's ``column_weights``).
     sections
         ``(n,)`` section label per spot; ``None`` treats all spots as one section.
     n_neighbors
@@ -33,7 +99,10 @@ def expression_neighbors(
     n_comps
         Principal components per section (fewer if the section has fewer spots or features).
     random_state
-        Seed of the randomised PCA solver.
+        Seed of the PCA solver and of the approximate search.
+    column_weights
+        ``(n_sections, d)`` per-section column factors, in the order of first appearance of
+        ``sections``; see :func:`section_pca`.
 
     Returns
     -------
@@ -41,17 +110,14 @@ def expression_neighbors(
     spot itself in its missing slots.
 
     """
-    features = np.asarray(features, dtype=np.float32)
     n = features.shape[0]
-    # Per-section PCA embedding, zero-padded to n_comps columns; the search is section_neighbors'.
-    embedding = np.zeros((n, n_comps), dtype=np.float32)
     codes = np.zeros(n, dtype=np.int64) if sections is None else pd.factorize(np.asarray(sections))[0]
-    for code in np.unique(codes):
-        rows = np.flatnonzero(codes == code)
-        comps = min(n_comps, rows.size - 1, features.shape[1])
-        if comps >= 1:
-            embedding[rows, :comps] = PCA(comps, random_state=random_state).fit_transform(features[rows])
-    indices, _ = section_neighbors(embedding, codes, n_neighbors)
+    if not sparse.issparse(features):
+        features = np.asarray(features, dtype=np.float32)
+    embedding = section_pca(
+        features, codes, n_comps, column_weights=column_weights, random_state=random_state
+    )
+    indices, _ = section_neighbors(embedding, codes, n_neighbors, random_state=random_state)
     return indices
 
 
@@ -147,45 +213,3 @@ def adjust_to_prior(
         adjusted[rows] = q
         priors[str(section)] = prior
     return adjusted.astype(np.float32), priors
-
-
-def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Bias-corrected temperature scaling: ``scale`` and ``shift`` so that ``sigmoid(scale * logit + shift)``
-    is calibrated on labelled spots.
-
-    Fitted by maximum likelihood (binary cross-entropy) with ``scale > 0``, so the ranking of spots never
-    changes. Calibrated probabilities are what the EM of :func:`adjust_to_prior` assumes; an under- or
-    over-confident network would otherwise drive its estimate of the cancer share towards 0 or 1
-    (Alexandari, Kundaje and Shrikumar, ICML 2020).
-
-    Parameters
-    ----------
-    logits
-        ``(n,)`` logits of held-out labelled spots, e.g. the source's validation spots.
-    labels
-        ``(n,)`` 0/1 labels of the same spots; both classes must occur.
-
-    Returns
-    -------
-    ``(scale, shift)``.
-
-    """
-    from scipy.optimize import minimize
-
-    x = np.asarray(logits, dtype=np.float64).ravel()
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    if x.shape != y.shape or x.size == 0:
-        raise ValueError(f"`logits` {x.shape} and `labels` {y.shape} must be non-empty and of one shape.")
-    if not 0 < y.sum() < y.size:
-        raise ValueError("Calibration needs labelled spots of both classes.")
-
-    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
-        scale, shift = np.exp(params[0]), params[1]
-        z = scale * x + shift
-        # mean binary cross-entropy of sigmoid(z), written stably, and its gradient
-        value = np.mean(np.logaddexp(0.0, z) - y * z)
-        residual = (1.0 / (1.0 + np.exp(-z)) - y) / x.size
-        return float(value), np.array([np.sum(residual * x) * scale, np.sum(residual)])
-
-    result = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-5.0, 5.0), (-50.0, 50.0)])
-    return float(np.exp(result.x[0])), float(result.x[1])

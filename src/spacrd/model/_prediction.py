@@ -1,0 +1,297 @@
+"""Prediction for SpaCRD: the network over chunks of nearby spots, post-processing, and the documented outputs."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from spacrd._constants import CALL_CATEGORIES, MODULE_KEYS, OBS_KEYS, UNLABELLED, UNS_KEYS
+from spacrd.tl import (
+    Calibration,
+    PostprocessResult,
+    PostprocessSettings,
+    expression_neighbors,
+    fit_calibration,
+    postprocess,
+)
+from spacrd.tl._calibration import warn_if_not_fitted_for
+from spacrd.tl._postprocess import DEFAULT_PROPAGATION, label_free_logits
+
+from . import _io
+from ._adata_inputs import source_inputs
+from ._datamodule import inference_loader
+from ._inputs import SpotInputs, locality_order
+from ._spatialdata import target_table
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ._model import SpaCRD
+
+logger = logging.getLogger(__name__)
+
+#: Fewer labelled validation spots than this: the calibration is fitted on all labelled training spots.
+MIN_CALIBRATION_SPOTS = 20
+#: Spots per chunk at prediction (each chunk's distinct neighbourhood spots are encoded once).
+PREDICT_BATCH_SIZE = 8192
+UNTRAINED_MESSAGE = (
+    "This SpaCRD model is not trained (an interrupted `train()` leaves it untrained). Call `model.train()`, "
+    "or load a trained model with `SpaCRD.load(dir_path)`."
+)
+
+
+class PredictionMixin:
+    """``predict``, ``get_latent_representation`` and the calibration, for :class:`~spacrd.model.SpaCRD`."""
+
+    def _expression_graph(self, inputs: SpotInputs) -> np.ndarray:
+        """Each section's expression kNN graph on the model's standardised genes, without densifying them."""
+        return expression_neighbors(
+            inputs.features, inputs.codes, column_weights=inputs.gene_stats.inverse_spread
+        )
+
+    @torch.inference_mode()
+    def _network_outputs(self, inputs: SpotInputs, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Logits ``(n,)`` and latent means ``(n, n_latent)``, chunk by chunk of nearby spots."""
+        self.module.eval()
+        order = (
+            np.arange(inputs.n_obs)
+            if inputs.coordinates is None
+            else locality_order(inputs.coordinates, inputs.codes)
+        )
+        logits = np.empty(inputs.n_obs, dtype=np.float32)
+        latent = np.empty((inputs.n_obs, self.module.vae_encoder.mean.out_features), dtype=np.float32)
+        for centres, batch in inference_loader(
+            self._dataset(inputs), order, batch_size or PREDICT_BATCH_SIZE
+        ):
+            outputs = self.module.inference(**self.module._get_inference_input(batch))
+            logits[centres] = outputs[MODULE_KEYS.LOGITS].float().cpu().numpy()
+            latent[centres] = outputs[MODULE_KEYS.QZ_MEAN].float().cpu().numpy()
+        return {MODULE_KEYS.LOGITS: logits, MODULE_KEYS.QZ_MEAN: latent}
+
+    def predict(
+        self,
+        adata: AnnData | SpatialData | None = None,
+        batch_size: int | None = None,
+        *,
+        prob_key: str = OBS_KEYS.PROB,
+        call_key: str = OBS_KEYS.CALL,
+        uns_key: str = UNS_KEYS.PREDICTION,
+        threshold: float | Literal["gmm"] | None = None,
+        min_gene_overlap: float = 0.5,
+        spatial_smoothing: bool = True,
+        expression_propagation: float = DEFAULT_PROPAGATION,
+        prior_shift: bool = True,
+        batch_key: str | None = None,
+        table_key: str = "table",
+        image_key: str | Mapping[str, str] | None = None,
+    ) -> np.ndarray:
+        """Cancer probability of every spot of ``adata``, with a label-free cancer / non-cancer call.
+
+        The target needs no labels. Its genes are matched to the model's by name (missing genes are
+        filled with zeros and counted in a warning); its neighbour sets and per-section statistics are
+        computed from the target itself. The logits then go through :func:`spacrd.tl.postprocess`:
+        propagation over each section's expression graph, spatial smoothing, the calibration fitted in
+        :meth:`train` (refitted on the registered source when the propagation or smoothing settings
+        differ from the ones it was fitted for; a warning when it cannot be), the prior shift and the call.
+
+        Parameters
+        ----------
+        adata
+            Target AnnData with raw counts in the set-up ``layer`` (or ``X``) and coordinates in
+            ``obsm[spatial_key]``; ``None`` predicts the registered AnnData. A view gets the results
+            after becoming a copy (with a warning); the AnnData it was sliced from is not changed. An
+            image model predicts a target without ``obsm[image_key]`` from expression alone (with a
+            warning), as for spots whose embedding row is NaN. A SpatialData is predicted through its
+            table (see ``table_key``).
+        batch_size
+            Spots per chunk (default 8,192). Chunks follow the tissue, so each chunk's distinct
+            neighbourhood spots are encoded once.
+        prob_key
+            ``obs`` column written with the probabilities (float in ``[0, 1]``).
+        call_key
+            ``obs`` column written with the call (categorical ``"non-cancer"``/``"cancer"``).
+        uns_key
+            ``uns`` key written with ``{"threshold", "threshold_method", "cancer_share", "prob_key",
+            "call_key", "spatial_smoothing", "expression_propagation", "prior_shift", "version"}``;
+            ``cancer_share`` maps each section to its estimated share of cancer spots (empty without
+            ``prior_shift``). The plots of :mod:`spacrd.pl` read it.
+        threshold
+            Probability threshold of the call. ``None`` (default) calls cancer where the probability is
+            at least one half, which is a label-free Bayes call once ``prior_shift`` has adapted the
+            probabilities to the section's own cancer share; ``"gmm"`` takes the crossing of a
+            two-component Gaussian mixture on the logits (:func:`spacrd.tl.gmm_threshold`); a float is
+            used as it is.
+        min_gene_overlap
+            Smallest fraction of the model's genes that must be in the target.
+        spatial_smoothing
+            Average each spot's logit over its neighbourhood in the target (the same ``k`` spatial
+            neighbours the model attends to). Cancer regions are spatially contiguous.
+        expression_propagation
+            Weight ``alpha`` of label propagation of the logits over each section's own expression
+            neighbour graph (10 nearest spots on 10 principal components of the model's preprocessed
+            genes; :func:`spacrd.tl.expression_neighbors`), applied before the spatial smoothing.
+            Spots of one tumour clone resemble each other more than they resemble the training
+            patients, so their scores are pulled together. ``0`` turns it off.
+        prior_shift
+            Re-weight the probabilities to each target section's cancer share, estimated by EM from the
+            calibrated probabilities themselves (:func:`spacrd.tl.adjust_to_prior`). Without it the
+            probabilities assume the training sections' share, and the call over-calls sections with
+            little tumour.
+        batch_key
+            ``obs`` column with each target spot's section; default: the set-up ``batch_key`` when the
+            target has it. A target without it is one section, unless it looks like several (then it
+            is an error naming the candidate columns).
+        table_key, image_key
+            For a SpatialData ``adata``: the results go into ``sdata.tables[table_key]``, which gets
+            spot centres and, for a model with histology whose table lacks the embeddings, the
+            ``histology_stats`` embeddings of ``image_key`` (default: the only image), as in
+            :meth:`setup_spatialdata`.
+
+        Returns
+        -------
+        ``(n_spots,)`` float array of cancer probabilities.
+
+        """
+        self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
+        settings = PostprocessSettings(expression_propagation, spatial_smoothing, prior_shift, threshold)
+        adata = target_table(self, adata, table_key, image_key)
+        if adata is not None and not isinstance(adata, AnnData):
+            raise TypeError(f"Expected an AnnData or a SpatialData, got {type(adata).__name__}.")
+        target = self.adata if adata is None else adata
+        _check_output_keys(self, target, prob_key, call_key, uns_key, batch_key)
+        inputs = self._inputs(adata, min_gene_overlap, batch_key)
+        result = postprocess(
+            self._network_outputs(inputs, batch_size)[MODULE_KEYS.LOGITS],
+            inputs.neighbors,
+            inputs.padding,
+            inputs.sections,
+            settings,
+            self._calibration_for(settings),
+            getattr(self, "source_cancer_share_", None),
+            lambda: self._expression_graph(inputs),
+        )
+        _write_prediction(target, result, settings, prob_key, call_key, uns_key)
+        return result.probabilities
+
+    def _calibration_for(self, settings: PostprocessSettings) -> Calibration | None:
+        """The calibration for ``settings``: the stored one, refitted on the source when it was fitted for others."""
+        calibration = self.calibration_
+        if calibration is None or calibration.fitted_for(
+            settings.expression_propagation, settings.spatial_smoothing
+        ):
+            return calibration
+        val_idx = getattr(self, "validation_indices_", None)
+        if self.adata is not None and val_idx is not None and self.adata.n_obs > (val_idx.max(initial=-1)):
+            logger.info("Refitting the calibration on the source for the requested post-processing settings.")
+            return self._fit_calibration(source_inputs(self), val_idx, settings)
+        warn_if_not_fitted_for(calibration, settings.expression_propagation, settings.spatial_smoothing)
+        return calibration
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | SpatialData | None = None,
+        batch_size: int | None = None,
+        *,
+        batch_key: str | None = None,
+        table_key: str = "table",
+        image_key: str | Mapping[str, str] | None = None,
+    ) -> np.ndarray:
+        """Posterior mean of the fused VAE latent, ``(n_spots, n_latent)``; arguments as in :meth:`predict`."""
+        self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
+        adata = target_table(self, adata, table_key, image_key)
+        inputs = self._inputs(adata, batch_key=batch_key)
+        return self._network_outputs(inputs, batch_size)[MODULE_KEYS.QZ_MEAN]
+
+    def _fit_calibration(
+        self, inputs: SpotInputs, val_idx: np.ndarray, settings: PostprocessSettings
+    ) -> Calibration:
+        """Logit scale and shift on the labelled validation spots (all labelled spots without enough of them).
+
+        The logits go through the label-free steps of ``settings`` first, so that the calibration applies
+        to what :meth:`predict` computes with those settings.
+        """
+        logits = label_free_logits(
+            self._network_outputs(inputs)[MODULE_KEYS.LOGITS],
+            inputs.neighbors,
+            inputs.padding,
+            settings,
+            lambda: self._expression_graph(inputs),
+        )
+        rows = np.asarray(val_idx, dtype=np.int64)
+        rows = rows[inputs.labels[rows] != UNLABELLED]
+        how = getattr(self, "validation_split_", "random")
+        if rows.size < MIN_CALIBRATION_SPOTS or np.unique(inputs.labels[rows]).size < 2:
+            rows, how = np.flatnonzero(inputs.labels != UNLABELLED), "training"
+        scale, shift = fit_calibration(logits[rows], inputs.labels[rows])
+        return Calibration(
+            scale, shift, int(rows.size), settings.expression_propagation, settings.spatial_smoothing, how
+        )
+
+
+def _check_output_keys(
+    model: SpaCRD, target: AnnData, prob_key: str, call_key: str, uns_key: str, batch_key: str | None
+) -> None:
+    """Output columns must differ from each other and from the columns the model reads; overwriting warns."""
+    for name, key in (("prob_key", prob_key), ("call_key", call_key), ("uns_key", uns_key)):
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"`{name}` must be a non-empty string, got {key!r}.")
+    if prob_key == call_key:
+        raise ValueError(f"`prob_key` and `call_key` are both {prob_key!r}; they must name two columns.")
+    args = model.setup_args
+    used = {args["batch_key"], args["labels_key"], batch_key} - {None}
+    clash = sorted({prob_key, call_key} & used)
+    if clash:
+        raise ValueError(
+            f"Output column(s) {clash} would overwrite columns the model reads (sections, labels)."
+        )
+    previous = target.uns.get(uns_key, {})
+    ours = {previous.get("prob_key"), previous.get("call_key")} if isinstance(previous, Mapping) else set()
+    theirs = [k for k in (prob_key, call_key) if k in target.obs and k not in ours]
+    if theirs:
+        warnings.warn(
+            f"obs{theirs} exist and were not written by a previous predict; they are overwritten.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _write_prediction(
+    target: AnnData,
+    result: PostprocessResult,
+    settings: PostprocessSettings,
+    prob_key: str,
+    call_key: str,
+    uns_key: str,
+) -> None:
+    """Write the documented outputs of :meth:`SpaCRD.predict` into ``target``."""
+    if target.is_view:
+        warnings.warn(
+            "adata is a view (e.g. `adata[mask]`): the results are written into it, which makes it a copy; "
+            "the AnnData it was sliced from is not changed. Predict on the full AnnData, or write the "
+            "returned probabilities into it yourself.",
+            UserWarning,
+            stacklevel=3,
+        )
+        target._init_as_actual(target.copy())  # as scvi-tools' copy_if_view; avoids anndata's own warning
+    target.obs[prob_key] = result.probabilities
+    target.obs[call_key] = pd.Categorical.from_codes(
+        result.called.astype(np.int8), categories=list(CALL_CATEGORIES)
+    )
+    target.uns[uns_key] = {
+        "threshold": result.threshold,
+        "threshold_method": result.threshold_method,
+        "cancer_share": result.cancer_share,
+        "spatial_smoothing": settings.spatial_smoothing,
+        "expression_propagation": float(settings.expression_propagation),
+        "prior_shift": settings.prior_shift,
+        "prob_key": prob_key,
+        "call_key": call_key,
+        "version": _io.package_version(),
+    }

@@ -1,0 +1,90 @@
+"""The expression features: highly variable genes on the source's raw counts."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from anndata import AnnData
+from scipy import sparse
+
+from spacrd._validation import check_counts, check_obs_key
+
+#: Sections with fewer spots are left out of the selection: seurat_v3 fits a loess per section, which
+#: fails on a few spots and crashes the process on a single one.
+MIN_HVG_SPOTS = 10
+
+
+def highly_variable_columns(
+    counts: sparse.spmatrix | np.ndarray,
+    gene_names: pd.Index,
+    sections: np.ndarray | None,
+    n_top_genes: int,
+) -> np.ndarray:
+    """Positions in ``gene_names`` of the ``n_top_genes`` most variable genes, in their original order.
+
+    ``seurat_v3`` on raw counts, batch-aware over ``sections`` (sections of fewer than
+    :data:`MIN_HVG_SPOTS` spots are left out; all spots are pooled if no section is that large). With
+    fewer expressed genes than ``n_top_genes``, every gene with a non-zero count is kept.
+    """
+    counts = sparse.csr_matrix(counts)
+    sections = np.zeros(counts.shape[0], dtype=np.int64) if sections is None else np.asarray(sections)
+    size = pd.Series(sections).map(pd.Series(sections).value_counts()).to_numpy()
+    rows = size >= MIN_HVG_SPOTS
+    if not rows.any():
+        rows, sections = np.ones_like(rows), np.zeros_like(sections)
+    counts, sections = counts[rows], sections[rows]
+    expressed = np.asarray((counts > 0).sum(axis=0)).ravel() > 0
+    if expressed.sum() <= n_top_genes:
+        return np.flatnonzero(expressed)
+    scratch = ad.AnnData(
+        counts[:, expressed],
+        obs=pd.DataFrame({"section": pd.Categorical(sections)}, index=np.arange(len(sections)).astype(str)),
+    )
+    scratch.var_names = gene_names[expressed]
+    batch_key = "section" if scratch.obs["section"].nunique() > 1 else None
+    try:
+        sc.pp.highly_variable_genes(scratch, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key)
+    except ValueError as err:
+        raise ValueError(
+            f"Selecting {n_top_genes} highly variable genes (seurat_v3) failed: {err!s}. Sections of fewer "
+            f"than {MIN_HVG_SPOTS} spots are left out of the selection; with few spots in all, pass the "
+            "feature genes as `genes=`."
+        ) from err
+    return np.flatnonzero(expressed)[scratch.var["highly_variable"].to_numpy()]
+
+
+def select_genes(
+    adata: AnnData, n_top_genes: int = 2000, *, layer: str | None = None, batch_key: str | None = None
+) -> pd.Index:
+    """The genes SpaCRD uses as expression features by default: highly variable genes of the source.
+
+    ``seurat_v3`` (which models raw counts) on ``adata.layers[layer]`` (or ``X``), batch-aware across
+    the sections in ``obs[batch_key]``, as :class:`spacrd.model.SpaCRD` selects them when it is not
+    given ``genes=``. Use it to inspect the selection, or to intersect it with a target's genes (a
+    targeted panel) before passing ``genes=``.
+
+    Parameters
+    ----------
+    adata
+        The source AnnData with raw counts.
+    n_top_genes
+        Number of genes to select.
+    layer
+        Layer with raw counts; ``None`` uses ``X``.
+    batch_key
+        ``obs`` column with each spot's section.
+
+    Returns
+    -------
+    The selected gene names, in ``adata.var_names`` order. Nothing in ``adata`` changes.
+
+    """
+    counts = check_counts(adata, layer)
+    sections = None
+    if batch_key is not None:
+        check_obs_key(adata, batch_key, "batch_key")
+        sections = adata.obs[batch_key].to_numpy()
+    columns = highly_variable_columns(counts, adata.var_names, sections, n_top_genes)
+    return adata.var_names[columns]

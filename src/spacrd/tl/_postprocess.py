@@ -1,0 +1,178 @@
+"""From network logits to calibrated probabilities and a label-free call: the one post-processing chain.
+
+``logits → propagation over the expression graph → spatial smoothing → calibration → prior shift →
+threshold``. :meth:`spacrd.model.SpaCRD.predict` calls :func:`postprocess`; each step is also a public
+function of :mod:`spacrd.tl`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ._adaptation import adjust_to_prior, propagate_over_neighbors
+from ._calibration import Calibration
+from ._neighbors import smooth_over_neighbors
+from ._threshold import gmm_threshold
+
+#: Weight of label propagation over each target section's expression graph, by default.
+DEFAULT_PROPAGATION = 0.5
+
+Threshold = float | Literal["gmm"] | None
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """The label-free steps between the network's logits and the call.
+
+    Attributes
+    ----------
+    expression_propagation
+        Weight ``alpha`` in ``[0, 1)`` of label propagation over each section's expression neighbour
+        graph (:func:`spacrd.tl.propagate_over_neighbors`); ``0`` turns it off.
+    spatial_smoothing
+        Average each spot's logit over its spatial neighbourhood (:func:`spacrd.tl.smooth_over_neighbors`).
+    prior_shift
+        Re-weight the calibrated probabilities to each section's estimated cancer share
+        (:func:`spacrd.tl.adjust_to_prior`).
+    threshold
+        ``None``: the Bayes call, probability ≥ 0.5; ``"gmm"``: the crossing of a two-component mixture
+        on the logits (:func:`spacrd.tl.gmm_threshold`); a float in ``[0, 1]``: that threshold.
+
+    """
+
+    expression_propagation: float = DEFAULT_PROPAGATION
+    spatial_smoothing: bool = True
+    prior_shift: bool = True
+    threshold: Threshold = None
+
+    def __post_init__(self):
+        alpha = self.expression_propagation
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha < 1.0:
+            raise ValueError(f"`expression_propagation` must be a number in [0, 1), got {alpha!r}.")
+        for name in ("spatial_smoothing", "prior_shift"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise TypeError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        t = self.threshold
+        if isinstance(t, str):
+            if t != "gmm":
+                raise ValueError(f"`threshold` must be None, 'gmm' or a probability, got {t!r}.")
+        elif t is not None and (
+            isinstance(t, bool)
+            or not isinstance(t, int | float)
+            or not math.isfinite(t)
+            or not 0.0 <= t <= 1.0
+        ):
+            raise ValueError(f"`threshold` must be None, 'gmm' or a probability in [0, 1], got {t!r}.")
+
+
+@dataclass(frozen=True)
+class PostprocessResult:
+    """What :func:`postprocess` returns.
+
+    Attributes
+    ----------
+    probabilities
+        ``(n,)`` float32 cancer probabilities.
+    called
+        ``(n,)`` bool, the label-free call.
+    threshold, threshold_method
+        The probability threshold of the call and how it was set (``"bayes"``, ``"gmm"``, ``"fixed"``).
+    cancer_share
+        Estimated cancer share per section (empty without the prior shift).
+
+    """
+
+    probabilities: np.ndarray
+    called: np.ndarray
+    threshold: float
+    threshold_method: str
+    cancer_share: dict[str, float]
+
+
+def label_free_logits(
+    logits: np.ndarray,
+    neighbors: np.ndarray,
+    padding: np.ndarray | None,
+    settings: PostprocessSettings,
+    expression_graph: Callable[[], np.ndarray] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Logits ``(n,)`` after propagation over the expression graph and spatial smoothing.
+
+    ``expression_graph`` is the ``(n, k)`` graph of :func:`spacrd.tl.expression_neighbors`, or a
+    function building it (only called when the propagation is on).
+    """
+    if settings.expression_propagation:
+        graph = expression_graph() if callable(expression_graph) else expression_graph
+        if graph is None:
+            raise ValueError("Propagation over expression neighbours needs `expression_graph`.")
+        logits = propagate_over_neighbors(logits, graph, alpha=settings.expression_propagation)
+    if settings.spatial_smoothing:
+        logits = smooth_over_neighbors(logits, neighbors, padding)
+    return logits
+
+
+def postprocess(
+    logits: np.ndarray,
+    neighbors: np.ndarray,
+    padding: np.ndarray | None,
+    sections: np.ndarray,
+    settings: PostprocessSettings,
+    calibration: Calibration | None,
+    source_cancer_share: float | None,
+    expression_graph: Callable[[], np.ndarray] | np.ndarray | None = None,
+) -> PostprocessResult:
+    """Turn network logits into calibrated probabilities and a label-free call.
+
+    Parameters
+    ----------
+    logits
+        ``(n,)`` network logits of the target's spots.
+    neighbors, padding
+        ``(n, k)`` spatial neighbourhoods (:func:`spacrd.pp.section_neighbors`).
+    sections
+        ``(n,)`` section of each spot: the prior shift estimates one cancer share per section.
+    settings
+        Which steps run, with their parameters.
+    calibration
+        Fitted on held-out source spots for these settings' propagation and smoothing; ``None``:
+        uncalibrated (identity).
+    source_cancer_share
+        Share of cancer among the labelled training spots, the prior the shift starts from.
+    expression_graph
+        See :func:`label_free_logits`.
+
+    Returns
+    -------
+    :class:`PostprocessResult`; raises :class:`ValueError` if any probability is not finite.
+
+    """
+    logits = label_free_logits(logits, neighbors, padding, settings, expression_graph)
+    calibrated = (calibration or Calibration()).apply(logits)
+    probabilities = (1.0 / (1.0 + np.exp(-calibrated))).astype(np.float32)
+    cancer_share: dict[str, float] = {}
+    if settings.prior_shift:
+        if source_cancer_share is None:
+            raise ValueError(
+                "This model does not know the cancer share of its training spots (it was saved by an "
+                "older spacrd); predict with `prior_shift=False`, or train it again."
+            )
+        probabilities, cancer_share = adjust_to_prior(probabilities, source_cancer_share, sections)
+    if not np.isfinite(probabilities).all():
+        raise ValueError(
+            f"{int((~np.isfinite(probabilities)).sum())} probabilities are NaN or infinite; the network or its "
+            "calibration produced non-finite values (a damaged model file, or non-finite inputs)."
+        )
+    if settings.threshold is None:
+        method, threshold = "bayes", 0.5
+    elif settings.threshold == "gmm":
+        method, threshold = "gmm", gmm_threshold(probabilities)
+    else:
+        method, threshold = "fixed", float(settings.threshold)
+    return PostprocessResult(
+        probabilities, probabilities >= threshold, float(threshold), method, cancer_share
+    )
