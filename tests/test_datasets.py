@@ -142,8 +142,13 @@ def test_uns_spatial_layout(adata_all):
         assert diameter == pytest.approx(expected, rel=0.02)
         assert lib["metadata"]["microns_per_pixel"] * diameter == pytest.approx(100)
         if section not in IMAGED:
-            assert lib["images"] == {}
+            # no "images" key without an image (as scanpy's reader writes it); the scale factor keeps the
+            # coordinates, and is there for squidpy, which looks it up even with img=False
+            assert list(lib) == ["scalefactors", "metadata"]
             assert lib["scalefactors"]["tissue_hires_scalef"] == 1.0
+        else:
+            assert list(lib) == ["images", "scalefactors", "metadata"]
+            assert list(lib["images"]) == ["hires"]
     assert "note" in spatial["A2"]["metadata"]
 
 
@@ -178,8 +183,8 @@ def test_squidpy_spatial_scatter(adata_all):
     from matplotlib.collections import PatchCollection
 
     sub = adata_all[adata_all.obs["section"].isin(["A1", "C2", "D1"])].copy()
-    sub.obs["section"] = sub.obs["section"].cat.remove_unused_categories()
-    sub.uns["spatial"] = {s: adata_all.uns["spatial"][s] for s in ["A1", "C2", "D1"]}
+    spacrd.datasets.remove_unused_libraries(sub)
+    assert list(sub.uns["spatial"]) == ["A1", "C2", "D1"]
     for section, img in [("A1", True), ("C2", True), ("D1", False)]:
         fig, ax = plt.subplots()
         sq.pl.spatial_scatter(
@@ -203,15 +208,17 @@ def test_squidpy_spatial_scatter(adata_all):
 
 @pytest.mark.data
 def test_h5ad_round_trip(adata_all, tmp_path):
-    sub = adata_all[adata_all.obs["section"].isin(["A1", "D1"])].copy()
-    sub.uns["spatial"] = {s: adata_all.uns["spatial"][s] for s in ["A1", "D1"]}
+    sub = spacrd.datasets.remove_unused_libraries(
+        adata_all[adata_all.obs["section"].isin(["A1", "D1"])], copy=True
+    )
+    assert list(sub.uns["spatial"]) == ["A1", "D1"]
     sub.write_h5ad(tmp_path / "x.h5ad")
     back = ad.read_h5ad(tmp_path / "x.h5ad")
     assert back.obs["cancer"].dtype == "boolean"
     np.testing.assert_array_equal(
         back.uns["spatial"]["A1"]["images"]["hires"], sub.uns["spatial"]["A1"]["images"]["hires"]
     )
-    assert dict(back.uns["spatial"]["D1"]["images"]) == {}
+    assert "images" not in back.uns["spatial"]["D1"]
 
 
 @pytest.mark.data
@@ -219,7 +226,7 @@ def test_section_selection_and_order(her2st_root):
     adata = spacrd.datasets.her2st(["C2", "A1"], path=her2st_root, load_images=False)
     assert list(adata.obs["section"].cat.categories) == ["C2", "A1"]
     assert adata.obs["section"].iloc[0] == "C2"
-    assert adata.uns["spatial"]["C2"]["images"] == {}
+    assert "images" not in adata.uns["spatial"]["C2"]
     assert "fullres_image_path" not in adata.uns["spatial"]["C2"]["metadata"]
     single = spacrd.datasets.her2st("B2", path=her2st_root)
     assert single.obs["label"].isna().all()
@@ -393,7 +400,7 @@ def test_g_and_h_sections_load_from_path(her2st_root, tmp_path):
     assert list(adata.obs["patient"].cat.categories) == ["G", "H"]
     assert adata.obs_names[0].startswith("H1_")
     assert list(adata.uns["spatial"]) == ["H1", "G2", "G1"]
-    assert all(not lib["images"] for lib in adata.uns["spatial"].values())
+    assert all("images" not in lib for lib in adata.uns["spatial"].values())
     assert adata.uns["spatial"]["G2"]["metadata"]["patient"] == "G"
     originals = spacrd.datasets.her2st(["A1", "D1", "B2"], path=her2st_root, load_images=False)
     for got, want in [("G2", "A1"), ("H1", "D1"), ("G1", "B2")]:
@@ -476,3 +483,54 @@ def test_download_of_g2_is_verified(her2st_root, http_root):
     _copy_as(her2st_root, served, "A1", "G2")  # A1's files are not G2's: the checksums must catch it
     with pytest.raises(ValueError, match="SHA256"):
         spacrd.datasets.her2st("G2", load_images=False)
+
+
+# ------------------------------------------------------------------------- remove_unused_libraries
+
+
+def _libraries_adata():
+    obs = pd.DataFrame(
+        {"section": pd.Categorical(["S1", "S1", "S2", "S3"], categories=["S1", "S2", "S3"])},
+        index=[f"spot{i}" for i in range(4)],
+    )
+    adata = ad.AnnData(np.zeros((4, 2), dtype=np.float32), obs=obs)
+    adata.uns["spatial"] = {
+        lib: {"scalefactors": {"tissue_hires_scalef": 1.0, "spot_diameter_fullres": 10.0}}
+        for lib in ["S3", "S1", "S2"]
+    }
+    adata.uns["spatial"]["S1"]["images"] = {"hires": np.zeros((4, 4, 3), dtype=np.uint8)}
+    return adata
+
+
+def test_remove_unused_libraries_in_place_and_copy():
+    adata = _libraries_adata()
+    sub = adata[adata.obs["section"] != "S2"].copy()
+    assert list(sub.uns["spatial"]) == ["S3", "S1", "S2"]  # what subsetting leaves, and the bug
+    assert spacrd.datasets.remove_unused_libraries(sub) is None
+    assert list(sub.uns["spatial"]) == ["S3", "S1"]  # order of uns kept
+    assert list(sub.obs["section"].cat.categories) == ["S1", "S3"]
+    assert sub.uns["spatial"]["S1"]["images"]["hires"].shape == (4, 4, 3)
+
+    # copy=True leaves the input alone, also when it is a view
+    view = adata[adata.obs["section"] == "S1"]
+    out = spacrd.datasets.remove_unused_libraries(view, copy=True)
+    assert view.is_view
+    assert list(view.uns["spatial"]) == ["S3", "S1", "S2"]
+    assert list(out.uns["spatial"]) == ["S1"]
+    assert not out.is_view
+
+    # non-categorical library columns are matched as strings and left as they are
+    adata.obs["lib"] = adata.obs["section"].astype(str)
+    adata.obs.loc["spot3", "lib"] = "S2"
+    spacrd.datasets.remove_unused_libraries(adata, "lib")
+    assert list(adata.uns["spatial"]) == ["S1", "S2"]
+    assert adata.obs["lib"].dtype == object
+
+
+def test_remove_unused_libraries_errors():
+    adata = _libraries_adata()
+    with pytest.raises(KeyError, match="no column 'library'"):
+        spacrd.datasets.remove_unused_libraries(adata, "library")
+    del adata.uns["spatial"]
+    with pytest.raises(KeyError, match=r"uns\['spatial'\] is missing"):
+        spacrd.datasets.remove_unused_libraries(adata)

@@ -151,14 +151,18 @@ def her2st(
         pixel coordinates. Pixel size differs between sections (about 0.92 µm for patient A, 0.69 µm
         for B–F; see ``metadata["microns_per_pixel"]``).
     ``uns["spatial"][section]``
-        The scanpy/squidpy Visium layout, so ``squidpy.pl.spatial_scatter(adata, library_key="section",
-        img_res_key="hires")`` places spots on the tissue:
+        The scanpy/squidpy Visium layout, one entry per loaded section, in the order of ``sections``:
 
-        - ``"images"``: ``{"hires": (h, w, 3) uint8 RGB}`` — the A1 PNG as stored, or the reduced copy
-          of a JPEG; ``{}`` for sections without an image (or with ``load_images=False``).
-        - ``"scalefactors"``: ``"tissue_hires_scalef"`` (hires pixels per full-resolution pixel; 1.0
-          without an image) and ``"spot_diameter_fullres"`` (100 µm spot diameter in full-resolution
-          pixels, estimated per section as half the fitted pixels per array step).
+        - ``"images"``, only for a section with an image: ``{"hires": (h, w, 3) uint8 RGB}`` — the A1
+          PNG as stored, or the reduced copy of a JPEG. Sections without an image (and every section
+          with ``load_images=False``) have no ``"images"`` key, as scanpy's Visium reader writes them
+          without images.
+        - ``"scalefactors"``, for every section: ``"tissue_hires_scalef"`` (hires pixels per
+          full-resolution pixel; 1.0 without an image, so coordinates stay unchanged while squidpy,
+          which looks this factor up for ``img_res_key="hires"`` even with ``img=False``, can draw
+          imaged and image-less sections together) and ``"spot_diameter_fullres"`` (100 µm spot
+          diameter in full-resolution pixels, estimated per section as half the fitted pixels per
+          array step).
         - ``"metadata"``: ``"patient"``, ``"source"``, ``"px_per_array_step"`` (full-resolution pixels
           per 200 µm), ``"microns_per_pixel"`` (per full-resolution pixel), ``"image_path"`` (stored
           image file) and, for JPEG sections, ``"fullres_image_path"``: the full-resolution image that
@@ -166,6 +170,22 @@ def her2st(
 
     Notes
     -----
+    Plotting with squidpy and scanpy:
+
+    - ``squidpy.pl.spatial_scatter(adata, library_key="section", color=...)`` draws one panel per entry
+      of ``uns["spatial"]`` (not per category of ``obs["section"]``) and, with the default
+      ``img=True``, needs ``images["hires"]`` in every panel's entry. Sections without an image therefore
+      need ``img=False`` (spots are then drawn in full-resolution pixels, or in A1's PNG pixels for A1),
+      or ``library_id=`` naming only the imaged sections.
+    - ``scanpy.pl.spatial`` draws one library: pass ``library_id=`` when ``uns["spatial"]`` holds several,
+      and ``img_key=None`` for a section without an image.
+    - Subsetting an AnnData keeps every entry of ``uns["spatial"]``. After
+      ``adata[adata.obs["section"].isin([...])].copy()``, call
+      :func:`spacrd.datasets.remove_unused_libraries` (or pass ``library_id=``) so that squidpy does not
+      draw empty panels for the sections left out.
+
+    About the data:
+
     - Images are attached only where their match to the spot coordinates was checked (A1, B4, C2–C6).
       A2 loads without an image: the authors' ``A2_HE_image_dark.png`` was warped onto A1 for their
       Shiny app, and A2's spot coordinates do not map onto it by a scale factor (``metadata["note"]``).
@@ -189,8 +209,13 @@ def her2st(
     Examples
     --------
     >>> import spacrd
+    >>> import squidpy as sq
     >>> adata = spacrd.datasets.her2st(["A1", "C1", "C2"], path="shared/data/her2st")  # doctest: +SKIP
     >>> adata.obs.groupby("section", observed=True)["cancer"].mean()  # doctest: +SKIP
+    >>> sq.pl.spatial_scatter(adata, library_key="section", color="ERBB2", img=False)  # doctest: +SKIP
+    >>> imaged = adata[adata.obs["section"].isin(["A1", "C2"])].copy()  # doctest: +SKIP
+    >>> spacrd.datasets.remove_unused_libraries(imaged)  # doctest: +SKIP
+    >>> sq.pl.spatial_scatter(imaged, library_key="section", color="ERBB2")  # doctest: +SKIP
 
     """
     sections = _check_sections(sections)
@@ -414,14 +439,13 @@ def _section_spatial(
             metadata["fullres_image_path"] = str(image_path)
         else:
             images["hires"], scalef = read_rgb(image_path), stored_scale
-    return {
-        "images": images,
-        "scalefactors": {
-            "tissue_hires_scalef": float(scalef),
-            "spot_diameter_fullres": px_per_step * SPOT_DIAMETER_UM / SPOT_PITCH_UM,
-        },
-        "metadata": metadata,
+    entry: dict = {"images": images} if images else {}  # no "images" key without an image, as scanpy writes
+    entry["scalefactors"] = {
+        "tissue_hires_scalef": float(scalef),
+        "spot_diameter_fullres": px_per_step * SPOT_DIAMETER_UM / SPOT_PITCH_UM,
     }
+    entry["metadata"] = metadata
+    return entry
 
 
 def _union_genes(
