@@ -181,8 +181,8 @@ def her2st(
       and ``img_key=None`` for a section without an image.
     - Subsetting an AnnData keeps every entry of ``uns["spatial"]``. After
       ``adata[adata.obs["section"].isin([...])].copy()``, call
-      :func:`spacrd.datasets.remove_unused_libraries` (or pass ``library_id=``) so that squidpy does not
-      draw empty panels for the sections left out.
+      :func:`spacrd.datasets.remove_unused_libraries` (or pass ``library_id=``): squidpy otherwise tries
+      to draw the sections left out and fails on them (no spots, or no image).
 
     About the data:
 
