@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=1000, help="longest side of A1's stored image, px")
     args = parser.parse_args()
 
-    adata = spacrd.datasets.her2st(SECTIONS, path=args.data)
+    root = Path(args.data).resolve()
+    adata = spacrd.datasets.her2st(SECTIONS, path=root)
     adata = adata[:, adata.var["n_sections"] == len(SECTIONS)].copy()
     sc.pp.highly_variable_genes(
         adata, layer="counts", flavor="seurat_v3", n_top_genes=args.n_genes, batch_key="section", subset=True
@@ -43,10 +44,14 @@ def main() -> None:
     adata.obs = adata.obs[["section", "patient", "array_x", "array_y", "label", "cancer"]]
 
     for entry in adata.uns["spatial"].values():
-        image = entry.get("images", {}).get("hires")
-        entry.get("metadata", {}).pop("fullres_image_path", None)
-        if image is None:
-            continue
+        metadata = entry["metadata"]
+        metadata.pop("fullres_image_path", None)
+        if "image_path" in metadata:
+            # the builder's local path means nothing to users: record the file within almaan/her2st
+            metadata["image_path"] = Path(metadata["image_path"]).resolve().relative_to(root).as_posix()
+        if "images" not in entry:
+            continue  # no "images" key without an image, so squidpy and scanpy see the same layout
+        image = entry["images"]["hires"]
         scale = args.image_size / max(image.shape[:2])
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
         entry["images"] = {"hires": np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))}

@@ -2,8 +2,16 @@ from pathlib import Path
 
 import pytest
 
-#: The public HER2ST snapshot laid out as in ``almaan/her2st``; CI places ``shared/`` beside the clone.
-HER2ST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"
+#: The shared data folder beside the repository (CI places ``shared/`` beside the clone); tests marked
+#: ``data`` read from it and are skipped where it is missing.
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The public HER2ST snapshot laid out as in ``almaan/her2st``.
+HER2ST_ROOT = DATA_ROOT / "her2st"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("data") is not None and not DATA_ROOT.is_dir():
+        pytest.skip(f"needs the shared data folder {DATA_ROOT} (../shared/data beside the repository)")
 
 
 @pytest.fixture(scope="session")

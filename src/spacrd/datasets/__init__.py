@@ -2,5 +2,6 @@
 
 from ._her2st import her2st
 from ._her2st_ctr import her2st_ctr
+from ._libraries import remove_unused_libraries
 
-__all__ = ["her2st", "her2st_ctr"]
+__all__ = ["her2st", "her2st_ctr", "remove_unused_libraries"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from scipy import sparse
 
 from spacrd.pp._image_io import read_rgb, read_rgb_reduced
 
-from ._her2st_registry import REGISTRY
+from ._her2st_registry import REGISTRY, UNVERIFIED
 from ._tsv_counts import read_count_tsv
 
 #: Raw-file base URL of the public repository; files are fetched as ``BASE_URL + <relative path>``.
@@ -20,10 +21,10 @@ BASE_URL = "https://github.com/almaan/her2st/raw/master/"
 
 SECTIONS: tuple[str, ...] = tuple(
     f"{patient}{i}"
-    for patient, n in (("A", 6), ("B", 6), ("C", 6), ("D", 6), ("E", 3), ("F", 3))
+    for patient, n in (("A", 6), ("B", 6), ("C", 6), ("D", 6), ("E", 3), ("F", 3), ("G", 3), ("H", 3))
     for i in range(1, n + 1)
 )
-LABELLED_SECTIONS: tuple[str, ...] = ("A1", "B1", "C1", "D1", "E1", "F1")
+LABELLED_SECTIONS: tuple[str, ...] = ("A1", "B1", "C1", "D1", "E1", "F1", "G2", "H1")
 LABEL_CATEGORIES: tuple[str, ...] = (
     "invasive cancer",
     "cancer in situ",
@@ -38,7 +39,9 @@ CANCER_LABELS = frozenset({"invasive cancer", "cancer in situ"})
 SPOT_DIAMETER_UM = 100.0
 SPOT_PITCH_UM = 200.0  # distance between neighbouring array positions
 
-# Stored image per section and its scale relative to the full-resolution pixels of the spot files.
+# Stored image per section and its scale relative to the full-resolution pixels of the spot files: only
+# images whose match to the spot coordinates was checked (spots on tissue) are attached; other sections
+# load without one even if a copy holds their JPEG.
 # The A1 PNG is the 6,954 px wide scan reduced to 2,000 px for the authors' Shiny app. The A2 PNG of
 # the same app is not used: it was warped onto A1 for display and A2's spot coordinates do not map onto
 # it by a scale (spots land off the tissue), so A2 loads without an image.
@@ -77,24 +80,29 @@ def her2st(
     hires_size: int = 2000,
     progressbar: bool = False,
 ) -> AnnData:
-    """HER2-positive breast tumour sections (legacy ST, patients A–F) with H&E images and pathologist labels.
+    """HER2-positive breast tumour sections (legacy ST, patients A–H) with H&E images and pathologist labels.
 
     Reads the public ``almaan/her2st`` repository layout (Andersson et al., *Nat Commun* 12, 6012,
-    2021): raw UMI counts ``data/ST-cnts/<S>.tsv.gz``, spot positions
+    2021): 36 sections of 8 patients, raw UMI counts ``data/ST-cnts/<S>.tsv.gz``, spot positions
     ``data/ST-spotfiles/<S>_selection.tsv``, pathologist labels
-    ``data/ST-pat/lbl/<S>_labeled_coordinates.tsv`` (A1, B1, C1, D1, E1, F1) and H&E images
+    ``data/ST-pat/lbl/<S>_labeled_coordinates.tsv`` (A1, B1, C1, D1, E1, F1, G2, H1) and H&E images
     (full-resolution JPEGs ``data/ST-imgs/<P>/<S>/*.jpg`` for B4 and C2–C6; the reduced PNG
     ``app/www/imgs/A1_HE_image_dark.png`` for A1, background blacked out).
 
     Parameters
     ----------
     sections
-        Section name(s) such as ``"A1"`` or ``["A1", "C2"]``; ``None`` loads all 30 (A1–A6, B1–B6,
-        C1–C6, D1–D6, E1–E3, F1–F3). Sections are concatenated in the order given.
+        Section name(s) such as ``"A1"`` or ``["A1", "C2"]`` among A1–A6, B1–B6, C1–C6, D1–D6, E1–E3,
+        F1–F3, G1–G3 and H1–H3. Sections are concatenated in the order given. ``None``: every section
+        whose count file is under ``path`` (in the order above), or all 36 when downloading.
     path
         Root of a local copy of the repository (the folder holding ``data/`` and ``app/``). ``None``
         downloads the needed files with :mod:`pooch` into ``pooch.os_cache("spacrd") / "her2st"`` (or
         the folder named by the environment variable ``SPACRD_DATA_DIR``) and checks their SHA-256.
+        No checksum is known for the count and spot files of G1, G3, H2 and H3: they are downloaded
+        without verification and a :class:`UserWarning` names each file with the SHA-256 of the copy
+        read (every time such a file is used, downloaded or cached). To load these sections from a copy
+        you have checked, pass ``path`` to it.
     load_images
         Whether to read the H&E images. ``False`` skips them (and their download); the scale factors and
         spot diameters are still set.
@@ -126,10 +134,10 @@ def her2st(
         Integer array coordinates (one step = 200 µm).
     ``obs["label"]``
         Categorical pathologist label (invasive cancer, cancer in situ, immune infiltrate, breast
-        glands, connective tissue, adipose tissue, undetermined); NaN in sections without labels and for
-        spots the label file does not list. Labels join to spots by rounding the label file's refined
-        array coordinates ``x``, ``y`` to integers (``"<x>x<y>"``); the F1 label row without
-        coordinates is dropped.
+        glands, connective tissue, adipose tissue, undetermined; any other label found is appended, with
+        a warning); NaN in sections without labels and for spots the label file does not list. Labels
+        join to spots by rounding the label file's refined array coordinates ``x``, ``y`` to integers
+        (``"<x>x<y>"``); label rows without coordinates are dropped.
     ``obs["cancer"]``
         Nullable ``"boolean"``: True for invasive cancer or cancer in situ, False for every other label
         (``"undetermined"`` included), ``<NA>`` where ``label`` is missing. Plotting functions do not
@@ -143,14 +151,18 @@ def her2st(
         pixel coordinates. Pixel size differs between sections (about 0.92 µm for patient A, 0.69 µm
         for B–F; see ``metadata["microns_per_pixel"]``).
     ``uns["spatial"][section]``
-        The scanpy/squidpy Visium layout, so ``squidpy.pl.spatial_scatter(adata, library_key="section",
-        img_res_key="hires")`` places spots on the tissue:
+        The scanpy/squidpy Visium layout, one entry per loaded section, in the order of ``sections``:
 
-        - ``"images"``: ``{"hires": (h, w, 3) uint8 RGB}`` — the A1 PNG as stored, or the reduced copy
-          of a JPEG; ``{}`` for sections without an image (or with ``load_images=False``).
-        - ``"scalefactors"``: ``"tissue_hires_scalef"`` (hires pixels per full-resolution pixel; 1.0
-          without an image) and ``"spot_diameter_fullres"`` (100 µm spot diameter in full-resolution
-          pixels, estimated per section as half the fitted pixels per array step).
+        - ``"images"``, only for a section with an image: ``{"hires": (h, w, 3) uint8 RGB}`` — the A1
+          PNG as stored, or the reduced copy of a JPEG. Sections without an image (and every section
+          with ``load_images=False``) have no ``"images"`` key, as scanpy's Visium reader writes them
+          without images.
+        - ``"scalefactors"``, for every section: ``"tissue_hires_scalef"`` (hires pixels per
+          full-resolution pixel; 1.0 without an image, so coordinates stay unchanged while squidpy,
+          which looks this factor up for ``img_res_key="hires"`` even with ``img=False``, can draw
+          imaged and image-less sections together) and ``"spot_diameter_fullres"`` (100 µm spot
+          diameter in full-resolution pixels, estimated per section as half the fitted pixels per
+          array step).
         - ``"metadata"``: ``"patient"``, ``"source"``, ``"px_per_array_step"`` (full-resolution pixels
           per 200 µm), ``"microns_per_pixel"`` (per full-resolution pixel), ``"image_path"`` (stored
           image file) and, for JPEG sections, ``"fullres_image_path"``: the full-resolution image that
@@ -158,8 +170,26 @@ def her2st(
 
     Notes
     -----
-    - A2 loads without an image: the authors' ``A2_HE_image_dark.png`` was warped onto A1 for their
+    Plotting with squidpy and scanpy:
+
+    - ``squidpy.pl.spatial_scatter(adata, library_key="section", color=...)`` draws one panel per entry
+      of ``uns["spatial"]`` (not per category of ``obs["section"]``) and, with the default
+      ``img=True``, needs ``images["hires"]`` in every panel's entry. Sections without an image therefore
+      need ``img=False`` (spots are then drawn in full-resolution pixels, or in A1's PNG pixels for A1),
+      or ``library_id=`` naming only the imaged sections.
+    - ``scanpy.pl.spatial`` draws one library: pass ``library_id=`` when ``uns["spatial"]`` holds several,
+      and ``img_key=None`` for a section without an image.
+    - Subsetting an AnnData keeps every entry of ``uns["spatial"]``. After
+      ``adata[adata.obs["section"].isin([...])].copy()``, call
+      :func:`spacrd.datasets.remove_unused_libraries` (or pass ``library_id=``): squidpy otherwise tries
+      to draw the sections left out and fails on them (no spots, or no image).
+
+    About the data:
+
+    - Images are attached only where their match to the spot coordinates was checked (A1, B4, C2–C6).
+      A2 loads without an image: the authors' ``A2_HE_image_dark.png`` was warped onto A1 for their
       Shiny app, and A2's spot coordinates do not map onto it by a scale factor (``metadata["note"]``).
+      Other sections, G and H included, load without an image even if ``path`` holds their JPEGs.
     - The A1 PNG carries the authors' small annotated thumbnail in its top-right corner, away from all
       spots.
     - The A1, C1 and D1 label files list a few positions absent from the count matrix, and F1's has a
@@ -173,18 +203,26 @@ def her2st(
     TypeError
         ``sections`` neither a name, a sequence of names nor ``None``.
     FileNotFoundError
-        ``path`` lacks files needed for the requested sections.
+        ``path`` lacks files needed for the requested sections (or, with ``sections=None``, holds no
+        count file at all).
 
     Examples
     --------
     >>> import spacrd
-    >>> adata = spacrd.datasets.her2st(["A1", "C2"], path="shared/data/her2st")  # doctest: +SKIP
+    >>> import squidpy as sq
+    >>> adata = spacrd.datasets.her2st(["A1", "C1", "C2"], path="shared/data/her2st")  # doctest: +SKIP
     >>> adata.obs.groupby("section", observed=True)["cancer"].mean()  # doctest: +SKIP
+    >>> sq.pl.spatial_scatter(adata, library_key="section", color="ERBB2", img=False)  # doctest: +SKIP
+    >>> imaged = adata[adata.obs["section"].isin(["A1", "C2"])].copy()  # doctest: +SKIP
+    >>> spacrd.datasets.remove_unused_libraries(imaged)  # doctest: +SKIP
+    >>> sq.pl.spatial_scatter(imaged, library_key="section", color="ERBB2")  # doctest: +SKIP
 
     """
     sections = _check_sections(sections)
     if isinstance(hires_size, bool) or not isinstance(hires_size, int | np.integer) or hires_size < 1:
         raise ValueError(f"`hires_size` must be a positive whole number of pixels, got {hires_size!r}.")
+    if sections is None:
+        sections = list(SECTIONS) if path is None else _sections_at(Path(path).expanduser())
     files = {s: _files_for(s, load_images) for s in sections}
     local = _resolve_files(files, path, progressbar)
 
@@ -210,8 +248,16 @@ def her2st(
     obs["section"] = pd.Categorical(obs["section"], categories=list(sections))
     obs["patient"] = pd.Categorical(obs["patient"], categories=sorted({s[0] for s in sections}))
     labels = obs["label"].astype(object)
-    label_categories = list(LABEL_CATEGORIES) + sorted(set(labels.dropna()) - set(LABEL_CATEGORIES))
-    obs["label"] = pd.Categorical(labels, categories=label_categories)
+    extra = sorted(set(labels.dropna()) - set(LABEL_CATEGORIES))
+    if extra:
+        where = sorted(set(obs.loc[labels.isin(extra), "section"]), key=list(sections).index)
+        warnings.warn(
+            f"HER2ST label(s) {extra} in section(s) {where} are not among the known categories "
+            f"{list(LABEL_CATEGORIES)}; they are kept in obs['label'] and count as non-cancer in obs['cancer'].",
+            UserWarning,
+            stacklevel=2,
+        )
+    obs["label"] = pd.Categorical(labels, categories=list(LABEL_CATEGORIES) + extra)
     obs["cancer"] = pd.array(
         [pd.NA if pd.isna(v) else v in CANCER_LABELS for v in labels],
         dtype="boolean",
@@ -229,9 +275,10 @@ def her2st(
     return adata
 
 
-def _check_sections(sections: str | Sequence[str] | None) -> list[str]:
+def _check_sections(sections: str | Sequence[str] | None) -> list[str] | None:
+    """Validate the requested names; ``None`` (all available sections) is resolved later."""
     if sections is None:
-        return list(SECTIONS)
+        return None
     if isinstance(sections, str):
         sections = [sections]
     if not isinstance(sections, Sequence | np.ndarray | pd.Index):
@@ -248,6 +295,18 @@ def _check_sections(sections: str | Sequence[str] | None) -> list[str]:
     if not sections:
         raise ValueError(f"No sections requested; pass None for all or some of {list(SECTIONS)}.")
     return sections
+
+
+def _sections_at(root: Path) -> list[str]:
+    """The public sections whose count file is under ``root``; their other files are checked later."""
+    present = [s for s in SECTIONS if (root / _counts_file(s)).is_file()]
+    if not present:
+        raise FileNotFoundError(
+            f"No HER2ST count file (data/ST-cnts/<section>.tsv.gz) under {str(root)!r}. `path` must be the "
+            "root of a copy of the almaan/her2st repository (the folder holding data/ and app/); pass "
+            "path=None to download the files."
+        )
+    return present
 
 
 def _files_for(section: str, load_images: bool) -> list[str]:
@@ -281,14 +340,31 @@ def _resolve_files(
 def _download(relative_paths: list[str], progressbar: bool) -> list[str]:
     import pooch
 
+    unverified = [f for f in relative_paths if f not in REGISTRY]
+    unknown = sorted(set(unverified) - UNVERIFIED)
+    if unknown:  # every file the loader asks for must be listed in the registry module
+        raise RuntimeError(f"spacrd has no registry entry for HER2ST file(s) {unknown}; please report this.")
     fetcher = pooch.create(
         path=pooch.os_cache("spacrd") / "her2st",
         base_url=BASE_URL,
-        registry=REGISTRY,
+        # a hash of None makes pooch download without verifying (and reuse the cached copy as is)
+        registry={**REGISTRY, **dict.fromkeys(unverified)},
         env="SPACRD_DATA_DIR",
         retry_if_failed=2,
     )
-    return [fetcher.fetch(f, progressbar=progressbar) for f in relative_paths]
+    local = [fetcher.fetch(f, progressbar=progressbar) for f in relative_paths]
+    if unverified:
+        by_name = dict(zip(relative_paths, local, strict=True))
+        listed = "; ".join(f"{f} (sha256:{pooch.file_hash(by_name[f])})" for f in unverified)
+        warnings.warn(
+            f"HER2ST file(s) without a known checksum were read unverified from {BASE_URL} (or from the "
+            f"download cache {fetcher.abspath}): {listed}. spacrd checks every other file against its SHA-256; "
+            "for these a changed or damaged upstream copy would load silently. To load a copy you have "
+            "checked, pass path= (the root of a clone of almaan/her2st).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return local
 
 
 def _read_spot_file(path: Path, spot_ids: list[str], section: str) -> pd.DataFrame:
@@ -363,14 +439,13 @@ def _section_spatial(
             metadata["fullres_image_path"] = str(image_path)
         else:
             images["hires"], scalef = read_rgb(image_path), stored_scale
-    return {
-        "images": images,
-        "scalefactors": {
-            "tissue_hires_scalef": float(scalef),
-            "spot_diameter_fullres": px_per_step * SPOT_DIAMETER_UM / SPOT_PITCH_UM,
-        },
-        "metadata": metadata,
+    entry: dict = {"images": images} if images else {}  # no "images" key without an image, as scanpy writes
+    entry["scalefactors"] = {
+        "tissue_hires_scalef": float(scalef),
+        "spot_diameter_fullres": px_per_step * SPOT_DIAMETER_UM / SPOT_PITCH_UM,
     }
+    entry["metadata"] = metadata
+    return entry
 
 
 def _union_genes(

@@ -24,7 +24,9 @@ def her2st_ctr() -> ad.AnnData:
     AnnData with raw integer counts in ``X``; ``obs``: ``section`` (categorical), ``patient``,
     ``array_x``, ``array_y``, ``label`` (pathologist label), ``cancer`` (nullable boolean: invasive
     cancer or cancer in situ); ``obsm["spatial"]`` in full-resolution image pixels; ``uns["spatial"]`` in
-    the squidpy/scanpy Visium layout (only A1 has ``images["hires"]``).
+    the squidpy/scanpy Visium layout, as :func:`spacrd.datasets.her2st` writes it: only A1 has
+    ``images["hires"]`` (the other five entries have no ``"images"`` key), so plot all six sections with
+    ``squidpy.pl.spatial_scatter(adata, library_key="section", img=False)``, or A1 on its H&E.
 
     """
     return ad.read_h5ad(files("spacrd.datasets").joinpath("data", "her2st_ctr.h5ad"))

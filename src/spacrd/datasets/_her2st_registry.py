@@ -2,6 +2,7 @@
 
 Keys are paths relative to the repository root, exactly as in the source repository; pooch checks each
 download against its checksum, so a changed upstream file fails loudly instead of loading silently.
+:data:`UNVERIFIED` lists the files the loader can read for which no checksum is known.
 """
 
 REGISTRY: dict[str, str] = {
@@ -36,6 +37,8 @@ REGISTRY: dict[str, str] = {
     "data/ST-cnts/F1.tsv.gz": "sha256:187aa13f204d514851d3674dfa09b4a8d7f2676f1d40d2ef63e9e368c7cf672a",
     "data/ST-cnts/F2.tsv.gz": "sha256:7de4ca7c3ccb923f4d636b21a4639284c66da9d97a93e1ab6712b3c453229c04",
     "data/ST-cnts/F3.tsv.gz": "sha256:6b7eb2d7ff8c6a8826cfba304de2d3b87bb8e30f68d050b83007de9888546743",
+    "data/ST-cnts/G2.tsv.gz": "sha256:9d51a5ed85bdf60069dcf51beeffba4e90e35e8630ec3b707a2453ffdd608e3b",
+    "data/ST-cnts/H1.tsv.gz": "sha256:90b391782535f38c9ab20fe8b38f44ebbfdad2201075a677a198cbef12c29b07",
     "data/ST-imgs/B/B4/BT10737_D2_HE.jpg": "sha256:3cb165614ce2a13426381e450220dccac980cc9bda6a90fb041c28ca0e2c753d",
     "data/ST-imgs/C/C2/5714_HE_BT_C2.jpg": "sha256:26e2f73ae840cdd46c5bba405aae181f13a56a376b9848dff23f7a9c5de7f19e",
     "data/ST-imgs/C/C3/5714_HE_BT_D1.jpg": "sha256:0005a92674014d473040a28f0afca89ce5fa5c44019b479b638ceb3272ceb568",
@@ -48,6 +51,8 @@ REGISTRY: dict[str, str] = {
     "data/ST-pat/lbl/D1_labeled_coordinates.tsv": "sha256:c8bf26103d1aac42611d9c85ba3db9c596b9a80ec045ca9b246b8d14d8b3c20f",
     "data/ST-pat/lbl/E1_labeled_coordinates.tsv": "sha256:29db60fe5b306bb982fbd2bbdd1f9c60eedf90c6ac1d56bedd3c18ed5a369829",
     "data/ST-pat/lbl/F1_labeled_coordinates.tsv": "sha256:3b59970f0c6ba09d8e0fc9286ace2a295bf06d36c59684162b7a8aca0e021ec5",
+    "data/ST-pat/lbl/G2_labeled_coordinates.tsv": "sha256:8466275647ad125569ee94d099cc7b78c15028968ba1dd267a85a81c001a16ff",
+    "data/ST-pat/lbl/H1_labeled_coordinates.tsv": "sha256:b65cbc99ed7a01281bc2eb87be87b902312e47ca91bc1f00ff351489b78434c3",
     "data/ST-spotfiles/A1_selection.tsv": "sha256:e5f79223be2ea2aebb082c4759059ab7079b0132052d0944209048ac57788c5d",
     "data/ST-spotfiles/A2_selection.tsv": "sha256:b21f48c8492ff1d71c0d0d396dbde64735ff8fa5419bcc6f5cffe60f68d7cb09",
     "data/ST-spotfiles/A3_selection.tsv": "sha256:09a5434745c4ce3c6859f3af00ea414a4b947685977e97f24595e77d1a0ff78e",
@@ -78,4 +83,14 @@ REGISTRY: dict[str, str] = {
     "data/ST-spotfiles/F1_selection.tsv": "sha256:cf479a5812c317541c7f7d6a4ebf1bfd93b0a1ab3eef35a8da15b9e76164f2f4",
     "data/ST-spotfiles/F2_selection.tsv": "sha256:3a9149a67b05971dfb27edb2261d9ffd2443543021356b0d46f26d8237c1a20d",
     "data/ST-spotfiles/F3_selection.tsv": "sha256:106ba9b275b29fd745116b8961a1a0bb39ec41d9d0433932d6b129f98a46c093",
+    "data/ST-spotfiles/G2_selection.tsv": "sha256:abae30bb6f434cb2aae34b8ef56da6b613c840d48c49279d55f4600ad496245c",
+    "data/ST-spotfiles/H1_selection.tsv": "sha256:fc9cc5bad3a1e26e48f435696259df38b500042a9565486c15fd37ab7d8f9ed6",
 }
+
+#: Files of sections G1, G3, H2 and H3, for which no checksum is known: downloaded without verification,
+#: with a warning (see :func:`spacrd.datasets.her2st`).
+UNVERIFIED: frozenset[str] = frozenset(
+    f"data/{kind}"
+    for section in ("G1", "G3", "H2", "H3")
+    for kind in (f"ST-cnts/{section}.tsv.gz", f"ST-spotfiles/{section}_selection.tsv")
+)
