@@ -300,17 +300,18 @@ def _anndata_libraries(
             library.source_kind, library.source_path, scale = "fullres", str(fullres), 1.0
             library.open_source = _file_opener(str(fullres), value_range, f"full-resolution image of {lib!r}")
         elif img_res_key in images:
-            scale_key = f"tissue_{img_res_key}_scalef"
+            res_key = _usable_res_key(images, scalefactors, img_res_key, lib, spatial_key)
+            scale_key = f"tissue_{res_key}_scalef"
             if scale_key not in scalefactors:
                 raise KeyError(
                     f"adata.uns[{spatial_key!r}][{lib!r}]['scalefactors'] lacks {scale_key!r}, which maps "
-                    f"obsm[{spatial_key!r}] to pixels of the {img_res_key!r} image."
+                    f"obsm[{spatial_key!r}] to pixels of the {res_key!r} image."
                 )
             scale = float(scalefactors[scale_key])
-            library.source_kind = img_res_key
+            library.source_kind = res_key
             array, desc = (
-                images[img_res_key],
-                f"adata.uns[{spatial_key!r}][{lib!r}]['images'][{img_res_key!r}]",
+                images[res_key],
+                f"adata.uns[{spatial_key!r}][{lib!r}]['images'][{res_key!r}]",
             )
             library.open_source = lambda array=array, desc=desc: nullcontext(
                 _ArraySource(array, False, value_range, desc)
@@ -329,6 +330,53 @@ def _anndata_libraries(
         library.crop_diameter = diameter
         library.crop_px = max(1, round(diameter * scale))
     return libraries
+
+
+def _is_single_colour(image: Any) -> bool:
+    """Whether every pixel of an in-memory ``(y, x[, c])`` image has the same RGB value (alpha ignored)."""
+    if _is_dask(image):  # a lazy image is not scanned whole just for this check
+        return False
+    array = np.asarray(image)
+    rgb = array[..., :3] if array.ndim == 3 else array
+    if rgb.size == 0:
+        return False
+    first = rgb.reshape(-1, rgb.shape[-1] if rgb.ndim == 3 else 1)[0]
+    return bool((rgb == first).all())
+
+
+def _usable_res_key(
+    images: Mapping, scalefactors: Mapping, img_res_key: str, lib: str, spatial_key: str
+) -> str:
+    """``img_res_key``, or another resolution of the same library when that image is a single colour.
+
+    Space Ranger folders can hold a placeholder in place of one image (the squidpy test fixture's
+    ``tissue_hires_image.png`` is all black); crops of it would give every spot the same features.
+    """
+    if not _is_single_colour(images[img_res_key]):
+        return img_res_key
+    where = f"adata.uns[{spatial_key!r}][{lib!r}]['images']"
+    others = [
+        key
+        for key in images
+        if key != img_res_key
+        and f"tissue_{key}_scalef" in scalefactors
+        and not _is_single_colour(images[key])
+    ]
+    if others:
+        warnings.warn(
+            f"{where}[{img_res_key!r}] is a single colour (a placeholder, not an H&E); cropping from "
+            f"{where}[{others[0]!r}] instead. Pass img_res_key={others[0]!r} to choose it yourself.",
+            UserWarning,
+            stacklevel=5,
+        )
+        return others[0]
+    warnings.warn(
+        f"{where}[{img_res_key!r}] is a single colour and the library has no other image; every spot of "
+        f"{lib!r} gets the same image features.",
+        UserWarning,
+        stacklevel=5,
+    )
+    return img_res_key
 
 
 def _diameter_for(lib: str, crop_diameter, scalefactors: Mapping, spatial_key: str) -> float:
