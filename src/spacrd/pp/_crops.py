@@ -426,7 +426,6 @@ def _spatialdata_libraries(
     value_range: tuple[float, float] | None,
 ) -> tuple[AnnData | None, int, list[_Library]]:
     from spatialdata.models import TableModel
-    from spatialdata.transformations import get_transformation_between_coordinate_systems
 
     image_keys = _as_list(image_key, "image_key", list(sdata.images))
     shape_keys = _as_list(shapes_key, "shapes_key", list(sdata.shapes))
@@ -491,10 +490,7 @@ def _spatialdata_libraries(
         data_array = _scale0(image)
         if tuple(data_array.dims) != ("c", "y", "x"):
             raise ValueError(f"Image {img_key!r} has dims {data_array.dims}; expected ('c', 'y', 'x').")
-        # shapes' intrinsic coordinates -> the image's intrinsic (scale0 pixel) coordinates
-        affine = get_transformation_between_coordinate_systems(sdata, shapes, image).to_affine_matrix(
-            input_axes=("x", "y"), output_axes=("x", "y")
-        )
+        affine = shapes_to_image(sdata, shapes, image)
         centres = xy @ affine[:2, :2].T + affine[:2, 2]
         scale = float(np.sqrt(abs(np.linalg.det(affine[:2, :2]))))
         library = _Library(name=shp_key, rows=rows, spot_names=names)
@@ -517,6 +513,28 @@ def _spatialdata_libraries(
         libraries.append(library)
     n_rows = table.n_obs if table is not None else offset
     return table, n_rows, libraries
+
+
+def shapes_to_image(sdata: Any, shapes: Any, image: Any) -> np.ndarray:
+    """``(3, 3)`` affine from the shapes' intrinsic ``(x, y)`` to pixels of the image's ``scale0``.
+
+    spatialdata-io's Visium and Visium HD readers register spots and images in several coordinate
+    systems (the dataset's full-resolution one and one per downscaled image), so spatialdata's search
+    for a path between two elements finds several equally short ones and refuses to choose. Any system
+    both elements are registered in gives the map, so the image's first one that the shapes share is
+    used; without a shared system the search decides.
+    """
+    from spatialdata.transformations import get_transformation, get_transformation_between_coordinate_systems
+
+    axes = {"input_axes": ("x", "y"), "output_axes": ("x", "y")}
+    to_shapes_cs = get_transformation(shapes, get_all=True)
+    for cs, image_to_cs in get_transformation(image, get_all=True).items():
+        if cs in to_shapes_cs:
+            # shapes -> cs, then cs -> image pixels
+            return np.linalg.solve(
+                image_to_cs.to_affine_matrix(**axes), to_shapes_cs[cs].to_affine_matrix(**axes)
+            )
+    return get_transformation_between_coordinate_systems(sdata, shapes, image).to_affine_matrix(**axes)
 
 
 def _as_list(value, name: str, available: list[str]) -> list[str]:
