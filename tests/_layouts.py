@@ -56,12 +56,15 @@ an XOA 2.x output folder with a post-Xenium H&E (``he_image.ome.tif`` + ``he_ima
   ``r, g, b``; ``Affine`` = the alignment matrix, H&E pixels -> morphology pixels, to ``global``), both
   multiscale with scale factors ``[2, 2, 2, 2]`` and chunks ``(1, 4096, 4096)``.
 
-Since spatialdata-io 0.6 the reader's default is ``cells_as_circles=False``, with the table annotating
-the ``cell_labels`` raster instead; the circles layout is built here because it is the one spacrd's
-SpatialData route reads. Simplified: no transcripts, labels or ``morphology_mip``; the whole Xenium
-region is tissue; one nucleus per cell; no ``genomic_control_counts`` (Xenium Prime only); the H&E is a
-rotation + scale + shift of the morphology frame (no flip or shear), as Xenium Explorer's keypoint
-alignment writes.
+Since spatialdata-io 0.7 the reader's default is ``cells_as_circles=False`` (``True`` up to 0.6),
+with the table annotating the ``cell_labels`` raster instead; the circles layout is built here
+because it is the one spacrd's SpatialData route reads (with ``cells_labels=True`` the reader would
+also add an ``obs["cell_labels"]`` column). Simplified: no transcripts, labels or
+``morphology_mip``; the whole Xenium region is tissue; one nucleus per cell; no
+``genomic_control_counts`` (Xenium Prime only); the H&E is a rotation + scale + shift of the
+morphology frame (no flip or shear).
+
+:func:`visium_sdata` reads a real Space Ranger 1.x folder as ``spatialdata_io.visium`` does.
 
 ``sdata.attrs`` carries the provenance keys the reader sets (``spatialdata_io_reader``,
 ``spatialdata_io_software_version``).
