@@ -2,16 +2,27 @@ from pathlib import Path
 
 import pytest
 
-#: The shared data folder beside the repository (CI places ``shared/`` beside the clone); tests marked
-#: ``data`` read from it and are skipped where it is missing.
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The shared folder of real public data; CI places ``shared/`` beside the clone.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: The public HER2ST snapshot laid out as in ``almaan/her2st``.
-HER2ST_ROOT = DATA_ROOT / "her2st"
+HER2ST_ROOT = SHARED_DATA / "her2st"
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("data") is not None and not DATA_ROOT.is_dir():
-        pytest.skip(f"needs the shared data folder {DATA_ROOT} (../shared/data beside the repository)")
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.data(*folders)`` tests when ``SHARED_DATA`` (or a folder named) is missing."""
+    for item in items:
+        marker = item.get_closest_marker("data")
+        if marker is None:
+            continue
+        needed = [SHARED_DATA / folder for folder in marker.args] or [SHARED_DATA]
+        missing = [path for path in needed if not path.is_dir()]
+        if missing:
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"needs the real data folder {missing[0]}; place the shared data folder "
+                    f"(shared/data) beside the repository to run it."
+                )
+            )
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pandas as pd
 from anndata import AnnData
 
 from spacrd.pp import image_features
-from spacrd.pp._crops import _is_spatialdata
+from spacrd.pp._crops import _is_spatialdata, shapes_to_image
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -86,8 +86,6 @@ def prepare_table(
         or repeat.
 
     """
-    from spatialdata.transformations import get_transformation_between_coordinate_systems
-
     if not _is_spatialdata(sdata):
         raise TypeError(f"Expected a SpatialData object, got {type(sdata).__name__}.")
     table = _table(sdata, table_key)
@@ -106,9 +104,7 @@ def prepare_table(
             xy = _spot_centres(shapes, key, instances[rows], table_key, instance_key)
             if key in images:
                 # shapes' intrinsic coordinates -> pixels of the image's scale0, as the crops are cut
-                affine = get_transformation_between_coordinate_systems(
-                    sdata, shapes, sdata.images[images[key]]
-                ).to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+                affine = shapes_to_image(sdata, shapes, sdata.images[images[key]])
                 xy = xy @ affine[:2, :2].T + affine[:2, 2]
             centres[rows] = xy
 

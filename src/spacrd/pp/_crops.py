@@ -300,17 +300,18 @@ def _anndata_libraries(
             library.source_kind, library.source_path, scale = "fullres", str(fullres), 1.0
             library.open_source = _file_opener(str(fullres), value_range, f"full-resolution image of {lib!r}")
         elif img_res_key in images:
-            scale_key = f"tissue_{img_res_key}_scalef"
+            res_key = _usable_res_key(images, scalefactors, img_res_key, lib, spatial_key)
+            scale_key = f"tissue_{res_key}_scalef"
             if scale_key not in scalefactors:
                 raise KeyError(
                     f"adata.uns[{spatial_key!r}][{lib!r}]['scalefactors'] lacks {scale_key!r}, which maps "
-                    f"obsm[{spatial_key!r}] to pixels of the {img_res_key!r} image."
+                    f"obsm[{spatial_key!r}] to pixels of the {res_key!r} image."
                 )
             scale = float(scalefactors[scale_key])
-            library.source_kind = img_res_key
+            library.source_kind = res_key
             array, desc = (
-                images[img_res_key],
-                f"adata.uns[{spatial_key!r}][{lib!r}]['images'][{img_res_key!r}]",
+                images[res_key],
+                f"adata.uns[{spatial_key!r}][{lib!r}]['images'][{res_key!r}]",
             )
             library.open_source = lambda array=array, desc=desc: nullcontext(
                 _ArraySource(array, False, value_range, desc)
@@ -329,6 +330,53 @@ def _anndata_libraries(
         library.crop_diameter = diameter
         library.crop_px = max(1, round(diameter * scale))
     return libraries
+
+
+def _is_single_colour(image: Any) -> bool:
+    """Whether every pixel of an in-memory ``(y, x[, c])`` image has the same RGB value (alpha ignored)."""
+    if _is_dask(image):  # a lazy image is not scanned whole just for this check
+        return False
+    array = np.asarray(image)
+    rgb = array[..., :3] if array.ndim == 3 else array
+    if rgb.size == 0:
+        return False
+    first = rgb.reshape(-1, rgb.shape[-1] if rgb.ndim == 3 else 1)[0]
+    return bool((rgb == first).all())
+
+
+def _usable_res_key(
+    images: Mapping, scalefactors: Mapping, img_res_key: str, lib: str, spatial_key: str
+) -> str:
+    """``img_res_key``, or another resolution of the same library when that image is a single colour.
+
+    Space Ranger folders can hold a placeholder in place of one image (the squidpy test fixture's
+    ``tissue_hires_image.png`` is all black); crops of it would give every spot the same features.
+    """
+    if not _is_single_colour(images[img_res_key]):
+        return img_res_key
+    where = f"adata.uns[{spatial_key!r}][{lib!r}]['images']"
+    others = [
+        key
+        for key in images
+        if key != img_res_key
+        and f"tissue_{key}_scalef" in scalefactors
+        and not _is_single_colour(images[key])
+    ]
+    if others:
+        warnings.warn(
+            f"{where}[{img_res_key!r}] is a single colour (a placeholder, not an H&E); cropping from "
+            f"{where}[{others[0]!r}] instead. Pass img_res_key={others[0]!r} to choose it yourself.",
+            UserWarning,
+            stacklevel=5,
+        )
+        return others[0]
+    warnings.warn(
+        f"{where}[{img_res_key!r}] is a single colour and the library has no other image; every spot of "
+        f"{lib!r} gets the same image features.",
+        UserWarning,
+        stacklevel=5,
+    )
+    return img_res_key
 
 
 def _diameter_for(lib: str, crop_diameter, scalefactors: Mapping, spatial_key: str) -> float:
@@ -378,7 +426,6 @@ def _spatialdata_libraries(
     value_range: tuple[float, float] | None,
 ) -> tuple[AnnData | None, int, list[_Library]]:
     from spatialdata.models import TableModel
-    from spatialdata.transformations import get_transformation_between_coordinate_systems
 
     image_keys = _as_list(image_key, "image_key", list(sdata.images))
     shape_keys = _as_list(shapes_key, "shapes_key", list(sdata.shapes))
@@ -443,10 +490,7 @@ def _spatialdata_libraries(
         data_array = _scale0(image)
         if tuple(data_array.dims) != ("c", "y", "x"):
             raise ValueError(f"Image {img_key!r} has dims {data_array.dims}; expected ('c', 'y', 'x').")
-        # shapes' intrinsic coordinates -> the image's intrinsic (scale0 pixel) coordinates
-        affine = get_transformation_between_coordinate_systems(sdata, shapes, image).to_affine_matrix(
-            input_axes=("x", "y"), output_axes=("x", "y")
-        )
+        affine = shapes_to_image(sdata, shapes, image)
         centres = xy @ affine[:2, :2].T + affine[:2, 2]
         scale = float(np.sqrt(abs(np.linalg.det(affine[:2, :2]))))
         library = _Library(name=shp_key, rows=rows, spot_names=names)
@@ -469,6 +513,28 @@ def _spatialdata_libraries(
         libraries.append(library)
     n_rows = table.n_obs if table is not None else offset
     return table, n_rows, libraries
+
+
+def shapes_to_image(sdata: Any, shapes: Any, image: Any) -> np.ndarray:
+    """``(3, 3)`` affine from the shapes' intrinsic ``(x, y)`` to pixels of the image's ``scale0``.
+
+    spatialdata-io's Visium and Visium HD readers register spots and images in several coordinate
+    systems (the dataset's full-resolution one and one per downscaled image), so spatialdata's search
+    for a path between two elements finds several equally short ones and refuses to choose. Any system
+    both elements are registered in gives the map, so the image's first one that the shapes share is
+    used; without a shared system the search decides.
+    """
+    from spatialdata.transformations import get_transformation, get_transformation_between_coordinate_systems
+
+    axes = {"input_axes": ("x", "y"), "output_axes": ("x", "y")}
+    to_shapes_cs = get_transformation(shapes, get_all=True)
+    for cs, image_to_cs in get_transformation(image, get_all=True).items():
+        if cs in to_shapes_cs:
+            # shapes -> cs, then cs -> image pixels
+            return np.linalg.solve(
+                image_to_cs.to_affine_matrix(**axes), to_shapes_cs[cs].to_affine_matrix(**axes)
+            )
+    return get_transformation_between_coordinate_systems(sdata, shapes, image).to_affine_matrix(**axes)
 
 
 def _as_list(value, name: str, available: list[str]) -> list[str]:

@@ -99,7 +99,10 @@ def image_features(
         Key of the coordinates in ``obsm`` and of the images in ``uns``.
     img_res_key
         Image in ``uns[spatial_key][library]["images"]`` to crop from when there is no
-        full-resolution file (or ``use_fullres=False``).
+        full-resolution file (or ``use_fullres=False``). If that image is a single colour (a
+        placeholder, as the all-black ``tissue_hires_image.png`` of some Space Ranger folders), another
+        image of the library with its ``tissue_<key>_scalef`` is used instead, with a warning; the one
+        used is recorded in ``uns[key_added]["image_source"]``.
     use_fullres
         Crop from ``metadata["fullres_image_path"]`` when a library records one.
     image_key, shapes_key
