@@ -254,9 +254,11 @@ def spacrd(
     timer: Timer | None = None,
     quick: bool = False,
     image_key: str | None = None,
+    train_kwargs: dict | None = None,
     **_,
 ) -> np.ndarray:
-    """SpaCRD with default settings; writes ``test.obs["ctr"]`` (its label-free call) as a side effect."""
+    """SpaCRD with default settings (``train_kwargs`` override training arguments); writes ``test.obs["ctr"]``
+    (its label-free call) as a side effect."""
     import scvi
 
     from spacrd.model import SpaCRD
@@ -279,7 +281,7 @@ def spacrd(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             epochs = {"align_epochs": 2, "fuse_epochs": 2, "classify_epochs": 3} if quick else {}
-            model.train(**epochs, enable_progress_bar=False)
+            model.train(**{**epochs, **(train_kwargs or {})}, enable_progress_bar=False)
     with timer.phase("predict"):
         return np.asarray(model.predict(test), dtype=float)
 

@@ -434,9 +434,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="non-cancer",
         help="spots labelled 'undetermined': non-cancer (as in the SpaCRD paper) or left out of training and scoring",
     )
+    p.add_argument(
+        "--spacrd-train",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra arguments of SpaCRD.train, e.g. validation=block (values read as JSON where they parse)",
+    )
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/benchmark.csv")
     p.add_argument("--summarise-only", action="store_true", help="rewrite summary.md from OUT/benchmark.csv")
     return p.parse_args(argv)
+
+
+def _key_values(pairs: list[str]) -> dict:
+    """``["validation=block", "batch_size=128"]`` -> ``{"validation": "block", "batch_size": 128}``."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -485,6 +504,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{adata.n_vars} genes common to all sections; training sections = the other labelled sections "
         f"of {', '.join(labelled_sections)}"
     )
+    if args.spacrd_train:
+        notes["SpaCRD training"] = f"`SpaCRD.train({', '.join(args.spacrd_train)})`"
     notes_path.write_text(json.dumps(notes, indent=1))
     done = pd.read_csv(csv_path) if args.resume and csv_path.exists() else pd.DataFrame()
     rows = done.to_dict("records")
@@ -502,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
                 options = {"quick": args.quick, "threads": args.threads}
                 if method == "spacrd":
                     options["image_key"] = image_key
+                    options["train_kwargs"] = _key_values(args.spacrd_train)
                 t1 = time.perf_counter()
                 try:
                     res = run_one(method, train, test, seed, options)

@@ -6,7 +6,6 @@ import logging
 import signal
 import threading
 import warnings
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -18,58 +17,14 @@ from scvi.train import TrainingPlan
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 from spacrd._constants import UNLABELLED
-from spacrd.module import STAGES as MODULE_STAGES
+from spacrd._stages import STAGES, Stage, StageSpec
 from spacrd.module import SpaCRDModule
-from spacrd.module._module import Stage
 from spacrd.tl import PostprocessSettings
 
 from ._adata_inputs import label_summary, source_inputs
 from ._datamodule import AUTO_SPOTS_PER_EPOCH, NeighbourhoodDataModule, Validation, validation_split
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One training stage of SpaCRD.
-
-    Attributes
-    ----------
-    name
-        The module's name of the stage's loss (:meth:`spacrd.module.SpaCRDModule.loss`).
-    loss
-        The named loss term the stage optimises, as logged in ``model.history``.
-    epochs, lr
-        Default epochs and Adam learning rate (the ``<name>_epochs``/``<name>_lr`` arguments of
-        :meth:`~spacrd.model.SpaCRD.train`).
-    uses_neighbors
-        Whether the stage reads the spot's neighbourhood (stage I embeds the centre spot alone).
-    needs_images
-        Whether the stage is skipped when no training spot has a histology embedding.
-    history_prefix
-        Prefix of the stage's keys in ``model.history`` (e.g. ``stage3_validation_loss``).
-    title
-        Title of the stage's panel in :func:`spacrd.pl.training_history`.
-
-    """
-
-    name: Stage
-    loss: str
-    epochs: int
-    lr: float
-    uses_neighbors: bool
-    needs_images: bool
-    history_prefix: str
-    title: str
-
-
-#: SpaCRD's training stages, in the order they run.
-STAGES: tuple[StageSpec, ...] = (
-    StageSpec("align", "contrastive_loss", 10, 1e-3, False, True, "stage1", "Stage I: modality alignment"),
-    StageSpec("fuse", "fused_loss", 10, 1e-3, True, False, "stage2", "Stage II: fusion VAE"),
-    StageSpec("classify", "classification_loss", 20, 1e-3, True, False, "stage3", "Stage III: classifier"),
-)
-assert tuple(stage.name for stage in STAGES) == MODULE_STAGES
 
 
 class SpaCRDTrainingPlan(TrainingPlan):
@@ -107,7 +62,8 @@ class SpaCRDTrainingPlan(TrainingPlan):
 
     def forward(self, *args, **kwargs):
         """Run the module, embedding only the centre spots in the alignment stage."""
-        return self.module(*args, **kwargs, inference_kwargs={"centre_only": self.stage == "align"})
+        centre_only = not next(spec for spec in STAGES if spec.name == self.stage).uses_neighbors
+        return self.module(*args, **kwargs, inference_kwargs={"centre_only": centre_only})
 
     def training_step(self, batch, batch_idx):
         """One optimisation step; losses are averaged over centre spots (a batch's ``B``, not its ``U`` spots)."""
@@ -255,9 +211,10 @@ class StagedTrainingMixin:
                 UserWarning,
                 stacklevel=2,
             )
-        if self.n_image_training_spots_ < 2 and epochs["align"]:
-            logger.info("No histology embeddings to align: skipping stage I (modality alignment).")
-            epochs["align"] = 0
+        for stage in STAGES:
+            if stage.needs_images and self.n_image_training_spots_ < 2 and epochs[stage.name]:
+                logger.info("No histology embeddings in the training spots: skipping %s.", stage.title)
+                epochs[stage.name] = 0
 
         seed = default_seed()
         train_idx, val_idx, how = validation_split(inputs, inputs.coordinates, validation, train_size, seed)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
@@ -11,10 +9,12 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from spacrd._constants import MODULE_KEYS, TENSOR_KEYS, UNLABELLED
+from spacrd._stages import STAGES as TRAINING_STAGES
+from spacrd._stages import Stage
 from spacrd.nn import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder
 
-Stage = Literal["align", "fuse", "classify"]
-STAGES: tuple[Stage, ...] = ("align", "fuse", "classify")
+#: Names of the module's stage losses, in training order (the training schedule is :data:`spacrd.model.STAGES`).
+STAGES: tuple[Stage, ...] = tuple(stage.name for stage in TRAINING_STAGES)
 
 
 def _masked_mean(tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:

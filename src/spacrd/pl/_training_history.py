@@ -6,17 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from spacrd._stages import STAGES as TRAINING_STAGES
+
 from ._utils import finish, new_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-#: The three training stages of SpaCRD, by the prefix of their keys in ``model.history``.
-STAGES = {
-    "stage1": "Stage I: modality alignment",
-    "stage2": "Stage II: fusion VAE",
-    "stage3": "Stage III: classifier",
-}
+#: Panel title of each training stage, by the prefix of its keys in ``model.history``.
+STAGES = {stage.history_prefix: stage.title for stage in TRAINING_STAGES}
 SPLITS = {"train": ("train", "-"), "validation": ("validation", "--")}
 
 
