@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 import threading
 import warnings
 from typing import Literal
@@ -255,6 +256,7 @@ class StagedTrainingMixin:
         """Run every stage with ``epochs[name] > 0``; ``model.history`` gets each stage's curves under its prefix."""
         history: dict[str, pd.DataFrame] = {}
         self.is_trained_ = False
+        trainer_kwargs = _distributed_kwargs(trainer_kwargs)
         for stage in STAGES:
             if epochs[stage.name] <= 0:
                 continue
@@ -284,15 +286,32 @@ class StagedTrainingMixin:
             try:
                 _run_interruptible(runner, stage)
             finally:
-                for key, frame in (self.history_ or {}).items():
+                stage_history = self.history_ or {}
+                for key, frame in stage_history.items():
                     name = f"{stage.history_prefix}_{key}"
                     history[name] = frame.rename(columns={key: name})
                 self.history_ = history
                 self.module.eval()
                 # scvi-tools' runner marks the model trained after every stage; only all stages do.
                 self.is_trained_ = False
-            _check_stage_stepped(runner, stage)
+            _check_stage_stepped(stage_history, stage)
         self.is_trained_ = True
+
+
+def _distributed_kwargs(trainer_kwargs: dict) -> dict:
+    """Trainer arguments for several processes: unused-parameter detection and a private log folder.
+
+    Each stage trains part of the network (stage II leaves the classifier unused), which DDP only allows
+    with unused-parameter detection, so ``strategy="ddp"``/``"ddp_spawn"``/``"ddp_notebook"`` get it.
+    scvi-tools passes the history of the process of rank 0 through a file; it goes to a temporary
+    folder (unless ``log_save_dir`` is given) rather than to ``./lightning_logs``.
+    """
+    strategy = trainer_kwargs.get("strategy")
+    if not (isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn", "ddp_notebook")):
+        return trainer_kwargs
+    kwargs = {**trainer_kwargs, "strategy": f"{strategy}_find_unused_parameters_true"}
+    kwargs.setdefault("log_save_dir", tempfile.mkdtemp(prefix="spacrd_ddp_"))
+    return kwargs
 
 
 def _run_interruptible(runner, stage: StageSpec) -> None:
@@ -318,9 +337,14 @@ def _run_interruptible(runner, stage: StageSpec) -> None:
         )
 
 
-def _check_stage_stepped(runner, stage: StageSpec) -> None:
-    """A stage that ran no optimisation step leaves random weights: that is an error, not a trained model."""
-    if runner.trainer.global_step == 0:
+def _check_stage_stepped(stage_history: dict, stage: StageSpec) -> None:
+    """A stage that ran no optimisation step leaves random weights: that is an error, not a trained model.
+
+    Every epoch with a training batch logs ``train_loss``; the history is also what reaches the main
+    process from the spawned ones of a distributed run.
+    """
+    losses = stage_history.get("train_loss")
+    if losses is None or len(losses) == 0:
         raise RuntimeError(
             f"{stage.title} ran no optimisation step (no training batch: too few training spots for "
             "`batch_size`, or `spots_per_epoch` too small); the model is not trained. Use more training spots, "

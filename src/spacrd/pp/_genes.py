@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -11,6 +13,10 @@ from scipy import sparse
 
 from spacrd._validation import check_counts, check_obs_key
 
+logger = logging.getLogger(__name__)
+
+#: Loess spans of seurat_v3's mean-variance fit, tried in turn (scanpy's default first).
+LOESS_SPANS = (0.3, 0.6, 1.0)
 #: Sections with fewer spots are left out of the selection: seurat_v3 fits a loess per section, which
 #: fails on a few spots and crashes the process on a single one.
 MIN_HVG_SPOTS = 10
@@ -44,14 +50,21 @@ def highly_variable_columns(
     )
     scratch.var_names = gene_names[expressed]
     batch_key = "section" if scratch.obs["section"].nunique() > 1 else None
-    try:
-        sc.pp.highly_variable_genes(scratch, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key)
-    except ValueError as err:
-        raise ValueError(
-            f"Selecting {n_top_genes} highly variable genes (seurat_v3) failed: {err!s}. Sections of fewer "
-            f"than {MIN_HVG_SPOTS} spots are left out of the selection; with few spots in all, pass the "
-            "feature genes as `genes=`."
-        ) from err
+    for span in LOESS_SPANS:
+        try:
+            sc.pp.highly_variable_genes(
+                scratch, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key, span=span
+            )
+            break
+        except ValueError as err:
+            # many rarely detected genes with equal means make the loess of mean vs variance singular
+            if span == LOESS_SPANS[-1]:
+                raise ValueError(
+                    f"Selecting {n_top_genes} highly variable genes (seurat_v3) failed: {err!s}. Sections of "
+                    f"fewer than {MIN_HVG_SPOTS} spots are left out of the selection; with few spots in all, "
+                    "pass the feature genes as `genes=`."
+                ) from err
+            logger.info("seurat_v3's loess failed with span=%s (%s); retrying with a wider span.", span, err)
     return np.flatnonzero(expressed)[scratch.var["highly_variable"].to_numpy()]
 
 
