@@ -191,6 +191,15 @@ def image_features(
     >>> adata.obsm["X_histology"].shape  # doctest: +SKIP
     (728, 31)
 
+    SpatialData as spatialdata-io writes it: Visium HD has one table and one shapes element (squares)
+    per bin size; Xenium's table annotates ``"cell_circles"``, so cell outlines are cropped per shapes
+    row (``table_key=None``) or after pointing the table at ``"cell_boundaries"``.
+
+    >>> spacrd.pp.image_features(  # doctest: +SKIP
+    ...     hd, table_key="square_008um", shapes_key="sample_square_008um", image_key="sample_full_image"
+    ... )
+    >>> spacrd.pp.image_features(xenium, table_key="table", shapes_key="cell_circles", image_key="he")  # doctest: +SKIP
+
     """
     options = CropOptions(
         library_key=library_key,
