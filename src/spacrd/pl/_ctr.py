@@ -11,7 +11,7 @@ from matplotlib.collections import PatchCollection
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.patches import Circle, RegularPolygon
 
-from spacrd._constants import OBS_KEYS, UNS_KEYS
+from spacrd._constants import OBS_KEYS, OBSM_KEYS, SCANPY_IMAGE_KEYS, UNS_KEYS
 from spacrd._spatial import is_spatialdata
 
 from ._call import call_legend_handle, call_mask
@@ -170,7 +170,7 @@ def ctr(
 def _resolve_libraries(
     adata: AnnData, library_key: str | None, library_id: str | Sequence[str] | None
 ) -> tuple[str | None, list[str]]:
-    spatial = adata.uns.get("spatial")
+    spatial = adata.uns.get(UNS_KEYS.SPATIAL)
     if not isinstance(spatial, Mapping) or not len(spatial):
         raise KeyError(
             "`adata.uns['spatial']` is missing or empty; it must hold one entry per section with "
@@ -215,7 +215,7 @@ def _plot_adata(
 ) -> AnnData:
     """A light copy holding only what squidpy needs, so the user's object is never modified."""
     obs = pd.DataFrame({prob_key: prob.to_numpy()}, index=adata.obs_names.copy())
-    uns: dict[str, Any] = {"spatial": adata.uns["spatial"]}
+    uns: dict[str, Any] = {UNS_KEYS.SPATIAL: adata.uns[UNS_KEYS.SPATIAL]}
     if library_key is not None:
         obs[library_key] = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
     if labels_key is not None:
@@ -243,9 +243,9 @@ def spot_geometry(
     libraries: list[str],
     library_key: str | None,
     *,
-    spatial_key: str = "spatial",
-    img_res_key: str = "hires",
-    size_key: str = "spot_diameter_fullres",
+    spatial_key: str = OBSM_KEYS.SPATIAL,
+    img_res_key: str = SCANPY_IMAGE_KEYS.HIRES,
+    size_key: str = SCANPY_IMAGE_KEYS.SPOT_DIAMETER,
     size: float | list[float] | None = None,
     scale_factor: float | list[float] | None = None,
     crop_coord: tuple[float, float, float, float] | list[tuple[float, float, float, float]] | None = None,
@@ -256,12 +256,12 @@ def spot_geometry(
     (``(n_obs,)`` bool), their centres (``(n, 2)``, image pixels at ``img_res_key`` resolution, shifted by
     the crop) and the spot radius in the same pixels.
     """
-    spatial = adata.uns["spatial"]
+    spatial = adata.uns[UNS_KEYS.SPATIAL]
     n = len(libraries)
-    keys = sorted(set.intersection(*(set(spatial[lib]["scalefactors"]) for lib in libraries)))
+    keys = sorted(set.intersection(*(set(spatial[lib][SCANPY_IMAGE_KEYS.SCALEFACTORS]) for lib in libraries)))
     out = []
     for i, lib in enumerate(libraries):
-        factors = spatial[lib]["scalefactors"]
+        factors = spatial[lib][SCANPY_IMAGE_KEYS.SCALEFACTORS]
         sf = _per_library(scale_factor, i, n, "scale_factor")
         if sf is None:
             matching = [k for k in keys if img_res_key in k]
@@ -325,7 +325,7 @@ def _ctr_anndata(
     prob = check_prob_key(adata.obs, prob_key)
     called = call_mask(adata.obs, call_key) if show_call else None
     library_key, libraries = _resolve_libraries(adata, library_key, library_id)
-    spatial_key = kwargs.pop("spatial_key", "spatial")
+    spatial_key = kwargs.pop("spatial_key", OBSM_KEYS.SPATIAL)
     plot_adata = _plot_adata(adata, prob_key, prob, labels_key, library_key, spatial_key)
 
     colors = [prob_key] if labels_key is None else [prob_key, labels_key]
@@ -343,9 +343,11 @@ def _ctr_anndata(
     if ax is not None:
         kwargs.setdefault("fig", as_axes_list(ax)[0].figure)  # squidpy needs it with a list of axes
     if kwargs.get("img", True) is True:
-        img_res_key = kwargs.get("img_res_key", "hires")
+        img_res_key = kwargs.get("img_res_key", SCANPY_IMAGE_KEYS.HIRES)
         no_image = [
-            lib for lib in libraries if img_res_key not in adata.uns["spatial"][lib].get("images", {})
+            lib
+            for lib in libraries
+            if img_res_key not in adata.uns[UNS_KEYS.SPATIAL][lib].get(SCANPY_IMAGE_KEYS.IMAGES, {})
         ]
         if no_image:
             raise KeyError(

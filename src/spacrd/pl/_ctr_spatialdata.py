@@ -9,6 +9,7 @@ from anndata import AnnData
 from matplotlib.colors import Colormap, Normalize
 
 from spacrd import _spatial
+from spacrd._constants import SCANPY_IMAGE_KEYS
 
 from ._call import call_legend_handle, call_mask
 from ._utils import as_class_labels, as_list, check_obs_key, check_prob_key, class_palette, new_axes
@@ -27,7 +28,7 @@ def _pick_image(sdata: SpatialData, cs: str, image_key: str | None) -> str:
     if not candidates:
         raise ValueError(f"No image is registered in coordinate system {cs!r}; pass the H&E as `image_key=`.")
     # A Visium reader registers the hires and lowres images side by side; the hires one shows more.
-    hires = [name for name in candidates if "hires" in name]
+    hires = [name for name in candidates if SCANPY_IMAGE_KEYS.HIRES in name]
     return (hires or candidates)[0]
 
 

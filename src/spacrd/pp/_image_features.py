@@ -198,7 +198,9 @@ def image_features(
     >>> spacrd.pp.image_features(  # doctest: +SKIP
     ...     hd, table_key="square_008um", shapes_key="sample_square_008um", image_key="sample_full_image"
     ... )
-    >>> spacrd.pp.image_features(xenium, table_key="table", shapes_key="cell_circles", image_key="he")  # doctest: +SKIP
+    >>> spacrd.pp.image_features(  # doctest: +SKIP
+    ...     xenium, table_key="table", shapes_key="cell_circles", image_key="he"
+    ... )
 
     """
     options = CropOptions(
