@@ -372,6 +372,80 @@ def test_score_distribution_needs_scores(adata):
         spacrd.pl.score_distribution(adata, prob_key="nope", show=False)
 
 
+# ------------------------------------------------------------------- keys that predict(uns_key=...) wrote
+def _rename_prediction(adata, uns_key="run1", threshold=0.37):
+    """As ``predict(uns_key=uns_key, prob_key="run1_prob", call_key="run1_ctr")`` would have written it."""
+    adata.obs["run1_prob"] = adata.obs.pop("ctr_prob")
+    adata.obs["run1_ctr"] = pd.Categorical(
+        np.where(adata.obs["run1_prob"] >= threshold, "cancer", "non-cancer"),
+        categories=["non-cancer", "cancer"],
+    )
+    del adata.obs["ctr"]
+    adata.uns[uns_key] = {
+        **adata.uns.pop("spacrd"),
+        "threshold": threshold,
+        "prob_key": "run1_prob",
+        "call_key": "run1_ctr",
+    }
+    return adata
+
+
+@pytest.mark.parametrize("uns_key", [None, "run1"], ids=["found-by-prob_key", "named"])
+def test_plots_read_the_threshold_under_a_renamed_uns_key(adata, uns_key):
+    adata = _rename_prediction(adata)
+    keys = {"prob_key": "run1_prob"} | ({} if uns_key is None else {"uns_key": uns_key})
+    axes = spacrd.pl.ctr(adata, call_key="run1_ctr", return_ax=True, **keys)
+    for ax in axes:
+        assert ax.get_legend().get_texts()[0].get_text() == "run1_ctr = cancer (run1_prob ≥ 0.37, gmm)"
+    ax = spacrd.pl.score_distribution(adata, return_ax=True, **keys)
+    line = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(line) == 1 and line[0].get_xdata()[0] == pytest.approx(0.37)
+    assert "threshold (gmm) = 0.37" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_threshold_of_another_prob_key_or_an_ambiguous_one_is_not_shown(adata):
+    adata = _rename_prediction(adata)
+    adata.obs["ctr_prob"] = adata.obs["run1_prob"]  # a column no record claims
+    ax = spacrd.pl.score_distribution(adata, return_ax=True)
+    assert not [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    adata.uns["run2"] = dict(adata.uns["run1"], threshold=0.6)  # two records claim run1_prob
+    ax = spacrd.pl.score_distribution(adata, prob_key="run1_prob", return_ax=True)
+    assert not [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    ax = spacrd.pl.score_distribution(adata, prob_key="run1_prob", uns_key="run2", return_ax=True)
+    assert [ln.get_xdata()[0] for ln in ax.get_lines()] == [pytest.approx(0.6)]
+
+
+def test_ctr_spatialdata_reads_a_renamed_uns_key():
+    sdata = make_sdata(sections=("S1",), scale_factors=(0.2,))
+    table = sdata.tables["table"]
+    table.uns["run1"] = dict(table.uns.pop("spacrd"), threshold=0.42)
+    ax = spacrd.pl.ctr(sdata, return_ax=True)
+    assert "ctr_prob ≥ 0.42" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_pl_modules_do_not_import_each_other():
+    """_ctr may hand SpatialData to _ctr_spatialdata; _ctr_spatialdata must not import _ctr back."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(spacrd.pl.__file__).parent
+
+    def imported(name):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                found.add(("." * node.level) + (node.module or ""))
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        return found
+
+    ctr, ctr_sdata, call = imported("_ctr"), imported("_ctr_spatialdata"), imported("_call")
+    assert "._ctr_spatialdata" in ctr and "._call" in ctr_sdata  # the code this test is about
+    assert not ({"._ctr", "spacrd.pl._ctr"} & (ctr_sdata | call))
+    assert not ({"._ctr_spatialdata", "spacrd.pl._ctr_spatialdata"} & call)
+
+
 # -------------------------------------------------------------------------------- training_history
 def _curve(key: str, values) -> pd.DataFrame:
     return pd.DataFrame({key: values}, index=pd.RangeIndex(len(values), name="epoch"))

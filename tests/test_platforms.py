@@ -31,7 +31,7 @@ from xarray import DataArray, DataTree
 
 import spacrd
 from spacrd.model._spatialdata import prepare_table
-from spacrd.pp._crops import shapes_to_image
+from spacrd._spatial import shapes_to_image
 
 SPACERANGER = SHARED_DATA / "visium_spaceranger_tiny"
 #: What the fixture's ``spatial/scalefactors_json.json`` says.
@@ -332,13 +332,13 @@ def test_visium_hd_builder_arguments():
 
 
 def test_shapes_to_image_through_a_shared_coordinate_system(hd):
-    bins = hd.shapes[f"{HD_ID}_square_008um"]
+    bins = f"{HD_ID}_square_008um"
     for res, scalef in (("hires", 0.4), ("lowres", 0.1)):
-        image = hd.images[f"{HD_ID}_{res}_image"]
+        image = f"{HD_ID}_{res}_image"
         with pytest.raises(RuntimeError, match="Multiple equal paths"):
-            get_transformation_between_coordinate_systems(hd, bins, image)
+            get_transformation_between_coordinate_systems(hd, hd.shapes[bins], hd.images[image])
         np.testing.assert_allclose(shapes_to_image(hd, bins, image), np.diag([scalef, scalef, 1]), atol=1e-12)
-    np.testing.assert_allclose(shapes_to_image(hd, bins, hd.images[f"{HD_ID}_full_image"]), np.eye(3))
+    np.testing.assert_allclose(shapes_to_image(hd, bins, f"{HD_ID}_full_image"), np.eye(3))
 
 
 def test_image_features_on_visium_hd_bins_read_as_circles():
@@ -364,15 +364,20 @@ def test_image_features_on_visium_hd_bins_read_as_circles():
     assert hematoxylin[tumour].mean() > hematoxylin[~tumour].mean()
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="square bins are not accepted yet by spacrd.pp")
 def test_image_features_on_visium_hd_bins(hd):
-    spacrd.pp.image_features(
+    """Square bins as the reader writes them: crops one bin side wide, darker where the tumour is drawn."""
+    table = spacrd.pp.image_features(
         hd,
         image_key=f"{HD_ID}_hires_image",
         shapes_key=f"{HD_ID}_square_008um",
         table_key="square_008um",
         copy=True,
     )
+    assert table.uns["X_histology"]["crop_size_px"] == {f"{HD_ID}_square_008um": round(8 / HD_MPP * 0.4)}
+    names = table.uns["X_histology"]["feature_names"]
+    hematoxylin = table.obsm["X_histology"][:, names.index("h_mean")]
+    tumour = table.obs["cancer"].to_numpy()
+    assert np.isfinite(hematoxylin).all() and hematoxylin[tumour].mean() > hematoxylin[~tumour].mean()
 
 
 # ------------------------------------------------------------------------------------------------

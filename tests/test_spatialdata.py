@@ -266,10 +266,10 @@ def test_errors(adata, trained):
     spots.drop(columns="radius", inplace=True)  # spatialdata's parser refuses this; an edit can do it
     with pytest.raises(ValueError, match="not circles"):
         prepare_table(sdata)
+    # square polygons are spots too (Visium HD bins), centred on their centroid
     square = Polygon([(0, 0), (1, 0), (1, 1), (0, 1)])
     sdata.shapes["A1_spots"] = ShapesModel.parse(spots.assign(geometry=[square] * len(spots)))
-    with pytest.raises(ValueError, match="not circles"):
-        prepare_table(sdata)
+    np.testing.assert_allclose(prepare_table(sdata).obsm["spatial"], 0.5)
 
     sdata = _spatialdata(adata)
     table = sdata.tables["table"]

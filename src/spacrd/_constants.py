@@ -43,6 +43,29 @@ class _UnsKeys(NamedTuple):
     SPATIAL: str = "spatial"
 
 
+class _ScanpyImageKeys(NamedTuple):
+    """The scanpy/squidpy image container ``uns["spatial"][library_id]`` that spacrd reads."""
+
+    IMAGES: str = "images"
+    SCALEFACTORS: str = "scalefactors"
+    METADATA: str = "metadata"
+    #: Path of the full-resolution image file, in ``metadata`` (the resolution of ``obsm["spatial"]``).
+    FULLRES_PATH: str = "fullres_image_path"
+    #: Spot diameter in full-resolution pixels, in ``scalefactors``.
+    SPOT_DIAMETER: str = "spot_diameter_fullres"
+    #: Default image of ``images`` to crop from and draw on.
+    HIRES: str = "hires"
+
+
+class _SpatialDataKeys(NamedTuple):
+    """Names in a :class:`~spatialdata.SpatialData` object that spacrd reads by default."""
+
+    #: Default table of spots (spatialdata-io's Visium and Xenium readers call it so).
+    TABLE: str = "table"
+    #: Column of circle shapes holding the radius, in the shapes' own units.
+    RADIUS: str = "radius"
+
+
 class _RegistryKeys(NamedTuple):
     """Names of the AnnDataManager fields SpaCRD registers, beyond scvi-tools' ``X``/``batch``."""
 
@@ -91,6 +114,8 @@ class _ModuleKeys(NamedTuple):
 OBS_KEYS = _ObsKeys()
 OBSM_KEYS = _ObsmKeys()
 UNS_KEYS = _UnsKeys()
+SCANPY_IMAGE_KEYS = _ScanpyImageKeys()
+SPATIALDATA_KEYS = _SpatialDataKeys()
 REGISTRY_KEYS = _RegistryKeys()
 MODULE_KEYS = _ModuleKeys()
 TENSOR_KEYS = _TensorKeys()
@@ -101,6 +126,8 @@ CALL_CATEGORIES: tuple[str, str] = (NON_CANCER, CANCER)
 #: Label codes inside the model: 0 non-cancer, 1 cancer, and this for spots without a label.
 UNLABELLED = -1
 
+#: Default ``library_key``: the ``obs`` column naming each spot's section (library).
+DEFAULT_LIBRARY_KEY = OBS_KEYS.SECTION
 #: The default image backbone of :func:`spacrd.pp.image_features` (hand-crafted, no downloaded weights).
 DEFAULT_BACKBONE = "histology_stats"
 #: Default neighbourhood size ``k`` (the spot itself included), as in the SpaCRD paper.

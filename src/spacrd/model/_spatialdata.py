@@ -2,7 +2,8 @@
 
 A SpatialData table is an AnnData whose rows annotate the spot shapes (``region``, ``region_key``,
 ``instance_key``), so the model registers the table itself; no conversion is needed (a Visium AnnData in
-the scanpy layout converts with ``spatialdata_io.experimental.from_legacy_anndata``).
+the scanpy layout converts with ``spatialdata_io.experimental.from_legacy_anndata``). How rows, shapes
+and images relate is resolved by :mod:`spacrd._spatial`; this module decides what the model needs.
 """
 
 from __future__ import annotations
@@ -14,25 +15,27 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from spacrd import _spatial
+from spacrd._constants import DEFAULT_BACKBONE, OBSM_KEYS, SPATIALDATA_KEYS
+from spacrd._spatial import is_spatialdata
 from spacrd.pp import image_features
-from spacrd.pp._crops import _is_spatialdata, shapes_to_image
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from ._model import SpaCRD
 
-HISTOLOGY_STATS = "histology_stats"
+HISTOLOGY_STATS = DEFAULT_BACKBONE
 
 
 def prepare_table(
     sdata: SpatialData,
-    table_key: str = "table",
+    table_key: str = SPATIALDATA_KEYS.TABLE,
     shapes_key: str | Sequence[str] | None = None,
     image_key: str | Mapping[str, str] | None = None,
     *,
-    spatial_key: str = "spatial",
-    histology_key: str = "X_histology",
+    spatial_key: str = OBSM_KEYS.SPATIAL,
+    histology_key: str = OBSM_KEYS.HISTOLOGY,
     backbone: str | Any = HISTOLOGY_STATS,
     **image_feature_kwargs: Any,
 ) -> AnnData:
@@ -45,8 +48,10 @@ def prepare_table(
     Parameters
     ----------
     sdata
-        SpatialData with a table annotating circle shapes (spots: points with a ``"radius"`` column),
-        as spatialdata-io's Visium reader writes, and optionally H&E image elements.
+        SpatialData with a table annotating spot shapes, and optionally H&E image elements. Spots are
+        circles (points with a ``"radius"`` column, as spatialdata-io writes Visium spots and Xenium
+        ``cell_circles``), square polygons (Visium HD bins) or cell polygons (Xenium
+        ``cell_boundaries``); see :mod:`spacrd._spatial`.
     table_key
         The table of spots (counts, labels).
     shapes_key
@@ -67,9 +72,10 @@ def prepare_table(
     The table, with (only where absent; entries already there are kept as they are):
 
     ``obsm[spatial_key]``
-        ``(n_obs, 2)`` float64 spot centres ``(x, y)``: in pixels of the image's full-resolution level
-        (``scale0``) for spots with an image, mapped with the elements' coordinate transformations;
-        in the shapes element's own (intrinsic) coordinates for spots without one.
+        ``(n_obs, 2)`` float64 spot centres ``(x, y)`` (circle centres, polygon centroids): in pixels
+        of the image's full-resolution level (``scale0``) for spots with an image, mapped with the
+        elements' coordinate transformations; in the shapes element's own (intrinsic) coordinates for
+        spots without one.
     ``obsm[histology_key]``, ``uns[histology_key]``
         Written by :func:`spacrd.pp.image_features` when ``image_key`` is given: float32 embeddings,
         NaN rows for spots without an image, and their provenance.
@@ -82,31 +88,25 @@ def prepare_table(
         A missing table, shapes or image element.
     ValueError
         A table not annotated with ``region``/``region_key``/``instance_key`` or not annotating the
-        shapes, shapes that are not circles with radii, table rows whose instance ids the shapes lack
-        or repeat.
+        shapes, shapes that are neither circles with radii nor polygons, table rows whose instance ids
+        the shapes lack or repeat.
 
     """
-    if not _is_spatialdata(sdata):
+    if not is_spatialdata(sdata):
         raise TypeError(f"Expected a SpatialData object, got {type(sdata).__name__}.")
-    table = _table(sdata, table_key)
-    regions, region_key, instance_key = _table_keys(table, table_key)
-    row_regions = table.obs[region_key].astype(str).to_numpy()
-    shape_keys = _shape_keys(sdata, regions, table_key, shapes_key, row_regions)
+    table = _spatial.get_table(sdata, table_key)
+    keys = _spatial.table_keys(table, table_key)
+    shape_keys = _shape_keys(sdata, keys, table_key, shapes_key, _spatial.row_regions(table, keys))
     images = _images(sdata, image_key, shape_keys)
 
     centres = None
     if spatial_key not in table.obsm:
         centres = np.full((table.n_obs, 2), np.nan, dtype=np.float64)
-        instances = table.obs[instance_key].to_numpy()
         for key in shape_keys:
-            shapes = sdata.shapes[key]
-            rows = np.flatnonzero(row_regions == key)
-            xy = _spot_centres(shapes, key, instances[rows], table_key, instance_key)
-            if key in images:
-                # shapes' intrinsic coordinates -> pixels of the image's scale0, as the crops are cut
-                affine = shapes_to_image(sdata, shapes, sdata.images[images[key]])
-                xy = xy @ affine[:2, :2].T + affine[:2, 2]
-            centres[rows] = xy
+            spots = _spatial.table_spots(sdata, table, key, keys, table_key)
+            if key in images:  # into pixels of the image's scale0, as the crops are cut
+                spots = spots.transformed(_spatial.shapes_to_image(sdata, key, images[key]))
+            centres[spots.rows] = spots.centres
 
     if images and histology_key not in table.obsm:
         image_features(
@@ -125,12 +125,12 @@ def prepare_table(
 
 def table_region_key(table: AnnData) -> str:
     """The ``obs`` column naming the shapes element of each row of a SpatialData table."""
-    return _table_keys(table, "")[1]
+    return _spatial.table_keys(table, "").region_key
 
 
 def registered_table(model_cls: type[SpaCRD], data: Any) -> Any:
     """The table of a SpatialData that ``model_cls.setup_spatialdata`` registered; other data unchanged."""
-    if not _is_spatialdata(data):
+    if not is_spatialdata(data):
         return data
     registered = [
         key
@@ -160,11 +160,11 @@ def target_table(model: SpaCRD, data: Any, table_key: str, image_key: str | Mapp
     backbone; embeddings of other backbones must be computed beforehand. AnnData (or ``None``) is
     returned unchanged.
     """
-    if not _is_spatialdata(data):
+    if not is_spatialdata(data):
         return data
     args = model.setup_args
     histology_key = args["image_key"] if model.module.image_encoder is not None else None
-    table = _table(data, table_key)
+    table = _spatial.get_table(data, table_key)
     if histology_key is None or histology_key in table.obsm:
         image_key = None
     elif image_key is None and len(data.images) > 1:
@@ -186,71 +186,36 @@ def target_table(model: SpaCRD, data: Any, table_key: str, image_key: str | Mapp
 
 
 # --------------------------------------------------------------------------------------------------
-# checks and look-ups
+# checks
 # --------------------------------------------------------------------------------------------------
-
-
-def _table(sdata: SpatialData, table_key: str) -> AnnData:
-    if table_key not in sdata.tables:
-        raise KeyError(
-            f"SpatialData has no table {table_key!r} (it has {list(sdata.tables)}); pass table_key= naming "
-            "the table of spot counts."
-        )
-    return sdata.tables[table_key]
-
-
-def _table_keys(table: AnnData, table_key: str) -> tuple[list[str], str, str]:
-    from spatialdata.models import get_table_keys
-
-    try:
-        regions, region_key, instance_key = get_table_keys(table)
-    except (ValueError, KeyError) as error:
-        raise ValueError(
-            f"Table {table_key!r} does not say which shapes it annotates; parse it with "
-            "spatialdata.models.TableModel.parse(table, region=, region_key=, instance_key=)."
-        ) from error
-    for key in (region_key, instance_key):
-        if key not in table.obs:
-            raise ValueError(
-                f"Table {table_key!r} names obs column {key!r} in its attrs but has no such column."
-            )
-    return ([regions] if isinstance(regions, str) else list(regions)), region_key, instance_key
 
 
 def _shape_keys(
     sdata: SpatialData,
-    regions: list[str],
+    keys: _spatial.TableKeys,
     table_key: str,
     shapes_key: str | Sequence[str] | None,
     row_regions: np.ndarray,
 ) -> list[str]:
+    """The spots' shapes elements, checked: annotated by the table, spot geometries, every row covered."""
+    regions = list(keys.regions)
     used = list(pd.unique(row_regions))
-    keys = used if shapes_key is None else ([shapes_key] if isinstance(shapes_key, str) else list(shapes_key))
-    for key in keys:
-        if key not in sdata.shapes:
-            kind = next((k for k in ("labels", "points", "images") if key in getattr(sdata, k)), None)
-            detail = f"{key!r} is a {kind} element" if kind else f"there is no element {key!r}"
-            raise KeyError(
-                f"Table {table_key!r} must annotate spot shapes, but {detail} (shapes: {list(sdata.shapes)})."
-            )
+    wanted = (
+        used if shapes_key is None else ([shapes_key] if isinstance(shapes_key, str) else list(shapes_key))
+    )
+    for key in wanted:
+        _spatial.shapes_element(sdata, key, table_key)
         if key not in regions:
             raise ValueError(f"Table {table_key!r} annotates {regions}, not shapes {key!r}.")
-        shapes = sdata.shapes[key]
-        if "radius" not in shapes.columns or not (shapes.geometry.geom_type == "Point").all():
-            raise ValueError(
-                f"Shapes {key!r} are not circles (points with a 'radius' column); SpaCRD's spots are circles, "
-                "as spatialdata-io's Visium reader writes them."
-            )
-        if not np.isfinite(shapes["radius"].to_numpy(dtype=float)).all():
-            raise ValueError(f"Shapes {key!r} have missing or infinite radii.")
-    others = [r for r in used if r not in keys]
+        _spatial.element_spots(sdata, key).check_sizes()
+    others = [r for r in used if r not in wanted]
     if others:
         raise ValueError(
             f"{int(np.isin(row_regions, others).sum())} rows of table {table_key!r} annotate {others}, which "
-            f"shapes_key={keys} leaves out; include them or subset the table first "
+            f"shapes_key={wanted} leaves out; include them or subset the table first "
             "(spatialdata.match_table_to_element)."
         )
-    return keys
+    return wanted
 
 
 def _images(
@@ -275,27 +240,6 @@ def _images(
     if missing:
         raise KeyError(f"SpatialData has no image {missing[0]!r} (it has {list(sdata.images)}).")
     return images
-
-
-def _spot_centres(
-    shapes: Any, key: str, instances: np.ndarray, table_key: str, instance_key: str
-) -> np.ndarray:
-    """``(n, 2)`` intrinsic ``(x, y)`` of the circles whose index equals ``instances``, in that order."""
-    repeated = pd.Index(instances)[pd.Index(instances).duplicated()].unique()
-    if len(repeated):
-        raise ValueError(
-            f"Table {table_key!r} has several rows for instance(s) {repeated[:3].tolist()} of shapes {key!r} "
-            f"(obs[{instance_key!r}] must be unique per region)."
-        )
-    position = shapes.index.get_indexer(pd.Index(instances))
-    if (position < 0).any():
-        raise ValueError(
-            f"{int((position < 0).sum())} row(s) of table {table_key!r} point to instances missing from shapes "
-            f"{key!r} (first: {instances[position < 0][:3].tolist()}; obs[{instance_key!r}] is "
-            f"{instances.dtype}, the shapes index {shapes.index.dtype})."
-        )
-    geometry = shapes.geometry.iloc[position]
-    return np.column_stack([geometry.x.to_numpy(dtype=np.float64), geometry.y.to_numpy(dtype=np.float64)])
 
 
 def _source_backbone(model: SpaCRD, histology_key: str) -> str:

@@ -9,11 +9,13 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.collections import PatchCollection
 from matplotlib.colors import Colormap, Normalize
-from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, RegularPolygon
 
+from spacrd._constants import OBS_KEYS, OBSM_KEYS, SCANPY_IMAGE_KEYS, UNS_KEYS
+from spacrd._spatial import is_spatialdata
+
+from ._call import call_legend_handle, call_mask
 from ._utils import (
-    CANCER,
     as_axes_list,
     as_class_labels,
     as_list,
@@ -21,7 +23,6 @@ from ._utils import (
     check_prob_key,
     class_palette,
     finish,
-    threshold_from_uns,
 )
 
 if TYPE_CHECKING:
@@ -34,16 +35,17 @@ CALL_COLOR = "#e41a1c"
 
 def ctr(
     data: AnnData | SpatialData,
-    prob_key: str = "ctr_prob",
-    call_key: str = "ctr",
+    prob_key: str = OBS_KEYS.PROB,
+    call_key: str = OBS_KEYS.CALL,
     labels_key: str | None = None,
-    library_key: str | None = "section",
+    library_key: str | None = OBS_KEYS.SECTION,
     library_id: str | Sequence[str] | None = None,
     show_call: bool = True,
     cmap: str | Colormap = "viridis",
     call_color: str = CALL_COLOR,
     call_linewidth: float = 1.0,
     *,
+    uns_key: str = UNS_KEYS.PREDICTION,
     table_name: str | None = None,
     image_key: str | None = None,
     ax: Axes | Sequence[Axes] | None = None,
@@ -91,6 +93,10 @@ def ctr(
         Edge colour of the outline around spots called cancer.
     call_linewidth
         Width of that outline, in points.
+    uns_key
+        ``uns`` entry that :meth:`~spacrd.model.SpaCRD.predict` wrote (its ``uns_key``), read for the
+        threshold shown in the legend. If it is absent or records another ``prob_key``, the one ``uns``
+        entry with a ``"threshold"`` and this ``prob_key`` is used.
     table_name
         :class:`~spatialdata.SpatialData` only: the table holding ``prob_key`` (default: the only table).
     image_key
@@ -113,7 +119,7 @@ def ctr(
     Returns
     -------
     The axes if ``return_ax``, else `None`. Reads ``obs[prob_key]``, ``obs[call_key]``,
-    ``obs[labels_key]`` and ``uns["spacrd"]["threshold"]`` (only for the legend); writes nothing.
+    ``obs[labels_key]`` and ``uns[uns_key]["threshold"]`` (only for the legend); writes nothing.
 
     Examples
     --------
@@ -133,15 +139,14 @@ def ctr(
             cmap=cmap,
             call_color=call_color,
             call_linewidth=call_linewidth,
+            uns_key=uns_key,
             ax=ax,
             **kwargs,
         )
     else:
-        from spatialdata import SpatialData
-
-        if not isinstance(data, SpatialData):
+        if not is_spatialdata(data):
             raise TypeError(f"`data` must be an AnnData or a SpatialData object, got {type(data).__name__}.")
-        from ._ctr_spatialdata import ctr_spatialdata
+        from ._ctr_spatialdata import ctr_spatialdata  # draws with spatialdata-plot: import it only here
 
         axes = ctr_spatialdata(
             data,
@@ -153,6 +158,7 @@ def ctr(
             cmap=cmap,
             call_color=call_color,
             call_linewidth=call_linewidth,
+            uns_key=uns_key,
             table_name=table_name,
             image_key=image_key,
             ax=ax,
@@ -161,51 +167,10 @@ def ctr(
     return finish(axes[0].figure, axes, return_ax=return_ax, show=show, save=save)
 
 
-def call_mask(obs: pd.DataFrame, call_key: str) -> np.ndarray:
-    """Boolean mask of the spots called cancer in ``obs[call_key]``."""
-    check_obs_key(obs, call_key, "the label-free call; pass `show_call=False` to plot without it")
-    call = obs[call_key]
-    if (
-        isinstance(call.dtype, pd.CategoricalDtype)
-        or call.dtype == object
-        or pd.api.types.is_string_dtype(call)
-    ):
-        return np.asarray(call.astype(object) == CANCER, dtype=bool)
-    if pd.api.types.is_bool_dtype(call):
-        return np.asarray(call.astype("boolean").fillna(False), dtype=bool)
-    raise ValueError(
-        f"`adata.obs[{call_key!r}]` must be categorical with a {CANCER!r} category or boolean, "
-        f"found dtype {call.dtype}."
-    )
-
-
-def call_label(adata: AnnData, prob_key: str, call_key: str) -> str:
-    """Legend text for the call outline, with the threshold when the model recorded one."""
-    threshold, method = threshold_from_uns(adata, prob_key)
-    info = adata.uns.get("spacrd", {})
-    if threshold is None or (isinstance(info, dict) and info.get("call_key", call_key) != call_key):
-        return f"{call_key} = {CANCER}"
-    how = f", {method}" if method else ""
-    return f"{call_key} = {CANCER} ({prob_key} ≥ {threshold:.2f}{how})"
-
-
-def call_legend_handle(adata: AnnData, prob_key: str, call_key: str, color: str) -> Line2D:
-    """Legend entry for the call outline: an open circle in ``color`` with :func:`call_label`'s text."""
-    return Line2D(
-        [],
-        [],
-        marker="o",
-        linestyle="none",
-        markerfacecolor="none",
-        markeredgecolor=color,
-        label=call_label(adata, prob_key, call_key),
-    )
-
-
 def _resolve_libraries(
     adata: AnnData, library_key: str | None, library_id: str | Sequence[str] | None
 ) -> tuple[str | None, list[str]]:
-    spatial = adata.uns.get("spatial")
+    spatial = adata.uns.get(UNS_KEYS.SPATIAL)
     if not isinstance(spatial, Mapping) or not len(spatial):
         raise KeyError(
             "`adata.uns['spatial']` is missing or empty; it must hold one entry per section with "
@@ -250,7 +215,7 @@ def _plot_adata(
 ) -> AnnData:
     """A light copy holding only what squidpy needs, so the user's object is never modified."""
     obs = pd.DataFrame({prob_key: prob.to_numpy()}, index=adata.obs_names.copy())
-    uns: dict[str, Any] = {"spatial": adata.uns["spatial"]}
+    uns: dict[str, Any] = {UNS_KEYS.SPATIAL: adata.uns[UNS_KEYS.SPATIAL]}
     if library_key is not None:
         obs[library_key] = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
     if labels_key is not None:
@@ -278,9 +243,9 @@ def spot_geometry(
     libraries: list[str],
     library_key: str | None,
     *,
-    spatial_key: str = "spatial",
-    img_res_key: str = "hires",
-    size_key: str = "spot_diameter_fullres",
+    spatial_key: str = OBSM_KEYS.SPATIAL,
+    img_res_key: str = SCANPY_IMAGE_KEYS.HIRES,
+    size_key: str = SCANPY_IMAGE_KEYS.SPOT_DIAMETER,
     size: float | list[float] | None = None,
     scale_factor: float | list[float] | None = None,
     crop_coord: tuple[float, float, float, float] | list[tuple[float, float, float, float]] | None = None,
@@ -291,12 +256,12 @@ def spot_geometry(
     (``(n_obs,)`` bool), their centres (``(n, 2)``, image pixels at ``img_res_key`` resolution, shifted by
     the crop) and the spot radius in the same pixels.
     """
-    spatial = adata.uns["spatial"]
+    spatial = adata.uns[UNS_KEYS.SPATIAL]
     n = len(libraries)
-    keys = sorted(set.intersection(*(set(spatial[lib]["scalefactors"]) for lib in libraries)))
+    keys = sorted(set.intersection(*(set(spatial[lib][SCANPY_IMAGE_KEYS.SCALEFACTORS]) for lib in libraries)))
     out = []
     for i, lib in enumerate(libraries):
-        factors = spatial[lib]["scalefactors"]
+        factors = spatial[lib][SCANPY_IMAGE_KEYS.SCALEFACTORS]
         sf = _per_library(scale_factor, i, n, "scale_factor")
         if sf is None:
             matching = [k for k in keys if img_res_key in k]
@@ -351,6 +316,7 @@ def _ctr_anndata(
     cmap: str | Colormap,
     call_color: str,
     call_linewidth: float,
+    uns_key: str,
     ax: Axes | Sequence[Axes] | None,
     **kwargs: Any,
 ) -> list[Axes]:
@@ -359,7 +325,7 @@ def _ctr_anndata(
     prob = check_prob_key(adata.obs, prob_key)
     called = call_mask(adata.obs, call_key) if show_call else None
     library_key, libraries = _resolve_libraries(adata, library_key, library_id)
-    spatial_key = kwargs.pop("spatial_key", "spatial")
+    spatial_key = kwargs.pop("spatial_key", OBSM_KEYS.SPATIAL)
     plot_adata = _plot_adata(adata, prob_key, prob, labels_key, library_key, spatial_key)
 
     colors = [prob_key] if labels_key is None else [prob_key, labels_key]
@@ -377,9 +343,11 @@ def _ctr_anndata(
     if ax is not None:
         kwargs.setdefault("fig", as_axes_list(ax)[0].figure)  # squidpy needs it with a list of axes
     if kwargs.get("img", True) is True:
-        img_res_key = kwargs.get("img_res_key", "hires")
+        img_res_key = kwargs.get("img_res_key", SCANPY_IMAGE_KEYS.HIRES)
         no_image = [
-            lib for lib in libraries if img_res_key not in adata.uns["spatial"][lib].get("images", {})
+            lib
+            for lib in libraries
+            if img_res_key not in adata.uns[UNS_KEYS.SPATIAL][lib].get(SCANPY_IMAGE_KEYS.IMAGES, {})
         ]
         if no_image:
             raise KeyError(
@@ -408,7 +376,7 @@ def _ctr_anndata(
 
     if called is not None:
         geometry = spot_geometry(plot_adata, libraries, library_key, spatial_key=spatial_key, **geometry_args)
-        handle = call_legend_handle(adata, prob_key, call_key, call_color)
+        handle = call_legend_handle(adata, prob_key, call_key, call_color, uns_key)
         for prob_ax, (mask, centres, radius) in zip(prob_axes, geometry, strict=True):
             _outline(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
             # Inside the panel: below it the legend would collide with the axis label or the next row.

@@ -8,7 +8,10 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.colors import Colormap, Normalize
 
-from ._ctr import call_legend_handle, call_mask
+from spacrd import _spatial
+from spacrd._constants import SCANPY_IMAGE_KEYS
+
+from ._call import call_legend_handle, call_mask
 from ._utils import as_class_labels, as_list, check_obs_key, check_prob_key, class_palette, new_axes
 
 if TYPE_CHECKING:
@@ -16,35 +19,16 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
-def _table(sdata: SpatialData, table_name: str | None) -> tuple[str, AnnData]:
-    if table_name is None:
-        if len(sdata.tables) != 1:
-            raise ValueError(
-                f"The SpatialData object holds {len(sdata.tables)} tables ({list(sdata.tables)}); "
-                f"say which one holds the probabilities with `table_name=`."
-            )
-        table_name = next(iter(sdata.tables))
-    if table_name not in sdata.tables:
-        raise KeyError(f"No table {table_name!r} in the SpatialData object; tables: {list(sdata.tables)}.")
-    return table_name, sdata.tables[table_name]
-
-
-def _coordinate_systems(element: Any) -> list[str]:
-    from spatialdata.transformations import get_transformation
-
-    return list(get_transformation(element, get_all=True))
-
-
 def _pick_image(sdata: SpatialData, cs: str, image_key: str | None) -> str:
     if image_key is not None:
         if image_key not in sdata.images:
             raise KeyError(f"No image {image_key!r} in the SpatialData object; images: {list(sdata.images)}.")
         return image_key
-    candidates = [name for name, image in sdata.images.items() if cs in _coordinate_systems(image)]
+    candidates = _spatial.images_in(sdata, cs)
     if not candidates:
         raise ValueError(f"No image is registered in coordinate system {cs!r}; pass the H&E as `image_key=`.")
     # A Visium reader registers the hires and lowres images side by side; the hires one shows more.
-    hires = [name for name in candidates if "hires" in name]
+    hires = [name for name in candidates if SCANPY_IMAGE_KEYS.HIRES in name]
     return (hires or candidates)[0]
 
 
@@ -59,6 +43,7 @@ def ctr_spatialdata(
     cmap: str | Colormap,
     call_color: str,
     call_linewidth: float,
+    uns_key: str,
     table_name: str | None,
     image_key: str | None,
     ax: Axes | Sequence[Axes] | None,
@@ -72,20 +57,21 @@ def ctr_spatialdata(
     """
     import spatialdata_plot  # noqa: F401  (registers the ``.pl`` accessor)
     from spatialdata import SpatialData
-    from spatialdata.models import ShapesModel, TableModel, get_table_keys
+    from spatialdata.models import ShapesModel, TableModel
 
-    table_name, table = _table(sdata, table_name)
+    table_name = _spatial.resolve_table_key(sdata, table_name, argument="table_name")
+    table = sdata.tables[table_name]
     prob = check_prob_key(table.obs, prob_key)
     called = call_mask(table.obs, call_key) if show_call else None
-    regions, region_key, instance_key = get_table_keys(table)
-    regions = as_list(regions)
+    keys = _spatial.table_keys(table, table_name)
+    regions, region_key, instance_key = list(keys.regions), keys.region_key, keys.instance_key
     not_shapes = [r for r in regions if r not in sdata.shapes]
     if not_shapes:
         raise ValueError(
             f"Table {table_name!r} annotates {not_shapes}, which are not shapes (spots) elements."
         )
 
-    systems = list(dict.fromkeys(cs for r in regions for cs in _coordinate_systems(sdata.shapes[r])))
+    systems = _spatial.library_ids(sdata, regions)
     if library_id is not None:
         wanted = [str(x) for x in as_list(library_id)]
         unknown = [cs for cs in wanted if cs not in systems]
@@ -157,7 +143,7 @@ def ctr_spatialdata(
     plot.pl.show(coordinate_systems=systems, ax=prob_axes, title=[f"{cs}: {prob_key}" for cs in systems])
 
     if called is not None:
-        handle = call_legend_handle(table, prob_key, call_key, call_color)
+        handle = call_legend_handle(table, prob_key, call_key, call_color, uns_key)
         for prob_ax in prob_axes:
             prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
 

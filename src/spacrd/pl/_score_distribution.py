@@ -7,6 +7,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from spacrd._constants import OBS_KEYS, UNS_KEYS
+
+from ._call import threshold_from_uns
 from ._utils import (
     CLASS_COLORS,
     UNLABELLED_COLOR,
@@ -15,7 +18,6 @@ from ._utils import (
     check_prob_key,
     finish,
     new_axes,
-    threshold_from_uns,
 )
 
 if TYPE_CHECKING:
@@ -24,12 +26,13 @@ if TYPE_CHECKING:
 
 def score_distribution(
     adata: AnnData,
-    prob_key: str = "ctr_prob",
+    prob_key: str = OBS_KEYS.PROB,
     labels_key: str | None = None,
     threshold: float | None = None,
     bins: int = 40,
     density: bool = True,
     *,
+    uns_key: str = UNS_KEYS.PREDICTION,
     ax: Axes | None = None,
     return_ax: bool = False,
     show: bool | None = None,
@@ -53,12 +56,16 @@ def score_distribution(
         histogram is drawn per class, and spots with a missing label form an "unlabelled" group.
     threshold
         Where to draw the vertical threshold line. By default the threshold the model stored in
-        ``uns["spacrd"]["threshold"]``; no line if there is none.
+        ``uns[uns_key]["threshold"]``; no line if there is none.
     bins
         Number of equal-width bins over [0, 1], shared by all classes.
     density
         Normalise each class to unit area, so that a small class is as visible as a large one;
         otherwise plot spot counts.
+    uns_key
+        ``uns`` entry that :meth:`~spacrd.model.SpaCRD.predict` wrote (its ``uns_key``). If it is absent or
+        records another ``prob_key``, the one ``uns`` entry with a ``"threshold"`` and this ``prob_key``
+        is used.
     ax
         Axes to draw into; a new figure is made if `None`.
     return_ax
@@ -73,7 +80,7 @@ def score_distribution(
     Returns
     -------
     The axes if ``return_ax``, else `None`. Reads ``obs[prob_key]``, ``obs[labels_key]`` and
-    ``uns["spacrd"]``; writes nothing.
+    ``uns[uns_key]``; writes nothing.
 
     """
     prob = check_prob_key(adata.obs, prob_key)
@@ -104,7 +111,7 @@ def score_distribution(
 
     method = None
     if threshold is None:
-        threshold, method = threshold_from_uns(adata, prob_key)
+        threshold, method = threshold_from_uns(adata, prob_key, uns_key)
     if threshold is not None:
         how = f" ({method})" if method else ""
         ax.axvline(

@@ -8,13 +8,12 @@ import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
 
+from spacrd._constants import CANCER, NON_CANCER
+
 if TYPE_CHECKING:
-    from anndata import AnnData
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-#: Category names the model writes to ``adata.obs[call_key]``; boolean labels are mapped onto them.
-NON_CANCER, CANCER = "non-cancer", "cancer"
 
 #: Fixed colours so that "cancer" reads the same in every panel and every figure (red = cancer).
 CLASS_COLORS = {NON_CANCER: "#377eb8", CANCER: "#e41a1c"}
@@ -76,16 +75,6 @@ def class_palette(categories: Sequence[str]) -> list[str] | None:
     if set(categories) <= set(CLASS_COLORS):
         return [CLASS_COLORS[c] for c in categories]
     return None
-
-
-def threshold_from_uns(adata: AnnData, prob_key: str) -> tuple[float | None, str | None]:
-    """The threshold the model stored in ``adata.uns["spacrd"]``, if it belongs to ``prob_key``."""
-    info = adata.uns.get("spacrd")
-    if not isinstance(info, dict) or "threshold" not in info:
-        return None, None
-    if info.get("prob_key", prob_key) != prob_key:
-        return None, None
-    return float(info["threshold"]), info.get("threshold_method")
 
 
 def as_axes_list(ax: Axes | Sequence[Axes] | np.ndarray) -> list[Axes]:

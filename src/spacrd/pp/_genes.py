@@ -40,6 +40,11 @@ def highly_variable_columns(
     rows = size >= MIN_HVG_SPOTS
     if not rows.any():
         rows, sections = np.ones_like(rows), np.zeros_like(sections)
+    if rows.sum() < MIN_HVG_SPOTS:
+        raise ValueError(
+            f"Selecting {n_top_genes} highly variable genes (seurat_v3) failed: {int(rows.sum())} spots are too "
+            f"few to estimate gene variances (at least {MIN_HVG_SPOTS}); pass the feature genes as `genes=`."
+        )
     counts, sections = counts[rows], sections[rows]
     expressed = np.asarray((counts > 0).sum(axis=0)).ravel() > 0
     if expressed.sum() <= n_top_genes:

@@ -8,24 +8,35 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
+from spacrd._constants import (
+    DEFAULT_BACKBONE,
+    DEFAULT_LIBRARY_KEY,
+    OBSM_KEYS,
+    SCANPY_IMAGE_KEYS,
+    SPATIALDATA_KEYS,
+)
+from spacrd._spatial import is_spatialdata
+
 from ._backbones import resolve_backbone
-from ._crops import PadMode, _check_common, _gather, _is_spatialdata, _iter_crops
+from ._crop_options import CropOptions, PadMode
+from ._crops import iter_crops
+from ._libraries import gather
 
 
 def image_features(
     data: AnnData | Any,
-    backbone: str | Any = "histology_stats",
+    backbone: str | Any = DEFAULT_BACKBONE,
     *,
-    key_added: str = "X_histology",
+    key_added: str = OBSM_KEYS.HISTOLOGY,
     crop_diameter: float | Mapping[str, float] | None = None,
-    library_key: str = "section",
+    library_key: str = DEFAULT_LIBRARY_KEY,
     library_id: str | Sequence[str] | None = None,
-    spatial_key: str = "spatial",
-    img_res_key: str = "hires",
+    spatial_key: str = OBSM_KEYS.SPATIAL,
+    img_res_key: str = SCANPY_IMAGE_KEYS.HIRES,
     use_fullres: bool = True,
     image_key: str | Sequence[str] | None = None,
     shapes_key: str | Sequence[str] | None = None,
-    table_key: str | None = "table",
+    table_key: str | None = SPATIALDATA_KEYS.TABLE,
     batch_size: int = 64,
     pad_mode: PadMode = "constant",
     pad_value: int = 255,
@@ -43,9 +54,16 @@ def image_features(
     For every spot, a square crop centred on the spot and ``crop_diameter`` wide (default one spot
     diameter, i.e. a fixed physical size) is cut from the section's image in RGB order, padded where it
     crosses the image border, resized to the backbone's input size and passed through the backbone in
-    batches. Sections are processed one at a time: a full-resolution image file is decoded once when its
-    section comes up and released before the next (a 9,300 × 9,900 px JPEG takes about 370 MB while it
-    is processed); SpatialData images are read lazily, one crop at a time from the ``(c, y, x)`` dask array.
+    batches. Sections are processed one at a time, and images are read as lazily as their format allows:
+
+    - SpatialData images (dask arrays) and TIFF files (tiled, striped or uncompressed; level 0 of a
+      pyramid) are read by chunk: only the chunks under a batch's crops are decoded, spots are visited
+      band by band so that neighbouring crops share them, and at most about 256 MiB of decoded chunks is
+      kept. A whole slide costs memory near that, whatever its size.
+    - JPEG, PNG and other files go through Pillow, which decodes the whole image when its section comes
+      up (3 bytes per pixel: a 9,300 × 9,900 px JPEG takes about 280 MB, a 30,000 × 30,000 px slide
+      2.7 GB) and releases it before the next. For whole slides, convert the image to a tiled TIFF once
+      (e.g. ``vips tiffsave slide.jpg slide.tif --tile --pyramid --compression jpeg``) or use SpatialData.
 
     Parameters
     ----------
@@ -56,16 +74,18 @@ def image_features(
           :func:`spacrd.datasets.her2st`). Reads ``obsm[spatial_key]`` (spot centres in full-resolution
           pixels), ``obs[library_key]`` (not needed with a single library) and, per library,
           ``uns[spatial_key][library]``: ``metadata["fullres_image_path"]`` (an image file at the
-          resolution of ``obsm``; used when present and ``use_fullres``), else
+          resolution of ``obsm``, TIFF, JPEG or PNG; used when present and ``use_fullres``), else
           ``images[img_res_key]`` (``(h, w[, c])`` array) with
           ``scalefactors[f"tissue_{img_res_key}_scalef"]``; ``scalefactors["spot_diameter_fullres"]``
           sets the default crop size. A library without either image gets NaN features.
         - :class:`~spatialdata.SpatialData` with an image (``(c, y, x)`` DataArray or multiscale
-          DataTree, whose ``scale0`` is used) and circle shapes (points with a ``"radius"`` column).
-          Spot centres are mapped into the image's pixels with the elements' coordinate
-          transformations. Features follow the rows of ``sdata.tables[table_key]``, linked to the
-          shapes through the table's ``region_key`` and ``instance_key``; table rows of other regions
-          get NaN.
+          DataTree, whose ``scale0`` is used) and spot shapes: circles (points with a ``"radius"``
+          column; Visium, Xenium ``cell_circles``), square polygons (Visium HD bins, one shapes element
+          per bin size) or cell polygons (Xenium ``cell_boundaries``). A spot's centre is its circle
+          centre or polygon centroid, mapped into the image's pixels with the elements' coordinate
+          transformations (one affine per shapes element). Features follow the rows of
+          ``sdata.tables[table_key]``, linked to the shapes through the table's ``region_key`` and
+          ``instance_key`` (any row order); table rows of other regions get NaN.
     backbone
         ``"histology_stats"`` (default; no downloaded weights): 31 hand-crafted morphology features
         on a 64 × 64 px resize of the crop, listed with their meaning in
@@ -87,9 +107,11 @@ def image_features(
         Key of the results in ``obsm`` and ``uns``.
     crop_diameter
         Crop width in the units of the spot coordinates: full-resolution pixels for AnnData, pixels of
-        the image's ``scale0`` for SpatialData. ``None`` uses one spot diameter (``spot_diameter_fullres``;
-        twice the median circle radius for SpatialData). A number applies to every library, a mapping
-        gives one per library (AnnData) or per shapes element (SpatialData).
+        the image's ``scale0`` for SpatialData. ``None`` uses one spot width: ``spot_diameter_fullres``
+        for AnnData; for SpatialData the median over the shapes element of the circle diameter, the
+        square's side or the cell's equivalent diameter ``2 * sqrt(area / pi)``, scaled into image
+        pixels by ``sqrt(|det|)`` of the shapes-to-image affine. A number applies to every library, a
+        mapping gives one per library (AnnData) or per shapes element (SpatialData).
     library_key
         Column of ``adata.obs`` naming each spot's library (section), the keys of ``uns[spatial_key]``.
     library_id
@@ -106,7 +128,7 @@ def image_features(
     use_fullres
         Crop from ``metadata["fullres_image_path"]`` when a library records one.
     image_key, shapes_key
-        SpatialData only: the image and the circle shapes, or equal-length lists pairing several. May
+        SpatialData only: the image and the spot shapes, or equal-length lists pairing several. May
         be omitted when the SpatialData holds just one.
     table_key
         SpatialData only: table to write into; ``None`` returns features per shapes row without writing.
@@ -172,13 +194,19 @@ def image_features(
     >>> adata.obsm["X_histology"].shape  # doctest: +SKIP
     (728, 31)
 
+    SpatialData as spatialdata-io writes it: Visium HD has one table and one shapes element (squares)
+    per bin size; Xenium's table annotates ``"cell_circles"``, so cell outlines are cropped per shapes
+    row (``table_key=None``) or after pointing the table at ``"cell_boundaries"``.
+
+    >>> spacrd.pp.image_features(  # doctest: +SKIP
+    ...     hd, table_key="square_008um", shapes_key="sample_square_008um", image_key="sample_full_image"
+    ... )
+    >>> spacrd.pp.image_features(  # doctest: +SKIP
+    ...     xenium, table_key="table", shapes_key="cell_circles", image_key="he"
+    ... )
+
     """
-    _check_common(batch_size, pad_mode, pad_value)
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError("key_added must be a non-empty string.")
-    is_sdata = _is_spatialdata(data)
-    target, n_rows, libraries = _gather(
-        data,
+    options = CropOptions(
         library_key=library_key,
         library_id=library_id,
         spatial_key=spatial_key,
@@ -189,7 +217,14 @@ def image_features(
         table_key=table_key,
         crop_diameter=crop_diameter,
         value_range=value_range,
+        pad_mode=pad_mode,
+        pad_value=pad_value,
+        batch_size=batch_size,
     )
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError("key_added must be a non-empty string.")
+    is_sdata = is_spatialdata(data)
+    target, n_rows, libraries = gather(data, options)
     model = resolve_backbone(
         backbone,
         input_size=input_size,
@@ -222,7 +257,7 @@ def image_features(
                 continue
             n_padded = 0
             with library.open_source() as source:
-                for rows, crops, padded in _iter_crops(library, source, batch_size, pad_mode, pad_value):
+                for rows, crops, padded in iter_crops(library, source, options):
                     values = np.asarray(model(crops), dtype=np.float32)
                     if features is None:
                         features = np.full((n_rows, values.shape[1]), np.nan, dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Opening H&E image files (PNG, JPEG, TIFF) with Pillow."""
+"""Opening H&E image files: TIFF detection, and Pillow for PNG and JPEG (TIFFs are read by tile elsewhere)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,24 @@ from PIL import Image, UnidentifiedImageError
 
 _PIL_LIMIT_LOCK = threading.Lock()
 _LFS_POINTER_PREFIX = b"version https://git-lfs"
+#: Classic and BigTIFF headers, little- and big-endian.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def is_tiff(path: str | Path) -> bool:
+    """Whether ``path`` is a TIFF file, by its header (whatever its extension).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file {str(path)!r} does not exist.")
+    with open(path, "rb") as fh:
+        return fh.read(4) in _TIFF_MAGIC
 
 
 @contextmanager

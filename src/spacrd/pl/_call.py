@@ -1,0 +1,98 @@
+"""The label-free call as the plots show it: which spots, the legend entry, and the threshold behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from spacrd._constants import CANCER, UNS_KEYS
+
+from ._utils import check_obs_key
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+_RECORD_KEYS = ("threshold", "prob_key")
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, Mapping) and "threshold" in value
+
+
+def prediction_record(adata: AnnData, prob_key: str, uns_key: str = UNS_KEYS.PREDICTION) -> Mapping | None:
+    """What :meth:`~spacrd.model.SpaCRD.predict` recorded about ``obs[prob_key]``, or ``None``.
+
+    ``uns[uns_key]`` when it holds a threshold for ``prob_key`` (a record without ``"prob_key"`` is taken
+    to be for it). Otherwise, as when ``predict(uns_key=...)`` wrote under another key, the one entry of
+    ``uns`` with ``"threshold"`` and ``"prob_key" == prob_key``; none when several claim ``prob_key``, since
+    which of them wrote the column cannot be told.
+    """
+    info = adata.uns.get(uns_key)
+    if _is_record(info) and info.get("prob_key", prob_key) == prob_key:
+        return info
+    matches = [
+        value
+        for key, value in adata.uns.items()
+        if key != uns_key
+        and isinstance(value, Mapping)
+        and all(k in value for k in _RECORD_KEYS)
+        and value["prob_key"] == prob_key
+    ]
+    return matches[0] if len(matches) == 1 else None
+
+
+def threshold_from_uns(
+    adata: AnnData, prob_key: str, uns_key: str = UNS_KEYS.PREDICTION
+) -> tuple[float | None, str | None]:
+    """The threshold (and its method) that the model used to call ``obs[prob_key]``, if it recorded one."""
+    info = prediction_record(adata, prob_key, uns_key)
+    if info is None:
+        return None, None
+    return float(info["threshold"]), info.get("threshold_method")
+
+
+def call_mask(obs: pd.DataFrame, call_key: str) -> np.ndarray:
+    """Boolean mask of the spots called cancer in ``obs[call_key]``."""
+    check_obs_key(obs, call_key, "the label-free call; pass `show_call=False` to plot without it")
+    call = obs[call_key]
+    if (
+        isinstance(call.dtype, pd.CategoricalDtype)
+        or call.dtype == object
+        or pd.api.types.is_string_dtype(call)
+    ):
+        return np.asarray(call.astype(object) == CANCER, dtype=bool)
+    if pd.api.types.is_bool_dtype(call):
+        return np.asarray(call.astype("boolean").fillna(False), dtype=bool)
+    raise ValueError(
+        f"`adata.obs[{call_key!r}]` must be categorical with a {CANCER!r} category or boolean, "
+        f"found dtype {call.dtype}."
+    )
+
+
+def call_label(adata: AnnData, prob_key: str, call_key: str, uns_key: str = UNS_KEYS.PREDICTION) -> str:
+    """Legend text for the call outline, with the threshold when the model recorded one for these keys."""
+    info = prediction_record(adata, prob_key, uns_key)
+    if info is None or info.get("call_key", call_key) != call_key:
+        return f"{call_key} = {CANCER}"
+    method = info.get("threshold_method")
+    how = f", {method}" if method else ""
+    return f"{call_key} = {CANCER} ({prob_key} ≥ {float(info['threshold']):.2f}{how})"
+
+
+def call_legend_handle(
+    adata: AnnData, prob_key: str, call_key: str, color: str, uns_key: str = UNS_KEYS.PREDICTION
+) -> Line2D:
+    """Legend entry for the call outline: an open circle in ``color`` with :func:`call_label`'s text."""
+    return Line2D(
+        [],
+        [],
+        marker="o",
+        linestyle="none",
+        markerfacecolor="none",
+        markeredgecolor=color,
+        label=call_label(adata, prob_key, call_key, uns_key),
+    )
