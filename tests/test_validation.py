@@ -361,8 +361,10 @@ def test_empty_and_single_spot_anndata(data, trained):
         warnings.simplefilter("ignore", UserWarning)  # scvi-tools: categories with fewer than 3 cells
         SpaCRD.setup_anndata(one, **SETUP)
     assert (one.obsm["spacrd_neighbors"] == [[0, -1, -1, -1, -1, -1, -1]]).all()
+    with pytest.raises(ValueError, match="1 spots are too few to estimate gene variances"):
+        SpaCRD(one, **NET)
     with pytest.raises(ValueError, match="both classes"):
-        SpaCRD(one, **NET).train(**EPOCHS)
+        SpaCRD(one, genes=list(one.var_names[:5]), **NET).train(**EPOCHS)
     target = target_of(data)[:1].copy()
     prob = trained.predict(target)
     assert prob.shape == (1,) and 0 <= prob[0] <= 1
