@@ -16,7 +16,11 @@ OLD = Path(__file__).parent / "data" / "model_0.1.0"
 
 @pytest.fixture(scope="module")
 def old():
-    return SpaCRD.load(str(OLD)), ad.read_h5ad(OLD / "target.h5ad"), pd.read_csv(OLD / "expected_predictions.csv")
+    return (
+        SpaCRD.load(str(OLD)),
+        ad.read_h5ad(OLD / "target.h5ad"),
+        pd.read_csv(OLD / "expected_predictions.csv"),
+    )
 
 
 def test_old_model_predicts_as_before(old):
@@ -37,7 +41,9 @@ def test_old_model_predicts_as_before(old):
 def test_old_model_without_postprocessing_warns_about_its_calibration(old):
     model, target, expected = old
     with pytest.warns(UserWarning, match="calibration was fitted for logits post-processed with"):
-        prob = model.predict(target.copy(), expression_propagation=0.0, spatial_smoothing=False, prior_shift=False)
+        prob = model.predict(
+            target.copy(), expression_propagation=0.0, spatial_smoothing=False, prior_shift=False
+        )
     np.testing.assert_allclose(prob, expected["ctr_prob_no_postprocessing"], atol=1e-5)
 
 

@@ -25,7 +25,9 @@ def test_batches_hold_each_distinct_spot_once(inputs):
     spots = np.unique(inputs.neighbors[centres])
     assert genes.shape[0] == len(spots) < centres.size * inputs.neighbors.shape[1]
     # gathering the batch's spot rows by the local indices reproduces every neighbourhood token
-    np.testing.assert_array_equal(genes[local], inputs.genes(inputs.neighbors[centres].ravel()).reshape(*local.shape, -1))
+    np.testing.assert_array_equal(
+        genes[local], inputs.genes(inputs.neighbors[centres].ravel()).reshape(*local.shape, -1)
+    )
     np.testing.assert_array_equal(batch[TENSOR_KEYS.LABELS].numpy(), inputs.labels[centres])
 
 
@@ -46,7 +48,9 @@ def test_shards_of_several_processes_split_every_epoch(inputs):
     drawn = np.concatenate(shards)
     # the subsample keeps each section's and class's share of the training spots (largest remainder)
     share = np.bincount(strata[drawn], minlength=strata.max() + 1) / 200
-    np.testing.assert_allclose(share, np.bincount(strata, minlength=strata.max() + 1) / len(strata), atol=0.01)
+    np.testing.assert_allclose(
+        share, np.bincount(strata, minlength=strata.max() + 1) / len(strata), atol=0.01
+    )
     # a new epoch is a new draw; the same epoch is the same draw
     again = NeighbourhoodSampler(indices, 16, shuffle=True, strata=strata, spots_per_epoch=200, seed=3)
     again.set_epoch(1)

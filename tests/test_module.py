@@ -142,15 +142,24 @@ def test_evaluation_encodes_each_spot_once_with_the_same_outputs(n_hidden):
     module.inference(**inputs)
     assert calls == [40]  # the batch's 40 distinct spots, not its 16 x 5 tokens
     with torch.no_grad():
-        tokens = module._embed(
-            batch[TENSOR_KEYS.SPOT_GENES][batch[TENSOR_KEYS.NEIGHBORS]],
-            batch[TENSOR_KEYS.SPOT_IMAGE][batch[TENSOR_KEYS.NEIGHBORS]],
-            batch[TENSOR_KEYS.SPOT_HAS_IMAGE][batch[TENSOR_KEYS.NEIGHBORS]],
+        h_once, _ = module._fuse(
+            **{
+                k: inputs[k]
+                for k in ("spot_genes", "neighbors", "padding_mask", "spot_image", "spot_has_image")
+            }
         )
-    keys = ("spot_genes", "neighbors", "spot_image", "spot_has_image")
-    gathered = module._embed_neighbourhoods(**{k: inputs[k] for k in keys})
-    for got, expected in zip(gathered, tokens, strict=True):
-        torch.testing.assert_close(got, expected)
+        # reference: every neighbourhood token encoded and attended to on its own
+        nb = batch[TENSOR_KEYS.NEIGHBORS]
+        gene, image, _ = module._embed(
+            batch[TENSOR_KEYS.SPOT_GENES][nb],
+            batch[TENSOR_KEYS.SPOT_IMAGE][nb],
+            batch[TENSOR_KEYS.SPOT_HAS_IMAGE][nb],
+        )
+        padding = batch[TENSOR_KEYS.PADDING_MASK]
+        gene_guided = module.gene_guided_attention(gene[:, 0], image, padding)
+        image_guided = module.image_guided_attention(image[:, 0], gene, padding)
+        h_tokens = module.fusion(torch.cat([gene_guided, image_guided], dim=-1))
+    torch.testing.assert_close(h_once, h_tokens, atol=1e-5, rtol=1e-5)
 
 
 def test_training_token_path_and_evaluation_path_agree_without_dropout():
@@ -169,6 +178,21 @@ def test_training_token_path_and_evaluation_path_agree_without_dropout():
         per_token = module.train().inference(**inputs)
         once = module.eval().inference(**inputs)
     torch.testing.assert_close(per_token["logits"], once["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_is_multihead_attention_with_residual_and_norm():
+    block = CrossAttentionBlock(16, 4, dropout=0.0).eval()
+    query, context = torch.randn(5, 7, 16), torch.randn(5, 7, 16)
+    mask = torch.zeros(5, 7, dtype=torch.bool)
+    mask[2, 5:] = True
+    expected = block.norm(query + block.attention(query, context, context, key_padding_mask=mask)[0])
+    torch.testing.assert_close(block(query, context, mask), expected, atol=1e-6, rtol=1e-5)
+    # keys and values projected per distinct spot and gathered equal those projected per token
+    spots = torch.randn(12, 16)
+    neighbors = torch.randint(0, 12, (5, 7))
+    torch.testing.assert_close(
+        block(query[:, 0], spots, mask, neighbors), block(query[:, 0], spots[neighbors], mask)
+    )
 
 
 def test_centre_query_equals_row_zero_of_full_attention():

@@ -30,8 +30,8 @@ from spatialdata.transformations import (
 from xarray import DataArray, DataTree
 
 import spacrd
-from spacrd.model._spatialdata import prepare_table
 from spacrd._spatial import shapes_to_image
+from spacrd.model._spatialdata import prepare_table
 
 SPACERANGER = SHARED_DATA / "visium_spaceranger_tiny"
 #: What the fixture's ``spatial/scalefactors_json.json`` says.

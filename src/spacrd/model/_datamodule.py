@@ -30,12 +30,14 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
     (:data:`spacrd._constants.TENSOR_KEYS`): ``spot_genes`` ``(U, n_genes)``, for models with images
     ``spot_image`` ``(U, n_image_features)`` and ``spot_has_image`` ``(U,)``, and per centre
     ``neighbors`` ``(B, k)`` (rows into the spot arrays), ``padding_mask`` ``(B, k)`` and ``labels``
-    ``(B,)``. Dense arrays exist only for these ``U`` spots.
+    ``(B,)``. Dense arrays exist only for these ``U`` spots; with ``sparse_genes`` (prediction) not even
+    those: ``spot_genes`` is a :class:`~spacrd.nn.ShiftedSparse`.
     """
 
-    def __init__(self, inputs: SpotInputs, use_image: bool):
+    def __init__(self, inputs: SpotInputs, use_image: bool, sparse_genes: bool = False):
         self.inputs = inputs
         self.use_image = use_image
+        self.sparse_genes = sparse_genes
 
     def __len__(self) -> int:
         return self.inputs.n_obs
@@ -44,8 +46,9 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
         centres = np.asarray(centres, dtype=np.int64).reshape(-1)
         inputs = self.inputs
         spots, local = np.unique(inputs.neighbors[centres], return_inverse=True)
+        genes = inputs.shifted_genes(spots) if self.sparse_genes else torch.from_numpy(inputs.genes(spots))
         batch = {
-            TENSOR_KEYS.SPOT_GENES: torch.from_numpy(inputs.genes(spots)),
+            TENSOR_KEYS.SPOT_GENES: genes,
             TENSOR_KEYS.NEIGHBORS: torch.from_numpy(local.reshape(len(centres), -1).astype(np.int64)),
             TENSOR_KEYS.PADDING_MASK: torch.from_numpy(inputs.padding[centres]),
             TENSOR_KEYS.LABELS: torch.from_numpy(inputs.labels[centres]),

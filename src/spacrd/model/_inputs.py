@@ -8,14 +8,17 @@ chunks.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import sparse
 
 from spacrd._constants import UNLABELLED
+from spacrd.nn import ShiftedSparse
 
 SectionScaling = Literal["zscore", "minmax", "none"]
 SECTION_SCALINGS: tuple[str, ...] = ("zscore", "minmax", "none")
@@ -144,8 +147,15 @@ class SectionStats:
     inverse_spread: np.ndarray
 
     def apply(self, values: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Scale ``values`` ``(b, d)`` of spots in sections ``codes`` ``(b,)``."""
-        return (values - self.centre[codes]) * self.inverse_spread[codes]
+        """Scale ``values`` ``(b, d)`` of spots in sections ``codes`` ``(b,)``, in place (float ``values``)."""
+        sections = np.unique(codes)
+        if len(sections) == 1:  # the usual chunk: spots of one section, scaled by broadcasting
+            values -= self.centre[sections[0]]
+            values *= self.inverse_spread[sections[0]]
+            return values
+        values -= self.centre[codes]
+        values *= self.inverse_spread[codes]
+        return values
 
 
 def _dense(matrix: Any) -> np.ndarray:
@@ -269,13 +279,33 @@ class SpotInputs:
 
     def genes(self, rows: np.ndarray) -> np.ndarray:
         """Dense ``(len(rows), n_genes)`` float32 preprocessed expression of ``rows``."""
-        dense = self.features[rows].toarray()
-        return self.gene_stats.apply(dense, self.codes[rows]).astype(np.float32, copy=False)
+        return self.gene_stats.apply(self.features[rows].toarray(), self.codes[rows])
+
+    def shifted_genes(self, rows: np.ndarray) -> ShiftedSparse:
+        """The preprocessed expression of ``rows`` as :class:`~spacrd.nn.ShiftedSparse`, never densified.
+
+        ``(x - centre[s]) * inverse_spread[s] = x * inverse_spread[s] - centre[s] * inverse_spread[s]``:
+        the first term has the sparsity of the counts, the second is one row per section.
+        """
+        block = self.features[rows]
+        sections, local = np.unique(self.codes[rows], return_inverse=True)
+        inverse = self.gene_stats.inverse_spread[sections]
+        data = block.data * inverse[np.repeat(local, np.diff(block.indptr)), block.indices]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            values = torch.sparse_csr_tensor(
+                torch.from_numpy(block.indptr.astype(np.int64)),
+                torch.from_numpy(block.indices.astype(np.int64)),
+                torch.from_numpy(data.astype(np.float32, copy=False)),
+                size=block.shape,
+            )
+        shift = torch.from_numpy(self.gene_stats.centre[sections] * inverse)
+        return ShiftedSparse(values, shift, torch.from_numpy(local.astype(np.int64)))
 
     def image_features(self, rows: np.ndarray) -> np.ndarray:
         """Dense ``(len(rows), n_image_features)`` float32 scaled histology features; 0 without an image."""
         raw = np.nan_to_num(self.image[rows])
-        scaled = self.image_stats.apply(raw, self.codes[rows]).astype(np.float32, copy=False)
+        scaled = self.image_stats.apply(raw, self.codes[rows])
         scaled[~self.has_image[rows]] = 0.0
         return scaled
 

@@ -319,8 +319,8 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
             raise TypeError(f"Expected an AnnData or a SpatialData, got {type(adata).__name__}.")
         return target_inputs(self, adata, min_gene_overlap, batch_key)
 
-    def _dataset(self, inputs: SpotInputs) -> NeighbourhoodDataset:
-        return NeighbourhoodDataset(inputs, use_image=self.module.image_encoder is not None)
+    def _dataset(self, inputs: SpotInputs, sparse_genes: bool = False) -> NeighbourhoodDataset:
+        return NeighbourhoodDataset(inputs, self.module.image_encoder is not None, sparse_genes)
 
     # --------------------------------------------------------------- save/load
     def save(

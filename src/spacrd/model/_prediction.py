@@ -68,7 +68,7 @@ class PredictionMixin:
         logits = np.empty(inputs.n_obs, dtype=np.float32)
         latent = np.empty((inputs.n_obs, self.module.vae_encoder.mean.out_features), dtype=np.float32)
         for centres, batch in inference_loader(
-            self._dataset(inputs), order, batch_size or PREDICT_BATCH_SIZE
+            self._dataset(inputs, sparse_genes=True), order, batch_size or PREDICT_BATCH_SIZE
         ):
             outputs = self.module.inference(**self.module._get_inference_input(batch))
             logits[centres] = outputs[MODULE_KEYS.LOGITS].float().cpu().numpy()

@@ -11,7 +11,8 @@ from torch.distributions import Normal, kl_divergence
 from spacrd._constants import MODULE_KEYS, TENSOR_KEYS, UNLABELLED
 from spacrd._stages import STAGES as TRAINING_STAGES
 from spacrd._stages import Stage
-from spacrd.nn import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder
+from spacrd.nn import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder, ShiftedSparse
+from spacrd.nn._blocks import linear_input
 
 #: Names of the module's stage losses, in training order (the training schedule is :data:`spacrd.model.STAGES`).
 STAGES: tuple[Stage, ...] = tuple(stage.name for stage in TRAINING_STAGES)
@@ -157,33 +158,50 @@ class SpaCRDModule(BaseModuleClass):
         """
         gene_emb = F.normalize(self.gene_encoder(genes), dim=-1)
         if self.image_encoder is None or image is None:
-            mask = torch.zeros(genes.shape[:-1], dtype=torch.bool, device=genes.device)
+            mask = torch.zeros(gene_emb.shape[:-1], dtype=torch.bool, device=gene_emb.device)
             return gene_emb, gene_emb, mask
         mask = has_image.bool()
         image_emb = F.normalize(self.image_encoder(torch.nan_to_num(image)), dim=-1)
         image_emb = torch.where(mask.unsqueeze(-1), image_emb, gene_emb)
         return gene_emb, image_emb, mask
 
-    def _embed_neighbourhoods(
+    def _fuse(
         self,
         spot_genes: torch.Tensor,
         neighbors: torch.Tensor,
+        padding_mask: torch.Tensor | None,
         spot_image: torch.Tensor | None,
         spot_has_image: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token embeddings ``(B, k, e)`` (gene, image) and the image mask ``(B, k)`` of each neighbourhood.
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fused embedding ``h`` ``(B, n_embed)`` of each neighbourhood and its centre spot's embeddings.
 
         In training every token is encoded on its own, so that a spot that sits in several neighbourhoods
         of a minibatch gets an independent input-dropout mask in each, as in the method. Without dropout
-        (evaluation) the encoders are deterministic, so each distinct spot is encoded once and the
-        neighbourhoods gather its embedding: the same result for ``k`` times less encoder work.
+        (evaluation) the encoders are deterministic, so each distinct spot is encoded once, its attention
+        keys and values are projected once, and the neighbourhoods gather them: the same result for
+        ``k`` times less work.
         """
         if self.training:
             image = spot_image[neighbors] if spot_image is not None else None
             has_image = spot_has_image[neighbors] if spot_has_image is not None else None
-            return self._embed(spot_genes[neighbors], image, has_image)
-        gene_emb, image_emb, mask = self._embed(spot_genes, spot_image, spot_has_image)
-        return gene_emb[neighbors], image_emb[neighbors], mask[neighbors]
+            gene_emb, image_emb, mask = self._embed(spot_genes[neighbors], image, has_image)
+            gene_centre, image_centre, mask_centre = gene_emb[:, 0], image_emb[:, 0], mask[:, 0]
+            context = {"padding_mask": padding_mask}
+        else:
+            gene_emb, image_emb, mask = self._embed(spot_genes, spot_image, spot_has_image)
+            centres = neighbors[:, 0]
+            gene_centre, image_centre, mask_centre = gene_emb[centres], image_emb[centres], mask[centres]
+            context = {"padding_mask": padding_mask, "neighbors": neighbors}
+        # Only the centre spot's outputs are fused, so only the centre queries the context.
+        gene_guided = self.gene_guided_attention(gene_centre, image_emb, **context)
+        image_guided = self.image_guided_attention(image_centre, gene_emb, **context)
+        h = self.fusion(torch.cat([gene_guided, image_guided], dim=-1))
+        centre = {
+            MODULE_KEYS.GENE_EMB: gene_centre,
+            MODULE_KEYS.IMAGE_EMB: image_centre,
+            MODULE_KEYS.HAS_IMAGE: mask_centre,
+        }
+        return h, centre
 
     @auto_move_data
     def inference(
@@ -200,7 +218,9 @@ class SpaCRDModule(BaseModuleClass):
         Parameters
         ----------
         spot_genes
-            ``(U, n_genes)`` preprocessed expression of the distinct spots of the minibatch.
+            ``(U, n_genes)`` preprocessed expression of the distinct spots of the minibatch; in
+            evaluation also as a :class:`~spacrd.nn.ShiftedSparse` (sparse counts and per-section shifts),
+            which the first layers read without densifying.
         neighbors
             ``(B, k)`` rows of each neighbourhood into the spot arrays, centre spot first.
         padding_mask
@@ -220,6 +240,8 @@ class SpaCRDModule(BaseModuleClass):
         the cancer ``logits`` ``(B,)``.
 
         """
+        if isinstance(spot_genes, ShiftedSparse):
+            spot_genes = spot_genes.to(neighbors.device)
         if centre_only:
             centres = neighbors[:, 0]
             gene_emb, image_emb, mask = self._embed(
@@ -233,18 +255,7 @@ class SpaCRDModule(BaseModuleClass):
                 MODULE_KEYS.HAS_IMAGE: mask,
             }
 
-        gene_emb, image_emb, mask = self._embed_neighbourhoods(
-            spot_genes, neighbors, spot_image, spot_has_image
-        )
-        outputs = {
-            MODULE_KEYS.GENE_EMB: gene_emb[:, 0],
-            MODULE_KEYS.IMAGE_EMB: image_emb[:, 0],
-            MODULE_KEYS.HAS_IMAGE: mask[:, 0],
-        }
-        # Only the centre spot's outputs are fused, so only the centre queries the context.
-        gene_guided = self.gene_guided_attention(gene_emb[:, 0], image_emb, padding_mask)
-        image_guided = self.image_guided_attention(image_emb[:, 0], gene_emb, padding_mask)
-        h = self.fusion(torch.cat([gene_guided, image_guided], dim=-1))
+        h, outputs = self._fuse(spot_genes, neighbors, padding_mask, spot_image, spot_has_image)
         qz_mean, qz_log_var = self.vae_encoder(h)
         qz = Normal(qz_mean, torch.exp(0.5 * qz_log_var))
         z = qz.rsample() if self.training else qz_mean
@@ -272,7 +283,7 @@ class SpaCRDModule(BaseModuleClass):
         """
         if self.training:
             return self.wide(_masked_mean(spot_genes[neighbors], padding_mask)).squeeze(-1)
-        per_spot = self.wide(spot_genes)  # dropout is the identity in evaluation
+        per_spot = linear_input(self.wide, spot_genes)  # dropout is the identity in evaluation
         return _masked_mean(per_spot[neighbors], padding_mask).squeeze(-1)
 
     # ----------------------------------------------------------------- generative

@@ -1,3 +1,3 @@
-from ._blocks import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder
+from ._blocks import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder, ShiftedSparse
 
-__all__ = ["CrossAttentionBlock", "GaussianEncoder", "MLPDecoder", "MLPEncoder"]
+__all__ = ["CrossAttentionBlock", "GaussianEncoder", "MLPDecoder", "MLPEncoder", "ShiftedSparse"]

@@ -2,8 +2,70 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class ShiftedSparse:
+    """A dense matrix ``values - shift[rows]`` kept as a sparse part and one dense row per group.
+
+    Standardised expression ``(x - centre) / spread`` of sparse counts is dense; written as
+    ``x / spread - centre / spread`` its first part keeps the sparsity of ``x``, and the second is one
+    row per section. A linear layer applied to it costs a sparse product plus one dense product per
+    section, instead of densifying the batch.
+
+    Attributes
+    ----------
+    values
+        ``(n, d)`` sparse CSR tensor, e.g. ``x / spread`` per row's section.
+    shift
+        ``(n_groups, d)`` dense, e.g. ``centre / spread`` per section.
+    rows
+        ``(n,)`` int64 group of each row.
+
+    """
+
+    values: torch.Tensor
+    shift: torch.Tensor
+    rows: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def to(self, device: torch.device | str) -> ShiftedSparse:
+        return ShiftedSparse(self.values.to(device), self.shift.to(device), self.rows.to(device))
+
+    def linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``F.linear`` of the dense matrix, ``(n, out)``, without building it."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            out = torch.sparse.mm(self.values, weight.T)
+        out = out - (self.shift @ weight.T)[self.rows]
+        return out if bias is None else out + bias
+
+    def dense(self) -> torch.Tensor:
+        """The ``(n, d)`` dense matrix (for tests and small inputs)."""
+        return self.values.to_dense() - self.shift[self.rows]
+
+
+def linear_input(layer: nn.Module, x: torch.Tensor | ShiftedSparse) -> torch.Tensor:
+    """Apply ``layer`` (a :class:`~torch.nn.Linear`, or a ``Sequential`` of input dropout and one) to ``x``.
+
+    Dropout is the identity in evaluation, the only mode :class:`ShiftedSparse` inputs are used in.
+    """
+    if not isinstance(x, ShiftedSparse):
+        return layer(x)
+    linear = layer if isinstance(layer, nn.Linear) else next(m for m in layer if isinstance(m, nn.Linear))
+    if layer.training:
+        raise RuntimeError("Sparse-shifted inputs are for evaluation; training batches are dense.")
+    return x.linear(linear.weight, linear.bias)
 
 
 class MLPEncoder(nn.Module):
@@ -44,8 +106,15 @@ class MLPEncoder(nn.Module):
         layers.append(nn.Linear(width, n_output))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode ``x`` of shape ``(..., n_input)`` to ``(..., n_output)``."""
+    def forward(self, x: torch.Tensor | ShiftedSparse) -> torch.Tensor:
+        """Encode ``x`` of shape ``(..., n_input)`` to ``(..., n_output)``.
+
+        A :class:`ShiftedSparse` ``(n, n_input)`` input (evaluation only) goes through the first linear
+        layer as a sparse product.
+        """
+        if isinstance(x, ShiftedSparse):
+            first = next(i for i, m in enumerate(self.net) if isinstance(m, nn.Linear))
+            return self.net[first + 1 :](linear_input(self.net[first], x))
         lead = x.shape[:-1]
         return self.net(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
 
@@ -54,7 +123,9 @@ class CrossAttentionBlock(nn.Module):
     """Multi-head cross-attention from one modality's tokens to another's, with residual and LayerNorm.
 
     ``out = LayerNorm(query + MHA(query, context, context))``. With ``query is context`` it is plain
-    self-attention, which is how a spot without an image is handled.
+    self-attention, which is how a spot without an image is handled. The weights are those of a
+    :class:`torch.nn.MultiheadAttention` (``attention``); the arithmetic is written out so that keys and
+    values can be projected once per distinct spot.
 
     Parameters
     ----------
@@ -77,20 +148,51 @@ class CrossAttentionBlock(nn.Module):
         query: torch.Tensor,
         context: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
+        neighbors: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attend from ``query`` to ``context`` ``(B, k, e)``.
+        """Attend from ``query`` to the context tokens of each sample.
 
-        ``query`` is ``(B, q, e)`` tokens, or ``(B, e)`` for a single query per sample (SpaCRD only reads
-        the centre spot's output, so it attends from the centre alone; the result equals row 0 of the
-        full ``(B, k, e)`` attention). ``padding_mask`` ``(B, k)`` is ``True`` for context tokens that
-        must be ignored (padded neighbours of spots in sections with fewer than ``k`` spots). Returns a
-        tensor of the shape of ``query``.
+        Parameters
+        ----------
+        query
+            ``(B, q, e)`` query tokens, or ``(B, e)`` for a single query per sample (SpaCRD only reads
+            the centre spot's output, so it attends from the centre alone; the result equals row 0 of
+            the full ``(B, k, e)`` attention).
+        context
+            ``(B, k, e)`` context tokens, or with ``neighbors`` ``(U, e)`` embeddings of distinct spots.
+        padding_mask
+            ``(B, k)`` true for context tokens to ignore (padded neighbours of spots in sections with
+            fewer than ``k`` spots).
+        neighbors
+            ``(B, k)`` rows of each sample's context tokens in ``context``: keys and values are then
+            projected once per distinct spot and gathered, instead of once per token.
+
+        Returns
+        -------
+        A tensor of the shape of ``query``.
+
         """
         single = query.ndim == 2
         queries = query.unsqueeze(1) if single else query
-        attended, _ = self.attention(
-            queries, context, context, key_padding_mask=padding_mask, need_weights=False
-        )
+        attention = self.attention
+        n_heads, width = attention.num_heads, attention.embed_dim
+        w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
+        keys, values = F.linear(context, w_k, b_k), F.linear(context, w_v, b_v)
+        if neighbors is not None:
+            keys, values = keys[neighbors], values[neighbors]
+        batch, n_query, n_context = queries.shape[0], queries.shape[1], keys.shape[1]
+        head_width = width // n_heads
+        # (B, tokens, heads, head_width); scores (B, q, k, heads), scaled as MultiheadAttention does
+        q = F.linear(queries, w_q, b_q).reshape(batch, n_query, 1, n_heads, head_width)
+        k = keys.reshape(batch, 1, n_context, n_heads, head_width)
+        scores = (q * k).sum(-1) / math.sqrt(head_width)
+        if padding_mask is not None:
+            scores = scores.masked_fill(padding_mask.bool()[:, None, :, None], float("-inf"))
+        weights = F.dropout(scores.softmax(dim=2), attention.dropout, training=self.training)
+        v = values.reshape(batch, 1, n_context, n_heads, head_width)
+        attended = (weights.unsqueeze(-1) * v).sum(2).reshape(batch, n_query, width)
+        attended = attention.out_proj(attended)
         out = self.norm(queries + attended)
         return out.squeeze(1) if single else out
 

@@ -16,9 +16,15 @@ from spacrd._validation import check_coordinates, check_obs_key
 
 logger = logging.getLogger(__name__)
 
-#: Sections with more spots than this get approximate nearest neighbours in embeddings of more than
-#: three dimensions (NN-descent, :mod:`pynndescent`); spatial coordinates (2-D) are always exact.
-EXACT_KNN_MAX_SPOTS = 100_000
+#: Nearest neighbours in embeddings of more than three dimensions (expression PCs): exact k-d tree search
+#: up to this many spots per section, ...
+EXACT_KNN_MAX_SPOTS = 50_000
+#: ... a k-d tree search that may return neighbours up to 1.5 times farther than the true ones (about
+#: 99 % of the true ones) up to this many, and NN-descent (:mod:`pynndescent`, scanpy's engine; it
+#: compiles once per session, some 15 s) above. Spatial coordinates (2-D) are always searched exactly.
+KDTREE_KNN_MAX_SPOTS = 200_000
+#: Relative distance slack of the approximate k-d tree search.
+KDTREE_EPS = 0.5
 
 
 def section_neighbors(
@@ -40,9 +46,10 @@ def section_neighbors(
     n_neighbors
         Neighbourhood size ``k`` including the spot itself.
     random_state
-        Seed of the approximate search, used only for sections of more than
-        :data:`EXACT_KNN_MAX_SPOTS` spots in more than three dimensions. Everything else is an
-        exact k-d tree search.
+        Seed of NN-descent, used only for sections of more than :data:`KDTREE_KNN_MAX_SPOTS` spots in
+        more than three dimensions. Sections of more than :data:`EXACT_KNN_MAX_SPOTS` spots in more
+        than three dimensions get a k-d tree search with a distance slack of :data:`KDTREE_EPS`;
+        everything else is an exact k-d tree search.
 
     Returns
     -------
@@ -73,14 +80,16 @@ def section_neighbors(
 
 def _knn(points: np.ndarray, k: int, random_state: int) -> np.ndarray:
     """``(n, k)`` nearest rows of ``points`` to each row (itself normally first)."""
-    if points.shape[0] > EXACT_KNN_MAX_SPOTS and points.shape[1] > 3:
+    n, high_dimensional = points.shape[0], points.shape[1] > 3
+    if high_dimensional and n > KDTREE_KNN_MAX_SPOTS:
         from pynndescent import NNDescent
 
         index = NNDescent(
             points.astype(np.float32), n_neighbors=k, random_state=random_state, low_memory=True
         )
         return np.asarray(index.neighbor_graph[0], dtype=np.int64)
-    _, local = cKDTree(points).query(points, k=k, workers=-1)
+    eps = KDTREE_EPS if high_dimensional and n > EXACT_KNN_MAX_SPOTS else 0.0
+    _, local = cKDTree(points).query(points, k=k, eps=eps, workers=-1)
     return np.asarray(local, dtype=np.int64).reshape(points.shape[0], k)
 
 
