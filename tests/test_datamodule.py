@@ -7,7 +7,12 @@ from _synthetic import source_of, synthetic_sections
 from spacrd._constants import TENSOR_KEYS, UNLABELLED
 from spacrd.model import SpaCRD
 from spacrd.model._adata_inputs import source_inputs
-from spacrd.model._datamodule import NeighbourhoodDataset, NeighbourhoodSampler, validation_split
+from spacrd.model._datamodule import (
+    NeighbourhoodDataModule,
+    NeighbourhoodDataset,
+    NeighbourhoodSampler,
+    validation_split,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +79,19 @@ def test_validation_split(inputs, how):
     if how == "section":
         # whole sections, never all of them
         assert not set(inputs.codes[train]) & set(inputs.codes[val])
-    if how in ("section", "block"):
-        # no training neighbourhood contains a validation spot
-        is_val = np.zeros(inputs.n_obs, dtype=bool)
-        is_val[val] = True
+    is_val = np.zeros(inputs.n_obs, dtype=bool)
+    is_val[val] = True
+    if how == "section":
         assert not is_val[inputs.neighbors[train]].any()
+    if how == "block":
+        # validation spots sit in the neighbourhoods of training spots at block edges; the data module
+        # hides them there (as padding), so training never reads a validation spot
+        module = NeighbourhoodDataModule(NeighbourhoodDataset(inputs, False), train, val, 64)
+        batch = module.train_dataset[train]
+        padding = batch[TENSOR_KEYS.PADDING_MASK].numpy()
+        touched = is_val[inputs.neighbors[train]]
+        assert touched.any() and padding[touched].all()
+        assert not padding[~touched & ~inputs.padding[train]].any()
     if how == "block":
         # every section gives up some spots, in spatially compact blocks (not scattered spots)
         assert set(inputs.codes[val]) == set(inputs.codes)

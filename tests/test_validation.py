@@ -94,10 +94,13 @@ def test_non_numeric_missing_and_backed_counts(data, tmp_path):
     _setup_error(source, TypeError, "dtype bool; raw counts must be numeric")
     source_of(data).write_h5ad(tmp_path / "s.h5ad")
     backed = ad.read_h5ad(tmp_path / "s.h5ad", backed="r")
-    _setup_error(backed, TypeError, r"adata.X is backed on disk.*adata.to_memory\(\)", layer=None)
-    # layers of a backed AnnData are in memory: setting up on them works
-    SpaCRD.setup_anndata(backed, **SETUP)
+    # a backed X is read in chunks, never loaded whole; its values are checked all the same
+    SpaCRD.setup_anndata(backed, **{**SETUP, "layer": None})
     assert backed.obsm["spacrd_neighbors"].shape == (backed.n_obs, 7)
+    huge = source_of(data)
+    huge.layers["counts"] = huge.layers["counts"].astype(np.float64)
+    huge.layers["counts"][0, 0] = 1e39
+    _setup_error(huge, ValueError, r"holds a count of 1e\+39, beyond float32")
 
 
 def test_non_integer_counts_warn_but_work(data):

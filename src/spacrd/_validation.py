@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 from anndata import AnnData
-from scipy import sparse
+
+from spacrd._matrix import row_chunks
+
+#: The largest count the model's float32 arithmetic can hold.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def check_counts(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmatrix:
-    """Return the raw-count matrix ``(n_spots, n_genes)`` after checking it.
+def check_counts(adata: AnnData, layer: str | None) -> Any:
+    """Return the raw-count matrix ``(n_spots, n_genes)`` after checking it, without changing it.
 
-    Raises on an empty AnnData, a missing layer, negative or non-finite values. Warns when values are
-    not integers (normalised or log-transformed data passed where raw counts are expected) and when
-    spots have no counts.
+    The matrix may be in memory (sparse or dense), backed on disk (``read_h5ad(..., backed="r")``) or
+    lazily read (dask); it is scanned in row chunks, never loaded whole. Raises on an empty AnnData, a
+    missing layer, non-numeric, negative or non-finite values and values beyond float32 (which would
+    overflow inside the model). Warns when values are not integers (normalised or log-transformed data
+    passed where raw counts are expected) and when spots have no counts.
     """
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"The AnnData is empty ({adata.n_obs} spots × {adata.n_vars} genes).")
@@ -27,32 +34,40 @@ def check_counts(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmat
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if matrix is None:
         raise ValueError(f"{where} is empty; store raw counts there.")
-    if layer is None and adata.isbacked:
-        raise TypeError(
-            f"adata.X is backed on disk ({adata.filename}); SpaCRD reads the counts into memory. Load them "
-            "with `adata = adata.to_memory()`, or pass raw counts held in memory with `layer=`."
+    dtype = np.dtype(matrix.dtype)
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(f"{where} has dtype {dtype}; raw counts must be numeric.")
+    non_integer, empty_spots, largest = False, 0, 0.0
+    for _, block in row_chunks(matrix):
+        values = block.data
+        if not np.isfinite(values).all():
+            raise ValueError(f"{where} contains NaN or infinite values; raw counts must be finite.")
+        if values.size and values.min() < 0:
+            raise ValueError(
+                f"{where} contains negative values; SpaCRD needs raw counts (it normalises internally). Pass "
+                "the layer holding raw counts with `layer=`."
+            )
+        if values.size:
+            largest = max(largest, float(values.max()))
+        non_integer = non_integer or bool(
+            np.issubdtype(values.dtype, np.floating) and values.size and not np.all(np.mod(values, 1) == 0)
         )
-    values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix)
-    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
-        raise TypeError(f"{where} has dtype {values.dtype}; raw counts must be numeric.")
-    if not np.isfinite(values).all():
-        raise ValueError(f"{where} contains NaN or infinite values; raw counts must be finite.")
-    if values.size and values.min() < 0:
+        empty_spots += int((np.asarray(block.sum(axis=1)).ravel() == 0).sum())
+    if largest > FLOAT32_MAX:
         raise ValueError(
-            f"{where} contains negative values; SpaCRD needs raw counts (it normalises internally). Pass the "
-            "layer holding raw counts with `layer=`."
+            f"{where} holds a count of {largest:.3g}, beyond float32 ({FLOAT32_MAX:.3g}); these are not raw "
+            "counts (or are corrupted). Pass raw UMI counts."
         )
-    if np.issubdtype(values.dtype, np.floating) and values.size and not np.all(np.mod(values, 1) == 0):
+    if non_integer:
         warnings.warn(
             f"{where} contains non-integer values; SpaCRD expects raw counts and normalises them itself. "
             "If this is normalised or log-transformed data, pass the raw counts with `layer=`.",
             UserWarning,
             stacklevel=3,
         )
-    totals = np.asarray(matrix.sum(axis=1)).ravel()
-    if (totals == 0).any():
+    if empty_spots:
         warnings.warn(
-            f"{int((totals == 0).sum())} spots have no counts; their expression features are all zero.",
+            f"{empty_spots} spots have no counts; their expression features are all zero.",
             UserWarning,
             stacklevel=3,
         )

@@ -30,14 +30,23 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
     (:data:`spacrd._constants.TENSOR_KEYS`): ``spot_genes`` ``(U, n_genes)``, for models with images
     ``spot_image`` ``(U, n_image_features)`` and ``spot_has_image`` ``(U,)``, and per centre
     ``neighbors`` ``(B, k)`` (rows into the spot arrays), ``padding_mask`` ``(B, k)`` and ``labels``
-    ``(B,)``. Dense arrays exist only for these ``U`` spots; with ``sparse_genes`` (prediction) not even
+    ``(B,)``. Spots in ``hidden`` (``(n,)`` bool) are left out of every neighbourhood but their own, as
+    padding: training batches hide the validation spots this way. Dense arrays exist only for these
+    ``U`` spots; with ``sparse_genes`` (prediction) not even
     those: ``spot_genes`` is a :class:`~spacrd.nn.ShiftedSparse`.
     """
 
-    def __init__(self, inputs: SpotInputs, use_image: bool, sparse_genes: bool = False):
+    def __init__(
+        self,
+        inputs: SpotInputs,
+        use_image: bool,
+        sparse_genes: bool = False,
+        hidden: np.ndarray | None = None,
+    ):
         self.inputs = inputs
         self.use_image = use_image
         self.sparse_genes = sparse_genes
+        self.hidden = hidden
 
     def __len__(self) -> int:
         return self.inputs.n_obs
@@ -50,7 +59,7 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
         batch = {
             TENSOR_KEYS.SPOT_GENES: genes,
             TENSOR_KEYS.NEIGHBORS: torch.from_numpy(local.reshape(len(centres), -1).astype(np.int64)),
-            TENSOR_KEYS.PADDING_MASK: torch.from_numpy(inputs.padding[centres]),
+            TENSOR_KEYS.PADDING_MASK: torch.from_numpy(self._padding(centres)),
             TENSOR_KEYS.LABELS: torch.from_numpy(inputs.labels[centres]),
         }
         if self.use_image:
@@ -62,6 +71,15 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
                 batch[TENSOR_KEYS.SPOT_IMAGE] = torch.from_numpy(inputs.image_features(spots))
                 batch[TENSOR_KEYS.SPOT_HAS_IMAGE] = torch.from_numpy(inputs.has_image[spots])
         return batch
+
+    def _padding(self, centres: np.ndarray) -> np.ndarray:
+        """``(B, k)`` padding of the centres' neighbourhoods; ``hidden`` spots count as padding."""
+        padding = self.inputs.padding[centres]
+        if self.hidden is None:
+            return padding
+        hidden = self.hidden[self.inputs.neighbors[centres]]
+        hidden[:, 0] = False  # a spot is never hidden from its own neighbourhood
+        return padding | hidden
 
 
 class NeighbourhoodSampler(torch.utils.data.Sampler):
@@ -155,9 +173,9 @@ def validation_split(
 
     ``"section"`` holds out whole labelled sections (as many as make up about ``1 - train_size`` of the
     labelled spots, at least one, never all); ``"block"`` holds out square blocks of about
-    ``BLOCK_SPACINGS`` neighbour spacings within every section and drops from training the spots
-    whose neighbourhood contains a validation spot; ``"random"`` draws spots at random (validation
-    spots then have trained-on neighbours, so validation scores are optimistic). ``"auto"`` is
+    ``BLOCK_SPACINGS`` neighbour spacings within every section (:class:`NeighbourhoodDataModule` then
+    hides the validation spots from the training neighbourhoods); ``"random"`` draws spots at random
+    (validation spots then have trained-on neighbours, so validation scores are optimistic). ``"auto"`` is
     ``"section"`` with at least three sections holding labelled spots of both classes, else ``"block"``.
 
     Returns ``(train_idx, val_idx, how)``, sorted indices and the rule actually used.
@@ -202,10 +220,7 @@ def validation_split(
         is_val[rows] = _held_out_blocks(
             coordinates[rows], inputs.neighbors[rows], rows, 1.0 - train_size, rng
         )
-    # A training neighbourhood that contains a validation spot would train on it.
-    touches = is_val[inputs.neighbors].any(axis=1) & ~inputs.padding.all(axis=1)
-    train = ~is_val & ~touches
-    return np.flatnonzero(train), np.flatnonzero(is_val), how
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val), how
 
 
 def _held_out_blocks(
@@ -232,9 +247,11 @@ def _held_out_blocks(
 class NeighbourhoodDataModule(pl.LightningDataModule):
     """Fixed train/validation split of spots, serving neighbourhood minibatches (several processes too).
 
-    Under a distributed strategy (``strategy="ddp"``/``"ddp_spawn"``), each process gets its own shard
-    of every epoch from :class:`NeighbourhoodSampler`; the trainer must be built with
-    ``use_distributed_sampler=False`` so that Lightning keeps this sampler.
+    Training neighbourhoods never contain a validation spot (``hide_validation``): its slot is padding,
+    so the network is not trained on the spots that validate it. Under a distributed strategy
+    (``strategy="ddp"``/``"ddp_spawn"``), each process gets its own shard of every epoch from
+    :class:`NeighbourhoodSampler`; the trainer must be built with ``use_distributed_sampler=False`` so
+    that Lightning keeps this sampler.
     """
 
     def __init__(
@@ -246,9 +263,15 @@ class NeighbourhoodDataModule(pl.LightningDataModule):
         *,
         spots_per_epoch: int | None = None,
         seed: int = 0,
+        hide_validation: bool = True,
     ):
         super().__init__()
         self.dataset = dataset
+        self.train_dataset = dataset
+        if hide_validation and len(val_idx):
+            hidden = np.zeros(len(dataset), dtype=bool)
+            hidden[np.asarray(val_idx, dtype=np.int64)] = True
+            self.train_dataset = NeighbourhoodDataset(dataset.inputs, dataset.use_image, hidden=hidden)
         self.train_idx = np.asarray(train_idx, dtype=np.int64)
         self.val_idx = np.asarray(val_idx, dtype=np.int64)
         self.test_idx = np.array([], dtype=np.int64)
@@ -272,7 +295,9 @@ class NeighbourhoodDataModule(pl.LightningDataModule):
             return 1, 0
         return int(trainer.world_size), int(trainer.global_rank)
 
-    def _loader(self, indices: np.ndarray, shuffle: bool) -> torch.utils.data.DataLoader:
+    def _loader(
+        self, indices: np.ndarray, shuffle: bool, dataset: NeighbourhoodDataset
+    ) -> torch.utils.data.DataLoader:
         num_replicas, rank = self._replicas()
         sampler = NeighbourhoodSampler(
             indices,
@@ -284,15 +309,15 @@ class NeighbourhoodDataModule(pl.LightningDataModule):
             num_replicas=num_replicas,
             rank=rank,
         )
-        return torch.utils.data.DataLoader(self.dataset, sampler=sampler, batch_size=None)
+        return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def train_dataloader(self):
-        return self._loader(self.train_idx, shuffle=True)
+        return self._loader(self.train_idx, True, self.train_dataset)
 
     def val_dataloader(self):
         if self.n_val == 0:
             return []
-        return self._loader(self.val_idx, shuffle=False)
+        return self._loader(self.val_idx, False, self.dataset)
 
 
 def inference_loader(dataset: NeighbourhoodDataset, order: np.ndarray, batch_size: int):

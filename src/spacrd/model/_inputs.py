@@ -18,14 +18,13 @@ import torch
 from scipy import sparse
 
 from spacrd._constants import UNLABELLED
+from spacrd._matrix import READ_CHUNK, row_chunks
 from spacrd.nn import ShiftedSparse
 
 SectionScaling = Literal["zscore", "minmax", "none"]
 SECTION_SCALINGS: tuple[str, ...] = ("zscore", "minmax", "none")
 #: Library sizes are scaled to this many counts before ``log1p`` (``normalize_total(1e4)``).
 TARGET_SUM = 1e4
-#: Spots per chunk when counts are read from a backed or dense matrix.
-READ_CHUNK = 65_536
 #: Features whose spread within a section is below this are constant there and scaled to 0.
 MIN_SPREAD = 1e-8
 
@@ -72,23 +71,6 @@ def gene_selector(
     return selector, in_universe, present
 
 
-def _row_chunks(matrix: Any, chunk: int):
-    """Yield ``(start, CSR block)`` over the rows of an in-memory, backed or dense matrix."""
-    if sparse.issparse(matrix) and not isinstance(matrix, sparse.csr_matrix | sparse.csr_array):
-        matrix = sparse.csr_matrix(matrix)  # csc or coo in memory: one conversion, as scanpy does
-    n = matrix.shape[0]
-    if sparse.issparse(matrix):
-        yield 0, matrix
-        return
-    for start in range(0, n, chunk):
-        block = matrix[start : min(start + chunk, n)]
-        if hasattr(block, "compute"):  # a lazily read (dask) matrix
-            block = block.compute()
-        if not sparse.issparse(block):
-            block = sparse.csr_matrix(np.asarray(block))
-        yield start, sparse.csr_matrix(block)
-
-
 def log_normalised_features(
     counts: Any, selector: sparse.csr_matrix, in_universe: np.ndarray, chunk: int = READ_CHUNK
 ) -> tuple[sparse.csr_matrix, np.ndarray]:
@@ -112,7 +94,7 @@ def log_normalised_features(
 
     """
     blocks, libraries = [], []
-    for _, block in _row_chunks(counts, chunk):
+    for _, block in row_chunks(counts, chunk):
         library = np.asarray(block @ in_universe, dtype=np.float64).ravel()
         selected = sparse.csr_matrix(block @ selector, dtype=np.float32)
         size_factor = np.divide(TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)

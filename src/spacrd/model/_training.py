@@ -126,7 +126,7 @@ class StagedTrainingMixin:
         weight_decay: float = 1e-3,
         batch_size: int = 256,
         train_size: float = 0.9,
-        validation: Validation = "auto",
+        validation: Validation = "block",
         spots_per_epoch: int | Literal["auto"] | None = "auto",
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
@@ -151,11 +151,12 @@ class StagedTrainingMixin:
             Share of spots used for training; the rest is the validation set whose losses are logged,
             on which the calibration is fitted and which ``early_stopping`` monitors. ``1.0``: none.
         validation
-            How validation spots are held out so that their neighbourhoods were not trained on:
-            ``"section"`` (whole labelled sections), ``"block"`` (square blocks within each section,
-            with the training spots whose neighbourhood touches them left out), ``"random"`` (spots
-            at random, optimistic) or ``"auto"`` (``"section"`` with at least three sections holding
-            both classes, else ``"block"``).
+            How validation spots are held out so that the network is not trained on them through the
+            neighbourhoods of training spots: ``"block"`` (default: square blocks within each section,
+            hidden from the training neighbourhoods), ``"section"`` (whole labelled sections),
+            ``"random"`` (spots at random and not hidden, as spacrd 0.1 did: validation scores are
+            optimistic) or ``"auto"`` (``"section"`` with at least three sections holding both
+            classes, else ``"block"``).
         spots_per_epoch
             Centre spots drawn per epoch (stratified by section and label, a new draw every epoch).
             ``"auto"``: all training spots up to 100,000, else 100,000; ``None``: all.
@@ -222,7 +223,13 @@ class StagedTrainingMixin:
         if spots_per_epoch == "auto":
             spots_per_epoch = AUTO_SPOTS_PER_EPOCH if len(train_idx) > AUTO_SPOTS_PER_EPOCH else None
         datamodule = NeighbourhoodDataModule(
-            self._dataset(inputs), train_idx, val_idx, batch_size, spots_per_epoch=spots_per_epoch, seed=seed
+            self._dataset(inputs),
+            train_idx,
+            val_idx,
+            batch_size,
+            spots_per_epoch=spots_per_epoch,
+            seed=seed,
+            hide_validation=how != "random",  # "random" keeps the behaviour of spacrd 0.1
         )
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         self._run_stages(

@@ -11,10 +11,13 @@ import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
+from spacrd._matrix import row_chunks
 from spacrd._validation import check_counts, check_obs_key
 
 logger = logging.getLogger(__name__)
 
+#: Larger sources select genes on this many randomly drawn spots (read chunk by chunk when backed).
+MAX_HVG_SPOTS = 200_000
 #: Loess spans of seurat_v3's mean-variance fit, tried in turn (scanpy's default first).
 LOESS_SPANS = (0.3, 0.6, 1.0)
 #: Sections with fewer spots are left out of the selection: seurat_v3 fits a loess per section, which
@@ -31,11 +34,19 @@ def highly_variable_columns(
     """Positions in ``gene_names`` of the ``n_top_genes`` most variable genes, in their original order.
 
     ``seurat_v3`` on raw counts, batch-aware over ``sections`` (sections of fewer than
-    :data:`MIN_HVG_SPOTS` spots are left out; all spots are pooled if no section is that large). With
+    :data:`MIN_HVG_SPOTS` spots are left out; all spots are pooled if no section is that large), on at
+    most :data:`MAX_HVG_SPOTS` randomly drawn spots. ``counts`` may be in memory, backed or lazy. With
     fewer expressed genes than ``n_top_genes``, every gene with a non-zero count is kept.
     """
-    counts = sparse.csr_matrix(counts)
-    sections = np.zeros(counts.shape[0], dtype=np.int64) if sections is None else np.asarray(sections)
+    n = counts.shape[0]
+    sections = np.zeros(n, dtype=np.int64) if sections is None else np.asarray(sections)
+    keep = np.ones(n, dtype=bool)
+    if n > MAX_HVG_SPOTS:  # variances of a large source are estimated as well from a random subset
+        keep[:] = False
+        keep[np.random.default_rng(0).choice(n, MAX_HVG_SPOTS, replace=False)] = True
+    blocks = [block[keep[start : start + block.shape[0]]] for start, block in row_chunks(counts)]
+    counts = blocks[0] if len(blocks) == 1 else sparse.vstack(blocks, format="csr")
+    sections = sections[keep]
     size = pd.Series(sections).map(pd.Series(sections).value_counts()).to_numpy()
     rows = size >= MIN_HVG_SPOTS
     if not rows.any():
