@@ -11,7 +11,7 @@ import pytest
 from spacrd.model import SpaCRD
 from spacrd.tl import Calibration
 
-OLD = Path(__file__).parent / "data" / "model_0.1.0"
+OLD = Path(__file__).resolve().parents[1] / "data" / "model_0.1.0"
 
 
 @pytest.fixture(scope="module")
