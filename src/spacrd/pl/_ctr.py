@@ -12,6 +12,7 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.patches import Circle, RegularPolygon
 
 from spacrd._constants import OBS_KEYS, OBSM_KEYS, SCANPY_IMAGE_KEYS, UNS_KEYS
+from spacrd._optional import import_optional
 from spacrd._spatial import is_spatialdata
 
 from ._call import call_legend_handle, call_mask
@@ -320,7 +321,7 @@ def _ctr_anndata(
     ax: Axes | Sequence[Axes] | None,
     **kwargs: Any,
 ) -> list[Axes]:
-    import squidpy as sq
+    sq = import_optional("squidpy", "spacrd.pl.ctr on an AnnData")
 
     prob = check_prob_key(adata.obs, prob_key)
     called = call_mask(adata.obs, call_key) if show_call else None

@@ -10,6 +10,7 @@ from matplotlib.colors import Colormap, Normalize
 
 from spacrd import _spatial
 from spacrd._constants import SCANPY_IMAGE_KEYS
+from spacrd._optional import import_optional
 
 from ._call import call_legend_handle, call_mask
 from ._utils import as_class_labels, as_list, check_obs_key, check_prob_key, class_palette, new_axes
@@ -55,7 +56,7 @@ def ctr_spatialdata(
     A light SpatialData is assembled from the user's elements (no pixel or geometry data is copied) so
     that nothing is written back into the user's object.
     """
-    import spatialdata_plot  # noqa: F401  (registers the ``.pl`` accessor)
+    import_optional("spatialdata_plot", "spacrd.pl.ctr on a SpatialData")  # registers the ``.pl`` accessor
     from spatialdata import SpatialData
     from spatialdata.models import ShapesModel, TableModel
 
