@@ -20,6 +20,7 @@ import scvi
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 import spacrd
+from spacrd._constants import CANCER, OBS_KEYS, UNS_KEYS
 
 
 def run(held_out: str = "A1", out_dir: str | Path = "spacrd_demo", seed: int = 0) -> pd.DataFrame:
@@ -49,7 +50,7 @@ def run(held_out: str = "A1", out_dir: str | Path = "spacrd_demo", seed: int = 0
     prob = model.predict(target)
     predict_s = time.perf_counter() - start
 
-    called = (target.obs["ctr"] == "cancer").to_numpy()
+    called = (target.obs[OBS_KEYS.CALL] == CANCER).to_numpy()
     metrics = pd.DataFrame(
         {
             "held_out": [held_out],
@@ -57,13 +58,13 @@ def run(held_out: str = "A1", out_dir: str | Path = "spacrd_demo", seed: int = 0
             "roc_auc": [roc_auc_score(truth, prob)],
             "average_precision": [average_precision_score(truth, prob)],
             "f1_label_free_call": [f1_score(truth, called)],
-            "threshold": [target.uns["spacrd"]["threshold"]],
+            "threshold": [target.uns[UNS_KEYS.PREDICTION]["threshold"]],
             "train_s": [train_s],
             "predict_s": [predict_s],
         }
     )
     metrics.to_csv(out / "metrics.csv", index=False)
-    spots = target.obs[["section", "array_x", "array_y", "ctr_prob", "ctr"]].copy()
+    spots = target.obs[["section", "array_x", "array_y", OBS_KEYS.PROB, OBS_KEYS.CALL]].copy()
     spots["pathologist_cancer"] = truth
     spots.to_csv(out / "spots.csv")
 

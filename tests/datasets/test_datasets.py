@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import sparse
 
 import spacrd
-from spacrd.datasets import _her2st
+from spacrd.datasets import _her2st, _her2st_files
 from spacrd.datasets._tsv_counts import read_count_tsv
 
 matplotlib.use("Agg")
@@ -283,7 +283,7 @@ def http_root(tmp_path, monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(served)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.setattr(_her2st, "BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    monkeypatch.setattr(_her2st_files, "BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
     monkeypatch.setenv("SPACRD_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
