@@ -46,7 +46,13 @@ exclude_patterns = ["_build", "_scripts", "Thumbs.db", ".DS_Store", "**.ipynb_ch
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 master_doc = "index"
 default_role = "literal"
-nitpicky = False
+nitpicky = True
+# Cross-references Sphinx cannot resolve on its own: objects of other projects documented under their
+# private module path (resolved by intersphinx where it runs) ...
+nitpick_ignore_regex = [
+    (r"py:.*", r"(anndata|scvi|lightning|spatialdata|pandas|matplotlib|scipy\.sparse|torch)\._.*"),
+    (r"py:.*", r".*\._[a-z].*\.[A-Z].*"),  # e.g. anndata._core.anndata.AnnData in signatures
+]
 
 # -- autodoc / autosummary / napoleon -----------------------------------------------------------------
 autosummary_generate = True
@@ -95,6 +101,16 @@ def _online(host: str = "docs.python.org", timeout: float = 3.0) -> bool:
 # them. SPACRD_DOCS_OFFLINE=1 forces the offline behaviour.
 if os.environ.get("SPACRD_DOCS_OFFLINE") == "1" or not _online():
     intersphinx_mapping = {}
+    # ... and, offline, every object of another project (no inventory to resolve it against)
+    nitpick_ignore_regex += [
+        (
+            r"py:.*",
+            r"(numpy|np|pandas|pd|anndata|scanpy|squidpy|scvi|torch|torchmetrics|lightning|spatialdata|"
+            r"spatialdata_plot|matplotlib|scipy|sklearn|pathlib|collections|typing|timm|pooch|PIL|xarray|"
+            r"dask|zarr|tifffile)(\..*)?",
+        ),
+        (r"py:data", r"Ellipsis"),
+    ]
     logger.info("spacrd docs: no network, building without intersphinx links")
 
 # -- MyST / myst-nb --------------------------------------------------------------------------------------

@@ -533,3 +533,107 @@ def test_layouts_round_trip_through_zarr(build, tmp_path):
             np.testing.assert_allclose(
                 _matrix(get_transformation(back.images[name], cs)), _matrix(transformation)
             )
+
+
+# ------------------------------------------------------------------------------------------------
+# the model on each platform: train on one object, predict another without labels, plot it
+# ------------------------------------------------------------------------------------------------
+
+QUICK = {"fuse_epochs": 2, "classify_epochs": 4, "batch_size": 64, "enable_progress_bar": False}
+SMALL_NET = {"n_embed": 16, "n_heads": 2, "n_latent": 4}
+
+
+def _auc(truth, prob) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(np.asarray(truth, dtype=bool), prob)
+
+
+def _plotted(data, tmp_path, name, **kwargs) -> np.ndarray:
+    path = tmp_path / f"{name}.png"
+    spacrd.pl.ctr(data, show=False, save=path, **kwargs)
+    plt.close("all")
+    png = np.asarray(Image.open(path).convert("RGB"))
+    assert png.std() > 20  # tissue and spots drawn
+    return png
+
+
+@pytest.mark.data("visium_spaceranger_tiny")
+def test_spaceranger_folder_read_features_predict_plot(tmp_path):
+    """read_visium → image features → a model trained on a labelled copy → predict → pl.ctr."""
+    import scvi
+
+    source, target = _read("squidpy"), _read("squidpy")
+    for adata in (source, target):
+        adata.var_names_make_unique()
+        with pytest.warns(UserWarning, match="single colour"):
+            spacrd.pp.image_features(adata)
+    rows = source.obs["array_row"].to_numpy()
+    source.obs["cancer"] = rows < np.median(rows)  # synthetic labels, only to have a model
+    scvi.settings.seed = 0
+    spacrd.model.SpaCRD.setup_anndata(source, labels_key="cancer", image_key="X_histology")
+    model = spacrd.model.SpaCRD(source, n_top_genes=50, **SMALL_NET)
+    model.train(align_epochs=2, **QUICK)
+    prob = model.predict(target)
+    assert prob.shape == (100,) and np.isfinite(prob).all()
+    assert {"ctr_prob", "ctr"} <= set(target.obs) and "cancer" not in target.obs
+    _plotted(target, tmp_path, "spaceranger", img_res_key="lowres")
+
+
+@pytest.fixture(scope="module")
+def hd_pair():
+    """Two Visium HD slides (8 µm bins) in the reader's layout: one labelled, one to predict."""
+    build = {"extent_um": 384.0, "bin_sizes": (8,), "dataset_id": HD_ID, "microns_per_pixel": HD_MPP}
+    return visium_hd_sdata(**build, seed=0), visium_hd_sdata(**build, seed=1, truth_key=None)
+
+
+def test_visium_hd_square_bins_train_predict_plot(hd_pair, tmp_path):
+    import scvi
+
+    source, target = hd_pair
+    bins, image = f"{HD_ID}_square_008um", f"{HD_ID}_hires_image"
+    scvi.settings.seed = 0
+    spacrd.model.SpaCRD.setup_spatialdata(
+        source, table_key="square_008um", shapes_key=bins, image_key=image, labels_key="cancer", n_neighbors=9
+    )
+    table = source.tables["square_008um"]
+    # square bins: centres at the squares' centroids, crops one bin (8 µm) wide in hires pixels
+    assert table.uns["X_histology"]["crop_size_px"] == {bins: round(8 / HD_MPP * 0.4)}
+    assert table.obsm["spacrd_neighbors"].shape == (table.n_obs, 9)
+    model = spacrd.model.SpaCRD(source, n_top_genes=30, **SMALL_NET)
+    model.train(align_epochs=2, **QUICK)
+    prob = model.predict(target, table_key="square_008um", image_key=image)
+    truth = visium_hd_sdata(384.0, bin_sizes=(8,), dataset_id=HD_ID, microns_per_pixel=HD_MPP, seed=1)
+    assert _auc(truth.tables["square_008um"].obs["cancer"], prob) > 0.8
+    assert "ctr_prob" in target.tables["square_008um"].obs
+    _plotted(target, tmp_path, "visium_hd", table_name="square_008um", image_key=image)
+
+
+@pytest.fixture(scope="module")
+def xenium_pair():
+    return xenium_sdata(n_cells=700, seed=0), xenium_sdata(n_cells=700, seed=1)
+
+
+def test_xenium_panel_train_predict_plot(xenium_pair, tmp_path):
+    import scvi
+
+    source, target = xenium_pair
+    truth = target.tables["table"].obs["cancer"].to_numpy()
+    target.tables["table"].obs = target.tables["table"].obs.drop(columns="cancer")
+    scvi.settings.seed = 0
+    spacrd.model.SpaCRD.setup_spatialdata(
+        source, shapes_key="cell_circles", image_key="he_image", labels_key="cancer", n_neighbors=12
+    )
+    panel = list(source.tables["table"].var_names)
+    model = spacrd.model.SpaCRD(source, genes=panel, **SMALL_NET)  # a targeted panel: all its genes
+    model.train(align_epochs=2, **QUICK)
+    prob = model.predict(target, image_key="he_image")
+    assert _auc(truth, prob) > 0.8
+    _plotted(target, tmp_path, "xenium", table_name="table", image_key="he_image")
+    # a target measured with another panel shares too few of the model's genes: a clear error
+    other = target.tables["table"][:, : len(panel) // 3].copy()
+    other.obsm["spatial"] = target.tables["table"].obsm["spatial"]
+    with pytest.raises(
+        ValueError, match=r"Only \d+ of the model's 300 genes .* targeted panel, train on its genes"
+    ):
+        model.predict(other)

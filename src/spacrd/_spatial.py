@@ -331,9 +331,20 @@ def coordinate_systems(element: Any) -> list[str]:
     return list(get_transformation(element, get_all=True))
 
 
-def library_ids(sdata: SpatialData, shapes_keys: Sequence[str]) -> list[str]:
-    """One library (section) per coordinate system the shapes elements live in, in first-seen order."""
-    return list(dict.fromkeys(cs for key in shapes_keys for cs in coordinate_systems(sdata.shapes[key])))
+def library_ids(sdata: SpatialData, shapes_keys: Sequence[str], image_key: str | None = None) -> list[str]:
+    """One library (section) per shapes element: the coordinate system it is drawn in, in first-seen order.
+
+    Readers register one element in several systems (spatialdata-io's Visium HD reader: the full
+    resolution and one per downscaled image); they show the same section, so each element gives one:
+    the first it shares with ``image_key``, else its first.
+    """
+    image_systems = coordinate_systems(sdata.images[image_key]) if image_key is not None else []
+    chosen = []
+    for key in shapes_keys:
+        systems = coordinate_systems(sdata.shapes[key])
+        shared = [cs for cs in systems if cs in image_systems]
+        chosen.append((shared or systems)[0])
+    return list(dict.fromkeys(chosen))
 
 
 def images_in(sdata: SpatialData, coordinate_system: str) -> list[str]:

@@ -173,7 +173,7 @@ def validation_split(
 
     ``"section"`` holds out whole labelled sections (as many as make up about ``1 - train_size`` of the
     labelled spots, at least one, never all); ``"block"`` holds out square blocks of about
-    ``BLOCK_SPACINGS`` neighbour spacings within every section (:class:`NeighbourhoodDataModule` then
+    ``BLOCK_SPACINGS`` neighbour spacings within every section (``NeighbourhoodDataModule`` then
     hides the validation spots from the training neighbourhoods); ``"random"`` draws spots at random
     (validation spots then have trained-on neighbours, so validation scores are optimistic). ``"auto"`` is
     ``"section"`` with at least three sections holding labelled spots of both classes, else ``"block"``.
@@ -250,7 +250,7 @@ class NeighbourhoodDataModule(pl.LightningDataModule):
     Training neighbourhoods never contain a validation spot (``hide_validation``): its slot is padding,
     so the network is not trained on the spots that validate it. Under a distributed strategy
     (``strategy="ddp"``/``"ddp_spawn"``), each process gets its own shard of every epoch from
-    :class:`NeighbourhoodSampler`; the trainer must be built with ``use_distributed_sampler=False`` so
+    ``NeighbourhoodSampler``; the trainer must be built with ``use_distributed_sampler=False`` so
     that Lightning keeps this sampler.
     """
 

@@ -234,7 +234,7 @@ class SpotInputs:
         ``(n,)`` bool, rows with a usable histology embedding.
     coordinates
         ``(n, 2)`` float64 spot centres, or ``None``; they order the spots into spatially compact
-        chunks at prediction (:func:`locality_order`).
+        chunks at prediction (a Z-order curve per section).
 
     """
 

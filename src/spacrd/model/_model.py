@@ -341,7 +341,7 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
         accelerator: str = "auto",
         device: int | str = "auto",
     ) -> SpaCRD:
-        """Load a model saved by :meth:`save`.
+        """Load a model saved by :meth:`~spacrd.model.SpaCRD.save`.
 
         Parameters
         ----------

@@ -203,7 +203,7 @@ class PredictionMixin:
         table_key: str = "table",
         image_key: str | Mapping[str, str] | None = None,
     ) -> np.ndarray:
-        """Posterior mean of the fused VAE latent, ``(n_spots, n_latent)``; arguments as in :meth:`predict`."""
+        """Posterior mean of the fused VAE latent, ``(n_spots, n_latent)``; arguments as in :meth:`~spacrd.model.SpaCRD.predict`."""
         self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
         adata = target_table(self, adata, table_key, image_key)
         inputs = self._inputs(adata, batch_key=batch_key)
@@ -215,7 +215,7 @@ class PredictionMixin:
         """Logit scale and shift on the labelled validation spots (all labelled spots without enough of them).
 
         The logits go through the label-free steps of ``settings`` first, so that the calibration applies
-        to what :meth:`predict` computes with those settings.
+        to what :meth:`~spacrd.model.SpaCRD.predict` computes with those settings.
         """
         logits = label_free_logits(
             self._network_outputs(inputs)[MODULE_KEYS.LOGITS],

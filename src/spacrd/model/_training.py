@@ -113,7 +113,7 @@ class SpaCRDTrainingPlan(TrainingPlan):
 
 
 class StagedTrainingMixin:
-    """``train`` for :class:`~spacrd.model.SpaCRD`: the stages of :data:`STAGES`, one Lightning run each."""
+    """``train`` for :class:`~spacrd.model.SpaCRD`: the stages of ``STAGES``, one Lightning run each."""
 
     def train(
         self,
@@ -175,7 +175,7 @@ class StagedTrainingMixin:
         Notes
         -----
         ``model.history`` holds each stage's epoch losses under ``stage1_*``, ``stage2_*`` and
-        ``stage3_*`` keys (:data:`spacrd.model.STAGES`). A stage that runs no optimisation step is an
+        ``stage3_*`` keys (``spacrd.model.STAGES``). A stage that runs no optimisation step is an
         error: the model is then not trained.
 
         After the last stage, ``model.calibration_`` (:class:`spacrd.tl.Calibration`) is fitted on the

@@ -72,13 +72,14 @@ def ctr_spatialdata(
             f"Table {table_name!r} annotates {not_shapes}, which are not shapes (spots) elements."
         )
 
-    systems = _spatial.library_ids(sdata, regions)
+    systems = _spatial.library_ids(sdata, regions, image_key)
     if library_id is not None:
         wanted = [str(x) for x in as_list(library_id)]
-        unknown = [cs for cs in wanted if cs not in systems]
+        available = {cs for r in regions for cs in _spatial.coordinate_systems(sdata.shapes[r])}
+        unknown = [cs for cs in wanted if cs not in available]
         if unknown:
             raise ValueError(
-                f"`library_id` {unknown} is not a coordinate system of the spots; available: {systems}."
+                f"`library_id` {unknown} is not a coordinate system of the spots; available: {sorted(available)}."
             )
         systems = wanted
 

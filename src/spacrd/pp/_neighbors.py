@@ -46,9 +46,9 @@ def section_neighbors(
     n_neighbors
         Neighbourhood size ``k`` including the spot itself.
     random_state
-        Seed of NN-descent, used only for sections of more than :data:`KDTREE_KNN_MAX_SPOTS` spots in
-        more than three dimensions. Sections of more than :data:`EXACT_KNN_MAX_SPOTS` spots in more
-        than three dimensions get a k-d tree search with a distance slack of :data:`KDTREE_EPS`;
+        Seed of NN-descent, used only for sections of more than 200,000 spots in
+        more than three dimensions. Sections of more than 50,000 spots in more
+        than three dimensions get a k-d tree search with a distance slack of 0.5;
         everything else is an exact k-d tree search.
 
     Returns

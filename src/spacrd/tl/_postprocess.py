@@ -72,7 +72,7 @@ class PostprocessSettings:
 
 @dataclass(frozen=True)
 class PostprocessResult:
-    """What :func:`postprocess` returns.
+    """What :func:`~spacrd.tl.postprocess` returns.
 
     Attributes
     ----------
