@@ -7,7 +7,9 @@ __all__ = [
     "STAGES",
     "NeighbourhoodDataModule",
     "NeighbourhoodDataset",
+    "SectionStats",
     "SpaCRD",
     "SpaCRDTrainingPlan",
+    "SpotInputs",
     "StageSpec",
 ]

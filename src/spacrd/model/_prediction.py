@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 
 #: Fewer labelled validation spots than this: the calibration is fitted on all labelled training spots.
 MIN_CALIBRATION_SPOTS = 20
-#: Spots per chunk at prediction (each chunk's distinct neighbourhood spots are encoded once).
+#: Spots per chunk at prediction on the CPU (each chunk's distinct neighbourhood spots are encoded once).
 PREDICT_BATCH_SIZE = 8192
+#: On a GPU, chunks take up to this share of its free memory, between these bounds.
+GPU_MEMORY_SHARE, GPU_BATCH_BOUNDS = 0.25, (8192, 262_144)
 UNTRAINED_MESSAGE = (
     "This SpaCRD model is not trained (an interrupted `train()` leaves it untrained). Call `model.train()`, "
     "or load a trained model with `SpaCRD.load(dir_path)`."
@@ -56,6 +58,22 @@ class PredictionMixin:
             inputs.features, inputs.codes, column_weights=inputs.gene_stats.inverse_spread
         )
 
+    def _prediction_batch_size(self, inputs: SpotInputs) -> int:
+        """Spots per chunk: 8,192 on the CPU; on a GPU as many as a quarter of its free memory holds."""
+        device = next(self.module.parameters()).device
+        if device.type != "cuda":
+            return PREDICT_BATCH_SIZE
+        free, _ = torch.cuda.mem_get_info(device)
+        # float32 activations per centre: its k tokens through attention (about a dozen (k, e) tensors),
+        # the distinct spots' encoder outputs, and the dense part of the first layers per spot
+        k, width = inputs.neighbors.shape[1], self.module.fusion[0].out_features
+        hidden = max(
+            [width, *[m.out_features for m in self.module.gene_encoder.net if hasattr(m, "out_features")]]
+        )
+        per_centre = 4 * (12 * k * width + 4 * hidden + 2 * self.module.n_genes // 8)
+        low, high = GPU_BATCH_BOUNDS
+        return int(np.clip(GPU_MEMORY_SHARE * free / per_centre, low, high))
+
     @torch.inference_mode()
     def _network_outputs(self, inputs: SpotInputs, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Logits ``(n,)`` and latent means ``(n, n_latent)``, chunk by chunk of nearby spots."""
@@ -68,7 +86,7 @@ class PredictionMixin:
         logits = np.empty(inputs.n_obs, dtype=np.float32)
         latent = np.empty((inputs.n_obs, self.module.vae_encoder.mean.out_features), dtype=np.float32)
         for centres, batch in inference_loader(
-            self._dataset(inputs, sparse_genes=True), order, batch_size or PREDICT_BATCH_SIZE
+            self._dataset(inputs, sparse_genes=True), order, batch_size or self._prediction_batch_size(inputs)
         ):
             outputs = self.module.inference(**self.module._get_inference_input(batch))
             logits[centres] = outputs[MODULE_KEYS.LOGITS].float().cpu().numpy()
@@ -111,8 +129,9 @@ class PredictionMixin:
             warning), as for spots whose embedding row is NaN. A SpatialData is predicted through its
             table (see ``table_key``).
         batch_size
-            Spots per chunk (default 8,192). Chunks follow the tissue, so each chunk's distinct
-            neighbourhood spots are encoded once.
+            Spots per chunk (default 8,192 on the CPU; on a GPU as many as a quarter of its free memory
+            holds, up to 262,144). Chunks follow the tissue, so each chunk's distinct neighbourhood spots
+            are encoded once.
         prob_key
             ``obs`` column written with the probabilities (float in ``[0, 1]``).
         call_key
