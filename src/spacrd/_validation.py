@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -146,3 +147,88 @@ def check_image_features(adata: AnnData, image_key: str) -> np.ndarray:
             "or an all-NaN row (no image)."
         )
     return features
+
+
+# --------------------------------------------------------------------------------------------------
+# arguments of public functions: numbers, ranges, types and choices, with one message form
+# --------------------------------------------------------------------------------------------------
+
+
+def _range_phrase(
+    integer: bool, low: float | None, high: float | None, low_open: bool, high_open: bool
+) -> str:
+    kind = "integer" if integer else "number"
+    article = "an" if integer else "a"
+    if high is None and low is not None:
+        if low == 0 and low_open:
+            return f"a positive {kind}"
+        if low == 0:
+            return f"a non-negative {kind}"
+        if integer and low == 1 and not low_open:
+            return "a positive integer"
+        return f"{article} {kind} {'>' if low_open else '≥'} {low:g}"
+    if low is None and high is not None:
+        return f"{article} {kind} {'<' if high_open else '≤'} {high:g}"
+    if low is None and high is None:
+        return f"a finite {kind}"
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    return f"{article} {kind} in {left}{low:g}, {high:g}{right}"
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float | int:
+    """``value`` if it is a finite (integer) number within the range, else a :class:`ValueError` or :class:`TypeError`.
+
+    Messages name the argument and the range: "`batch_size` must be a positive integer, got 0".
+    Booleans are not numbers here (``True`` is not a batch size).
+    """
+    phrase = _range_phrase(integer, low, high, low_open, high_open)
+    is_number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+    if not is_number or (integer and not float(value).is_integer()):
+        raise TypeError(f"`{name}` must be {phrase}, got {value!r}.")
+    if not np.isfinite(value):
+        raise ValueError(f"`{name}` must be {phrase}, got {value!r}.")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        raise ValueError(f"`{name}` must be {phrase}, got {value!r}.")
+    return int(value) if integer else float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is ``True`` or ``False`` (numpy booleans too), else a :class:`TypeError`."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> Any:
+    """``value`` if it is one of ``choices``, else a :class:`ValueError` listing them."""
+    if not isinstance(value, Hashable) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+    return value
+
+
+def check_device(accelerator: Any) -> None:
+    """Refuse a GPU accelerator on a machine without one before Lightning fails deep inside."""
+    import torch
+
+    if (
+        isinstance(accelerator, str)
+        and accelerator.lower() in ("gpu", "cuda")
+        and not torch.cuda.is_available()
+    ):
+        raise ValueError(
+            f"`accelerator={accelerator!r}` but no CUDA GPU is available to torch "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use accelerator='cpu' or 'auto'."
+        )

@@ -382,7 +382,7 @@ def test_predict_before_train_says_what_to_do(data):
     for call in (model.predict, model.get_latent_representation):
         with pytest.raises(RuntimeError, match=r"not trained.*model.train\(\).*SpaCRD.load"):
             call(target_of(data))
-    with pytest.raises(ValueError, match=r"`train_size` must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"`train_size` must be a number in \(0, 1\], got 0.0"):
         model.train(train_size=0.0, **EPOCHS)
 
 

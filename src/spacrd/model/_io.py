@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from importlib.metadata import PackageNotFoundError, version
@@ -12,6 +13,7 @@ import pandas as pd
 import torch
 from scvi.model._utils import parse_device_args
 
+from spacrd._validation import check_bool, check_number
 from spacrd.tl import Calibration
 
 if TYPE_CHECKING:
@@ -22,6 +24,24 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
 ADATA_FILE = "adata.h5ad"
+MODEL_FILES = (MODEL_FILE, META_FILE, ADATA_FILE)
+#: Entries of model.json, and of its ``init_params``, that this spacrd reads.
+META_KEYS = frozenset(
+    {
+        "format",
+        "format_version",
+        "spacrd_version",
+        "init_params",
+        "genes",
+        "registry",
+        "is_trained",
+        "n_image_training_spots",
+        "source_cancer_share",
+        "calibration",
+        "validation_split",
+        "history",
+    }
+)
 FORMAT = "spacrd-model"
 FORMAT_VERSION = 1
 
@@ -63,9 +83,19 @@ def _from_json(value: Any) -> Any:
 def save_model(
     model: SpaCRD, dir_path: str, overwrite: bool, save_anndata: bool, **anndata_write_kwargs
 ) -> None:
+    dir_path = os.fspath(dir_path)
+    if os.path.exists(dir_path) and not os.path.isdir(dir_path):
+        raise ValueError(
+            f"{dir_path} is a file, not a directory; SpaCRD.save writes a directory. Choose another path."
+        )
     if os.path.exists(dir_path) and not overwrite:
         raise ValueError(f"{dir_path} already exists; pass `overwrite=True` or choose another directory.")
     os.makedirs(dir_path, exist_ok=True)
+    # an older save may have left files this one does not write (adata.h5ad): a reader must not mix them
+    for name in MODEL_FILES:
+        stale = os.path.join(dir_path, name)
+        if os.path.isfile(stale) or os.path.islink(stale):
+            os.remove(stale)
     init = model.init_params_
     kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
     non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k not in ("genes", "registry")}
@@ -108,6 +138,11 @@ def load_model(
         raise ValueError(f"{meta_path} is not valid JSON (truncated or foreign file): {err}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} does not describe a SpaCRD model.")
+    unknown = sorted(set(meta) - META_KEYS)
+    if unknown and meta.get("format_version", 0) <= FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path} has unknown entries {unknown} (edited or damaged); save the model again."
+        )
     missing = [
         key for key in ("registry", "init_params", "genes", "is_trained", "history") if key not in meta
     ]
@@ -122,16 +157,10 @@ def load_model(
             f"{dir_path} was written by a newer spacrd ({meta.get('spacrd_version')}); upgrade spacrd."
         )
     _, _, torch_device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
-    try:
-        state_dict = torch.load(weights_path, map_location=torch_device, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(
-            f"Could not read weights from {weights_path} (truncated or not a SpaCRD file): {err}"
-        ) from err
-
     registry = meta["registry"]
-    if registry.get("model_name") not in (None, cls.__name__):
+    if not isinstance(registry, dict) or registry.get("model_name") not in (None, cls.__name__):
         raise ValueError(f"{dir_path} holds a {registry.get('model_name')} model, not {cls.__name__}.")
+    params = _checked_init_params(cls, meta, meta_path)
     if adata is not None:
         saved_genes = registry["field_registries"]["X"]["state_registry"]["column_names"]
         if not np.array_equal(adata.var_names.to_numpy(dtype=str), np.asarray(saved_genes, dtype=str)):
@@ -140,21 +169,71 @@ def load_model(
                 "`model.predict(adata)`, which aligns genes by name."
             )
         cls.setup_anndata(adata, **registry["setup_args"])
-    params = dict(meta["init_params"])
-    for key in ("n_hidden",):
-        if key in params and isinstance(params[key], list):
-            params[key] = tuple(params[key])
+    # the architecture is checked (SpaCRDModule validates its sizes) before the weights are read
     model = cls(adata, registry=None if adata is not None else registry, genes=meta["genes"], **params)
+    expected = sum(t.numel() * t.element_size() for t in model.module.state_dict().values())
+    if os.path.getsize(weights_path) > 2 * expected + 1_000_000:
+        raise ValueError(
+            f"{weights_path} holds {os.path.getsize(weights_path):,} bytes, far more than the {expected:,} bytes of "
+            f"weights {meta_path} declares; it is not this model's file."
+        )
+    try:
+        state_dict = torch.load(weights_path, map_location=torch_device, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(
+            f"Could not read weights from {weights_path} (truncated or not a SpaCRD file): {err}"
+        ) from err
     try:
         model.module.load_state_dict(state_dict)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError) as err:
         raise ValueError(f"Weights in {weights_path} do not fit the saved architecture: {err}") from err
     model.to_device(torch_device)
     model.module.eval()
-    model.is_trained_ = bool(meta["is_trained"])
-    model.n_image_training_spots_ = int(meta.get("n_image_training_spots", 0))
-    model.source_cancer_share_ = meta.get("source_cancer_share")
+    model.is_trained_ = check_bool(f"is_trained in {meta_path}", meta["is_trained"])
+    model.n_image_training_spots_ = check_number(
+        f"n_image_training_spots in {meta_path}", meta.get("n_image_training_spots", 0), integer=True, low=0
+    )
+    share = meta.get("source_cancer_share")
+    if share is not None:
+        check_number(
+            f"source_cancer_share in {meta_path}", share, low=0, high=1, low_open=True, high_open=True
+        )
+    model.source_cancer_share_ = share
     model.calibration_ = Calibration.from_dict(meta.get("calibration"))
     model.validation_split_ = meta.get("validation_split")
     model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
     return model
+
+
+def _checked_init_params(cls: type[SpaCRD], meta: dict, meta_path: str) -> dict[str, Any]:
+    """The saved constructor arguments, with unknown names and malformed gene lists refused."""
+    from spacrd.module import SpaCRDModule
+
+    params = meta["init_params"]
+    if not isinstance(params, dict):
+        raise ValueError(f"{meta_path}: init_params must be a mapping, got {type(params).__name__}.")
+    allowed = (
+        set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(SpaCRDModule).parameters)
+    ) - {
+        "self",
+        "adata",
+        "registry",
+        "genes",
+        "module_kwargs",
+        "n_genes",
+        "n_image_features",
+    }
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(
+            f"{meta_path} has unknown init_params {unknown} (edited, damaged or from a newer spacrd)."
+        )
+    genes = meta["genes"]
+    if not isinstance(genes, list) or not genes or not all(isinstance(g, str) for g in genes):
+        raise ValueError(f"{meta_path}: genes must be a non-empty list of gene names.")
+    if len(set(genes)) != len(genes):
+        raise ValueError(f"{meta_path}: genes lists some names twice.")
+    params = dict(params)
+    if isinstance(params.get("n_hidden"), list):
+        params["n_hidden"] = tuple(params["n_hidden"])
+    return params

@@ -18,10 +18,12 @@ from scvi.utils import setup_anndata_dsp
 
 from spacrd._constants import DEFAULT_BACKBONE, OBSM_KEYS, REGISTRY_KEYS
 from spacrd._validation import (
+    check_choice,
     check_coordinates,
     check_counts,
     check_image_features,
     check_not_view,
+    check_number,
     check_obs_key,
     check_unique_var_names,
 )
@@ -93,8 +95,9 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
     ):
         adata = registered_table(type(self), adata)
         super().__init__(adata, registry=registry)
-        if section_scaling not in SECTION_SCALINGS:
-            raise ValueError(f"`section_scaling` must be one of {SECTION_SCALINGS}, got {section_scaling!r}.")
+        check_choice("section_scaling", section_scaling, SECTION_SCALINGS)
+        if genes is None:
+            check_number("n_top_genes", n_top_genes, integer=True, low=1)
         self.section_scaling_ = section_scaling
         self.gene_columns_ = self._feature_columns(adata, n_top_genes, genes)
         n_image_features = self.summary_stats.get(f"n_{REGISTRY_KEYS.IMAGE}", 0)

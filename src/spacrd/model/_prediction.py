@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from spacrd._constants import CALL_CATEGORIES, MODULE_KEYS, OBS_KEYS, UNLABELLED, UNS_KEYS
+from spacrd._validation import check_number
 from spacrd.tl import (
     Calibration,
     PostprocessResult,
@@ -180,6 +181,9 @@ class PredictionMixin:
         """
         self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
         settings = PostprocessSettings(expression_propagation, spatial_smoothing, prior_shift, threshold)
+        if batch_size is not None:
+            check_number("batch_size", batch_size, integer=True, low=1)
+        check_number("min_gene_overlap", min_gene_overlap, low=0, high=1)
         adata = target_table(self, adata, table_key, image_key)
         if adata is not None and not isinstance(adata, AnnData):
             raise TypeError(f"Expected an AnnData or a SpatialData, got {type(adata).__name__}.")

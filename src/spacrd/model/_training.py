@@ -19,11 +19,18 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 from spacrd._constants import UNLABELLED
 from spacrd._stages import STAGES, Stage, StageSpec
+from spacrd._validation import check_bool, check_choice, check_device, check_number
 from spacrd.module import SpaCRDModule
 from spacrd.tl import PostprocessSettings
 
 from ._adata_inputs import label_summary, source_inputs
-from ._datamodule import AUTO_SPOTS_PER_EPOCH, NeighbourhoodDataModule, Validation, validation_split
+from ._datamodule import (
+    AUTO_SPOTS_PER_EPOCH,
+    VALIDATIONS,
+    NeighbourhoodDataModule,
+    Validation,
+    validation_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +199,10 @@ class StagedTrainingMixin:
         """
         if self.adata is None:
             raise ValueError("This model has no registered AnnData to train on.")
-        if not 0.0 < train_size <= 1.0:
-            raise ValueError(f"`train_size` must be in (0, 1], got {train_size}.")
+        epochs = {"align": align_epochs, "fuse": fuse_epochs, "classify": classify_epochs}
+        lrs = {"align": align_lr, "fuse": fuse_lr, "classify": classify_lr}
+        _check_train_arguments(epochs, lrs, weight_decay, batch_size, train_size, validation, spots_per_epoch)
+        _check_trainer_kwargs(trainer_kwargs, accelerator, early_stopping)
         inputs = source_inputs(self)
         labelled = inputs.labels[inputs.labels != UNLABELLED]
         if np.unique(labelled).size < 2:
@@ -205,7 +214,6 @@ class StagedTrainingMixin:
         logger.info("Training on %s.", label_summary(inputs.labels))
         self.n_image_training_spots_ = 0 if inputs.has_image is None else int(inputs.has_image.sum())
         self.source_cancer_share_ = float(labelled.mean())
-        epochs = {"align": align_epochs, "fuse": fuse_epochs, "classify": classify_epochs}
         if self.module.image_encoder is not None and self.n_image_training_spots_ < 2:
             warnings.warn(
                 "No training spot has a histology embedding, so the image branch cannot be learnt; the model "
@@ -232,10 +240,15 @@ class StagedTrainingMixin:
             hide_validation=how != "random",  # "random" keeps the behaviour of spacrd 0.1
         )
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+        if datamodule.n_train < 2:
+            raise ValueError(
+                f"Only {datamodule.n_train} training spot(s) after holding out {datamodule.n_val} for validation; "
+                "training needs at least 2 (one minibatch). Use more spots or `train_size=1.0`."
+            )
         self._run_stages(
             datamodule,
             epochs,
-            {"align": align_lr, "fuse": fuse_lr, "classify": classify_lr},
+            lrs,
             weight_decay=weight_decay,
             accelerator=accelerator,
             devices=devices,
@@ -303,6 +316,42 @@ class StagedTrainingMixin:
                 self.is_trained_ = False
             _check_stage_stepped(stage_history, stage)
         self.is_trained_ = True
+
+
+def _check_train_arguments(
+    epochs, lrs, weight_decay, batch_size, train_size, validation, spots_per_epoch
+) -> None:
+    """Ranges and types of :meth:`train`'s arguments, checked before anything is built."""
+    for name, value in epochs.items():
+        check_number(f"{name}_epochs", value, integer=True, low=0)
+    if epochs["classify"] == 0:
+        raise ValueError(
+            "`classify_epochs` must be a positive integer, got 0: the classifier stage gives the probabilities, "
+            "so a model that never ran it would predict from random weights."
+        )
+    for name, value in lrs.items():
+        check_number(f"{name}_lr", value, low=0, low_open=True)
+    check_number("weight_decay", weight_decay, low=0)
+    check_number("batch_size", batch_size, integer=True, low=2)
+    check_number("train_size", train_size, low=0, high=1, low_open=True)
+    check_choice("validation", validation, VALIDATIONS)
+    if spots_per_epoch not in (None, "auto"):
+        check_number("spots_per_epoch", spots_per_epoch, integer=True, low=2)
+
+
+def _check_trainer_kwargs(trainer_kwargs: dict, accelerator, early_stopping) -> None:
+    if "max_epochs" in trainer_kwargs:
+        raise TypeError(
+            "`max_epochs` is set per stage in SpaCRD: pass `align_epochs`, `fuse_epochs` and `classify_epochs` "
+            "instead."
+        )
+    for name in ("train_size", "validation_size", "shuffle_set_split", "datasplitter_kwargs"):
+        if name in trainer_kwargs:
+            raise TypeError(
+                f"`{name}` is not an argument of SpaCRD.train (see `train_size` and `validation`)."
+            )
+    check_bool("early_stopping", early_stopping)
+    check_device(accelerator)
 
 
 def _distributed_kwargs(trainer_kwargs: dict) -> dict:

@@ -11,6 +11,7 @@ from torch.distributions import Normal, kl_divergence
 from spacrd._constants import MODULE_KEYS, TENSOR_KEYS, UNLABELLED
 from spacrd._stages import STAGES as TRAINING_STAGES
 from spacrd._stages import Stage
+from spacrd._validation import check_bool, check_number
 from spacrd.nn import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder, ShiftedSparse
 from spacrd.nn._blocks import linear_input
 
@@ -24,6 +25,34 @@ def _masked_mean(tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> tor
         return tokens.mean(dim=1)
     keep = (~padding_mask.bool()).unsqueeze(-1).to(tokens.dtype)
     return (tokens * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
+#: Upper bound of the layer widths a module may declare (a model file asking for more is damaged).
+MAX_WIDTH = 65_536
+
+
+def _check_architecture(args: dict) -> None:
+    """Types and ranges of the module's arguments, checked before any weight is allocated."""
+    check_number("n_genes", args["n_genes"], integer=True, low=1, high=10 * MAX_WIDTH)
+    check_number("n_image_features", args["n_image_features"], integer=True, low=0, high=MAX_WIDTH)
+    hidden = args["n_hidden"]
+    if not isinstance(hidden, tuple | list):
+        raise TypeError(f"`n_hidden` must be a tuple of layer widths, e.g. (1024, 512), got {hidden!r}.")
+    for width in hidden:
+        check_number("n_hidden", width, integer=True, low=1, high=MAX_WIDTH)
+    for name in ("n_embed", "n_heads", "n_latent"):
+        check_number(name, args[name], integer=True, low=1, high=MAX_WIDTH)
+    if args["n_embed"] % args["n_heads"]:
+        raise ValueError(
+            f"`n_embed` ({args['n_embed']}) must be a multiple of `n_heads` ({args['n_heads']})."
+        )
+    for name in ("dropout", "input_dropout", "attention_dropout"):
+        check_number(name, args[name], low=0, high=1, high_open=True)
+    check_number("temperature", args["temperature"], low=0, low_open=True)
+    check_number("contrastive_alpha", args["contrastive_alpha"], low=0, high=1)
+    for name in ("kl_weight", "fused_weight", "class_mean_margin"):
+        check_number(name, args[name], low=0)
+    check_bool("wide", args["wide"])
 
 
 class SpaCRDModule(BaseModuleClass):
@@ -105,6 +134,7 @@ class SpaCRDModule(BaseModuleClass):
         wide: bool = True,
     ):
         super().__init__()
+        _check_architecture(locals())
         self.n_genes = n_genes
         self.n_image_features = n_image_features
         self.temperature = temperature

@@ -187,7 +187,7 @@ def anndata_libraries(adata: AnnData, options: CropOptions) -> list[Library]:
                 rows,
                 names[rows],
                 centres=centres,
-                crop_px=max(1, round(diameter * scale)),
+                crop_px=_crop_px(lib, diameter * scale),
                 crop_diameter=diameter,
                 open_source=opener,
                 source_kind=kind,
@@ -242,6 +242,21 @@ def _usable_res_key(
         stacklevel=5,
     )
     return img_res_key
+
+
+#: Largest crop side in pixels: a 4,096 px crop is already 48 MB per spot in RGB.
+MAX_CROP_PX = 4096
+
+
+def _crop_px(lib: str, size: float) -> int:
+    """Crop side in pixels of the image cut from, refusing sizes that would allocate absurd batches."""
+    px = max(1, round(size))
+    if px > MAX_CROP_PX:
+        raise ValueError(
+            f"Crops of library {lib!r} would be {px:,} px wide (at most {MAX_CROP_PX:,}); check `crop_diameter` "
+            "(in the units of the spot coordinates) and the image's scale factor."
+        )
+    return px
 
 
 def _diameter_for(lib: str, crop_diameter, scalefactors: Mapping, spatial_key: str) -> float:
@@ -331,7 +346,7 @@ def spatialdata_libraries(sdata: Any, options: CropOptions) -> tuple[AnnData | N
                 spots.rows,
                 spots.names,
                 centres=spots.centres,
-                crop_px=max(1, round(diameter)),
+                crop_px=_crop_px(shp_key, diameter),
                 crop_diameter=diameter,
                 open_source=lambda a=data_array.data, desc=desc: nullcontext(
                     array_source(a, "cyx", options.value_range, desc)

@@ -7,12 +7,13 @@ function of :mod:`spacrd.tl`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from spacrd._validation import check_bool, check_number
 
 from ._adaptation import adjust_to_prior, propagate_over_neighbors
 from ._calibration import Calibration
@@ -51,23 +52,19 @@ class PostprocessSettings:
     threshold: Threshold = None
 
     def __post_init__(self):
-        alpha = self.expression_propagation
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha < 1.0:
-            raise ValueError(f"`expression_propagation` must be a number in [0, 1), got {alpha!r}.")
-        for name in ("spatial_smoothing", "prior_shift"):
-            if not isinstance(getattr(self, name), bool | np.bool_):
-                raise TypeError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        check_number("expression_propagation", self.expression_propagation, low=0, high=1, high_open=True)
+        check_bool("spatial_smoothing", self.spatial_smoothing)
+        check_bool("prior_shift", self.prior_shift)
         t = self.threshold
-        if isinstance(t, str):
-            if t != "gmm":
-                raise ValueError(f"`threshold` must be None, 'gmm' or a probability, got {t!r}.")
-        elif t is not None and (
-            isinstance(t, bool)
-            or not isinstance(t, int | float)
-            or not math.isfinite(t)
-            or not 0.0 <= t <= 1.0
-        ):
+        if isinstance(t, str) and t != "gmm":
             raise ValueError(f"`threshold` must be None, 'gmm' or a probability in [0, 1], got {t!r}.")
+        if t is not None and not isinstance(t, str):
+            try:
+                check_number("threshold", t, low=0, high=1)
+            except TypeError as err:
+                raise TypeError(
+                    f"`threshold` must be None, 'gmm' or a probability in [0, 1], got {t!r}."
+                ) from err
 
 
 @dataclass(frozen=True)
