@@ -17,6 +17,7 @@ from scvi.train import TrainRunner
 from scvi.utils import setup_anndata_dsp
 
 from spacrd._constants import DEFAULT_BACKBONE, OBSM_KEYS, REGISTRY_KEYS
+from spacrd._logging import quiet_third_party
 from spacrd._validation import (
     check_choice,
     check_coordinates,
@@ -201,7 +202,12 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
             raise ValueError(f"`n_neighbors` must be a positive integer, got {n_neighbors!r}.")
         if labels_key is not None:
             check_obs_key(adata, labels_key, "labels_key")
-            logger.info("Labels: %s.", label_summary(label_codes(adata.obs[labels_key], cancer_categories)))
+            logger.info(
+                "set-up: %s spots in %s section(s); labels: %s.",
+                f"{adata.n_obs:,}",
+                adata.obs[batch_key].nunique() if batch_key is not None else 1,
+                label_summary(label_codes(adata.obs[labels_key], cancer_categories)),
+            )
         k = ensure_spatial_neighbors(adata, neighbors_key, n_neighbors, batch_key, spatial_key)
         setup_method_args["setup_args"]["n_neighbors"] = k
         fields = [
@@ -213,7 +219,8 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
         if image_key is not None:
             fields.append(ObsmField(REGISTRY_KEYS.IMAGE, image_key))
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
+        with quiet_third_party():
+            adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
     @classmethod

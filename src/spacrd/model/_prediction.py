@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from spacrd._constants import CALL_CATEGORIES, MODULE_KEYS, OBS_KEYS, UNLABELLED, UNS_KEYS
+from spacrd._logging import quiet_third_party
 from spacrd._validation import check_number
 from spacrd.tl import (
     Calibration,
@@ -86,12 +87,14 @@ class PredictionMixin:
         )
         logits = np.empty(inputs.n_obs, dtype=np.float32)
         latent = np.empty((inputs.n_obs, self.module.vae_encoder.mean.out_features), dtype=np.float32)
-        for centres, batch in inference_loader(
+        chunks = inference_loader(
             self._dataset(inputs, sparse_genes=True), order, batch_size or self._prediction_batch_size(inputs)
-        ):
-            outputs = self.module.inference(**self.module._get_inference_input(batch))
-            logits[centres] = outputs[MODULE_KEYS.LOGITS].float().cpu().numpy()
-            latent[centres] = outputs[MODULE_KEYS.QZ_MEAN].float().cpu().numpy()
+        )
+        with quiet_third_party():  # torch's notice that sparse CSR tensors are in beta
+            for centres, batch in chunks:
+                outputs = self.module.inference(**self.module._get_inference_input(batch))
+                logits[centres] = outputs[MODULE_KEYS.LOGITS].float().cpu().numpy()
+                latent[centres] = outputs[MODULE_KEYS.QZ_MEAN].float().cpu().numpy()
         return {MODULE_KEYS.LOGITS: logits, MODULE_KEYS.QZ_MEAN: latent}
 
     def predict(
@@ -190,8 +193,9 @@ class PredictionMixin:
         target = self.adata if adata is None else adata
         _check_output_keys(self, target, prob_key, call_key, uns_key, batch_key)
         inputs = self._inputs(adata, min_gene_overlap, batch_key)
+        logits = self._network_outputs(inputs, batch_size)[MODULE_KEYS.LOGITS]
         result = postprocess(
-            self._network_outputs(inputs, batch_size)[MODULE_KEYS.LOGITS],
+            logits,
             inputs.neighbors,
             inputs.padding,
             inputs.sections,

@@ -18,6 +18,7 @@ from scvi.train import TrainingPlan
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 from spacrd._constants import UNLABELLED
+from spacrd._logging import quiet_third_party, stage_progress_bar
 from spacrd._stages import STAGES, Stage, StageSpec
 from spacrd._validation import check_bool, check_choice, check_device, check_number
 from spacrd.module import SpaCRDModule
@@ -280,6 +281,17 @@ class StagedTrainingMixin:
         for stage in STAGES:
             if epochs[stage.name] <= 0:
                 continue
+            stage_kwargs = dict(trainer_kwargs)
+            if stage_kwargs.pop("enable_progress_bar", True):
+                # one bar per stage, named after it, through scvi-tools' per-epoch progress bar
+                stage_kwargs["callbacks"] = [
+                    *stage_kwargs.get("callbacks", []),
+                    stage_progress_bar(stage.title),
+                ]
+                stage_kwargs["simple_progress_bar"] = False
+                stage_kwargs["enable_progress_bar"] = True
+            else:
+                stage_kwargs["enable_progress_bar"] = False
             plan = self._training_plan_cls(
                 self.module,
                 stage=stage.name,
@@ -287,24 +299,26 @@ class StagedTrainingMixin:
                 weight_decay=weight_decay,
                 **(plan_kwargs or {}),
             )
-            runner = self._train_runner_cls(
-                self,
-                training_plan=plan,
-                data_splitter=datamodule,
-                max_epochs=epochs[stage.name],
-                accelerator=accelerator,
-                devices=devices,
-                early_stopping=early_stopping,
-                check_val_every_n_epoch=1,
-                use_distributed_sampler=False,
-                **trainer_kwargs,
-            )
+            with quiet_third_party():  # Lightning prints its banners when the trainer is built
+                runner = self._train_runner_cls(
+                    self,
+                    training_plan=plan,
+                    data_splitter=datamodule,
+                    max_epochs=epochs[stage.name],
+                    accelerator=accelerator,
+                    devices=devices,
+                    early_stopping=early_stopping,
+                    check_val_every_n_epoch=1,
+                    use_distributed_sampler=False,
+                    **stage_kwargs,
+                )
             # Each stage starts a fresh logger; keep its curves under a stage prefix.
             self.is_trained_, self.history_ = False, None
             # The runner leaves the module in eval mode after each stage; Lightning keeps that mode.
             self.module.train()
             try:
-                _run_interruptible(runner, stage)
+                with quiet_third_party():
+                    _run_interruptible(runner, stage)
             finally:
                 stage_history = self.history_ or {}
                 for key, frame in stage_history.items():
