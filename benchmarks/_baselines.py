@@ -286,8 +286,46 @@ def spacrd(
         return np.asarray(model.predict(test), dtype=float)
 
 
+def spacrd_paper(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    seed: int,
+    *,
+    timer: Timer | None = None,
+    quick: bool = False,
+    image_key: str | None = None,
+    **_,
+) -> np.ndarray:
+    """SpaCRD with the research code's configuration (``spacrd.model.PAPER``): model, training and prediction."""
+    import scvi
+
+    from spacrd.model import PAPER, SpaCRD
+
+    timer = timer or Timer()
+    scvi.settings.seed = seed
+    scvi.settings.verbosity = logging.WARNING
+    with timer.phase("train"):
+        train = train.copy()
+        SpaCRD.setup_anndata(
+            train,
+            layer="counts",
+            labels_key="cancer",
+            batch_key="section",
+            image_key=image_key,
+            n_neighbors=N_NEIGHBORS,
+        )
+        model = SpaCRD(train, **PAPER.model)
+        epochs = {"align_epochs": 2, "fuse_epochs": 2, "classify_epochs": 3} if quick else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.train(**{**PAPER.train, **epochs}, enable_progress_bar=False)
+    with timer.phase("predict"):
+        return np.asarray(model.predict(test, **PAPER.predict), dtype=float)
+
+
 METHODS: dict[str, Callable[..., np.ndarray]] = {
     "spacrd": spacrd,
+    "spacrd_paper": spacrd_paper,
     "logreg_hvg": logreg_hvg,
     "logreg_hvg_knn": logreg_hvg_knn,
     "scanvi": scanvi,

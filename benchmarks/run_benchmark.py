@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(args.threads)
     with_image = args.with_image if args.with_image is not None else _has_image_features()
-    with_image = with_image and "spacrd" in args.methods
+    with_image = with_image and any(m.startswith("spacrd") for m in args.methods)
     seeds = args.seeds[:1] if args.quick else args.seeds
     t0 = time.perf_counter()
     adata, image_s = load_data(args.data, args.extra, with_image, args.undetermined)
@@ -521,8 +521,9 @@ def main(argv: list[str] | None = None) -> None:
                 ):
                     continue
                 options = {"quick": args.quick, "threads": args.threads}
-                if method == "spacrd":
+                if method.startswith("spacrd"):
                     options["image_key"] = image_key
+                if method == "spacrd":
                     options["train_kwargs"] = _key_values(args.spacrd_train)
                 t1 = time.perf_counter()
                 try:

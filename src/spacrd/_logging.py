@@ -26,6 +26,7 @@ QUIET_WARNINGS = (
 #: names") are held back to WARNING inside spacrd's calls.
 QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_utilities", "scvi.data", "scvi.model")
 
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a line is logged (notebooks and test runners swap it)."""
 
