@@ -253,7 +253,7 @@ def test_paper_preset_runs_as_a_benchmark_method(split_data, one_thread):
 
     assert PAPER_SETTINGS is PAPER.model and PAPER.model["n_hidden"] == (1024, 512)
     assert PAPER.train["classify_lr"] == 1e-5 and PAPER.predict["threshold"] == "gmm"
-    train, test, mask, y = split_data
+    train, test, _, _ = split_data
     prob = bl.METHODS["spacrd_paper"](train, test, 0, quick=True)
     assert prob.shape == (test.n_obs,) and np.isfinite(prob).all()
     assert test.uns["spacrd"]["threshold_method"] == "gmm" and not test.uns["spacrd"]["spatial_smoothing"]
