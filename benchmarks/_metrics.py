@@ -71,8 +71,23 @@ def f1_at(score: np.ndarray, y: np.ndarray, threshold: float) -> float:
     return float(f1_score(np.asarray(y).astype(bool), pred, zero_division=0.0))
 
 
+def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of cancer probabilities: ``sum_b |B_b| / n * |mean(y in B_b) - mean(prob in B_b)|``, 10 equal-width bins."""
+    y, prob = np.asarray(y, dtype=float), np.clip(np.asarray(prob, dtype=float), 0.0, 1.0)
+    bins = np.minimum((prob * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        inside = bins == b
+        total += inside.mean() * abs(y[inside].mean() - prob[inside].mean())
+    return float(total)
+
+
 def section_metrics(
-    y: np.ndarray, prob: np.ndarray, call: np.ndarray | None = None, seed: int = 0
+    y: np.ndarray,
+    prob: np.ndarray,
+    call: np.ndarray | None = None,
+    seed: int = 0,
+    uncertainty: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All per-section metrics of one method on one held-out section.
 
@@ -87,12 +102,16 @@ def section_metrics(
         two-component GMM threshold on ``prob`` (:func:`gmm_threshold`) makes the call.
     seed
         Seed of the GMM fit.
+    uncertainty
+        The method's per-spot uncertainty, if it gives one (shape ``(n,)``).
 
     Returns
     -------
     ``auc``, ``ap``, ``f1_prev`` (F1 at the prevalence threshold, label-informed), ``f1_free`` (F1 of
     the label-free call), ``brier`` (mean squared error of ``prob``), ``prevalence`` (share of cancer
-    spots) and ``n`` (labelled spots).
+    spots), ``n`` (labelled spots), ``ece`` (expected calibration error of ``prob``) and, with
+    ``uncertainty``, ``unc_auroc``: the ROC AUC of the uncertainty for telling the spots whose
+    label-free call is wrong from those whose call is right (0.5: it says nothing).
     """
     y = np.asarray(y).astype(bool)
     prob = np.asarray(prob, dtype=float)
@@ -108,6 +127,17 @@ def section_metrics(
         "f1_prev": f1_at(prob, y, prevalence_threshold(prob, y)),
         "f1_free": float(f1_score(y, call, zero_division=0.0)),
         "brier": float(brier_score_loss(y, np.clip(prob, 0.0, 1.0))),
+        "ece": expected_calibration_error(y, prob),
+        "unc_auroc": _error_auroc(y, call, uncertainty),
         "prevalence": float(y.mean()),
         "n": int(y.size),
     }
+
+
+def _error_auroc(y: np.ndarray, call: np.ndarray, uncertainty: np.ndarray | None) -> float:
+    if uncertainty is None:
+        return float("nan")
+    wrong = np.asarray(call).astype(bool) != np.asarray(y).astype(bool)
+    if wrong.all() or not wrong.any():
+        return float("nan")
+    return float(roc_auc_score(wrong, np.asarray(uncertainty, dtype=float)))

@@ -47,6 +47,8 @@ METRICS = {  # column -> (title, higher is better)
     "f1_prev": ("F1, prevalence threshold¹", True),
     "f1_free": ("F1, label-free call²", True),
     "brier": ("Brier score³", False),
+    "ece": ("Expected calibration error⁶", False),
+    "unc_auroc": ("Uncertainty: ROC AUC for wrong label-free calls⁷", True),
 }
 
 
@@ -230,9 +232,11 @@ def _child(method: str, train: ad.AnnData, test: ad.AnnData, seed: int, options:
     call = None
     if "ctr" in test.obs:
         call = (test.obs["ctr"].astype(str) == "cancer").to_numpy()
+    uncertainty = test.obs["ctr_uncertainty"].to_numpy(dtype=float) if "ctr_uncertainty" in test.obs else None
     return {
         "prob": np.asarray(prob, dtype=float),
         "call": call,
+        "uncertainty": uncertainty,
         "train_s": timer.seconds["train"],
         "predict_s": timer.seconds["predict"],
         "train_cpu_s": timer.cpu_seconds["train"],
@@ -292,6 +296,8 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
             "",
         ]
     for col, (title, higher) in METRICS.items():
+        if col not in df or df[col].isna().all():
+            continue  # e.g. no method gave an uncertainty, or rows from a run before the metric existed
         # F1 of calling every spot cancer, 2p / (1 + p): what F1 gives for free on cancer-rich sections
         f1_ref = col.startswith("f1")
         lines += [
@@ -388,6 +394,13 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
         f"by the runs was {df['load_avg'].min():.1f}–{df['load_avg'].max():.1f} "
         f"on {int(df['cores'].max())} cores; each run used "
         f"{'/'.join(map(str, sorted(df['threads'].unique()))) if 'threads' in df else '?'} CPU thread(s).",
+        "",
+        "⁶ Mean over 10 equal-width probability bins, weighted by their spots, of |share of cancer spots − "
+        "mean probability|: 0 for calibrated probabilities.",
+        "",
+        "⁷ Methods that give a per-spot uncertainty (SpaCRD: `obs['ctr_uncertainty']`, the spread of its "
+        "bootstrap members): ROC AUC of that uncertainty for telling spots whose label-free call is wrong "
+        "from spots whose call is right; 0.5 means it says nothing about errors.",
         "",
     ]
     sp_rows = df[df["method"] == "spacrd"]
@@ -532,13 +545,14 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{sec} {method} seed={seed} FAILED:\n{traceback.format_exc()}", flush=True)
                     continue
                 call = None if res["call"] is None else res["call"][mask]
-                m = section_metrics(y, res["prob"][mask], call=call, seed=seed)
+                unc = None if res["uncertainty"] is None else res["uncertainty"][mask]
+                m = section_metrics(y, res["prob"][mask], call=call, seed=seed, uncertainty=unc)
                 row = {
                     "section": sec,
                     "method": method,
                     "seed": seed,
                     **m,
-                    **{k: v for k, v in res.items() if k not in ("prob", "call")},
+                    **{k: v for k, v in res.items() if k not in ("prob", "call", "uncertainty")},
                     "n_train_spots": int(labelled(train)[0].sum()),
                     "n_genes": adata.n_vars,
                     "quick": args.quick,
@@ -557,6 +571,7 @@ def main(argv: list[str] | None = None) -> None:
                             "cancer": label,
                             "prob": res["prob"],
                             "call": res["call"] if res["call"] is not None else np.nan,
+                            "uncertainty": res["uncertainty"] if res["uncertainty"] is not None else np.nan,
                         }
                     )
                 )

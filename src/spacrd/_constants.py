@@ -101,6 +101,7 @@ class _ModuleKeys(NamedTuple):
     """Keys of the dict that :meth:`spacrd.module.SpaCRDModule.inference` returns."""
 
     LOGITS: str = "logits"
+    MEMBER_LOGITS: str = "member_logits"
     QZ_MEAN: str = "qz_mean"
     QZ_LOG_VAR: str = "qz_log_var"
     Z: str = "z"

@@ -116,7 +116,7 @@ def test_wide_term_uses_the_neighbourhood_mean_and_ignores_padding():
     with torch.no_grad():
         module.wide[1].weight.zero_()
         deep_only = module.inference(**inputs)["logits"]
-        module.wide[1].weight[0, 0] = 1.0
+        module.wide[1].weight[:, 0] = 1.0  # every member: the mean logit moves by the same
         with_wide = module.inference(**inputs)["logits"]
     # The wide term adds gene 0's mean over the unpadded neighbours (the last slot is padding).
     tokens = batch[TENSOR_KEYS.SPOT_GENES][batch[TENSOR_KEYS.NEIGHBORS]]

@@ -579,3 +579,28 @@ def test_plots_read_what_a_trained_model_writes():
     ax = spacrd.pl.score_distribution(adata, labels_key="cancer", return_ax=True)
     assert [ln.get_xdata()[0] for ln in ax.get_lines()] == [pytest.approx(threshold)]
     pd.testing.assert_series_equal(adata.obs["cancer"], truth)
+
+
+def test_calibration_plot_and_reliability_table(tmp_path):
+    from spacrd.pl._calibration import reliability
+
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(0, 1, 4000)
+    truth = rng.uniform(0, 1, 4000) < prob  # calibrated by construction
+    table = reliability(prob, truth)
+    assert len(table) == 10 and table["spots"].sum() == 4000 and table.attrs["ece"] < 0.03
+    over = reliability(prob, rng.uniform(0, 1, 4000) < prob**3)  # over-confident for cancer
+    assert over.attrs["ece"] > 0.1 and (over["cancer_share"] <= over["mean_probability"] + 0.05).all()
+    adata = AnnData(
+        obs=pd.DataFrame(
+            {"ctr_prob": prob, "cancer": truth, "section": np.repeat(["S1", "S2"], 2000)},
+            index=[str(i) for i in range(4000)],
+        )
+    )
+    ax = spacrd.pl.calibration(adata, "cancer", library_key="section", return_ax=True, show=False)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "calibrated" and labels[1].startswith("S1: ECE 0.0") and "(2000 spots)" in labels[1]
+    plt.close(ax.figure)
+    adata.obs["region"] = pd.Categorical(np.where(truth, "tumour", "stroma"))
+    with pytest.raises(ValueError, match="must be boolean or the categories 'cancer'/'non-cancer'"):
+        spacrd.pl.calibration(adata, "region", show=False)

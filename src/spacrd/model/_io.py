@@ -103,7 +103,8 @@ def save_model(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "spacrd_version": package_version(),
-        "init_params": {**non_kwargs, **kwargs},
+        # members are recorded even at their default: files without the entry predate them (one member)
+        "init_params": {**non_kwargs, **kwargs, "n_members": model.module.n_members},
         "genes": model.gene_names.tolist(),
         "registry": model.registry,
         "is_trained": model.is_trained_,
@@ -234,6 +235,7 @@ def _checked_init_params(cls: type[SpaCRD], meta: dict, meta_path: str) -> dict[
     if len(set(genes)) != len(genes):
         raise ValueError(f"{meta_path}: genes lists some names twice.")
     params = dict(params)
+    params.setdefault("n_members", 1)  # saved before classifier members: the single classifier
     if isinstance(params.get("n_hidden"), list):
         params["n_hidden"] = tuple(params["n_hidden"])
     return params

@@ -78,7 +78,7 @@ class PredictionMixin:
 
     @torch.inference_mode()
     def _network_outputs(self, inputs: SpotInputs, batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """Logits ``(n,)`` and latent means ``(n, n_latent)``, chunk by chunk of nearby spots."""
+        """Logits ``(n,)``, the members' logits ``(n, n_members)`` and latent means ``(n, n_latent)``, chunk by chunk."""
         self.module.eval()
         order = (
             np.arange(inputs.n_obs)
@@ -86,6 +86,7 @@ class PredictionMixin:
             else locality_order(inputs.coordinates, inputs.codes)
         )
         logits = np.empty(inputs.n_obs, dtype=np.float32)
+        members = np.empty((inputs.n_obs, self.module.n_members), dtype=np.float32)
         latent = np.empty((inputs.n_obs, self.module.vae_encoder.mean.out_features), dtype=np.float32)
         chunks = inference_loader(
             self._dataset(inputs, sparse_genes=True), order, batch_size or self._prediction_batch_size(inputs)
@@ -94,8 +95,9 @@ class PredictionMixin:
             for centres, batch in chunks:
                 outputs = self.module.inference(**self.module._get_inference_input(batch))
                 logits[centres] = outputs[MODULE_KEYS.LOGITS].float().cpu().numpy()
+                members[centres] = outputs[MODULE_KEYS.MEMBER_LOGITS].float().cpu().numpy()
                 latent[centres] = outputs[MODULE_KEYS.QZ_MEAN].float().cpu().numpy()
-        return {MODULE_KEYS.LOGITS: logits, MODULE_KEYS.QZ_MEAN: latent}
+        return {MODULE_KEYS.LOGITS: logits, MODULE_KEYS.MEMBER_LOGITS: members, MODULE_KEYS.QZ_MEAN: latent}
 
     def predict(
         self,
@@ -104,6 +106,7 @@ class PredictionMixin:
         *,
         prob_key: str = OBS_KEYS.PROB,
         call_key: str = OBS_KEYS.CALL,
+        uncertainty_key: str = OBS_KEYS.UNCERTAINTY,
         uns_key: str = UNS_KEYS.PREDICTION,
         threshold: float | Literal["gmm"] | None = None,
         min_gene_overlap: float = 0.5,
@@ -140,6 +143,13 @@ class PredictionMixin:
             ``obs`` column written with the probabilities (float in ``[0, 1]``).
         call_key
             ``obs`` column written with the call (categorical ``"non-cancer"``/``"cancer"``).
+        uncertainty_key
+            ``obs`` column written with the per-spot uncertainty (float in ``[0, 0.5]``): the standard
+            deviation of the probabilities of the model's bootstrap members (``n_members`` classifier heads
+            trained on different resamples of the training spots), each through the same
+            post-processing. High where the training data do not pin the call down; it does not include
+            the noise of a spot's own label. Not written for a model of one member (models saved before
+            members existed).
         uns_key
             ``uns`` key written with ``{"threshold", "threshold_method", "cancer_share", "prob_key",
             "call_key", "spatial_smoothing", "expression_propagation", "prior_shift", "version"}``;
@@ -191,11 +201,11 @@ class PredictionMixin:
         if adata is not None and not isinstance(adata, AnnData):
             raise TypeError(f"Expected an AnnData or a SpatialData, got {type(adata).__name__}.")
         target = self.adata if adata is None else adata
-        _check_output_keys(self, target, prob_key, call_key, uns_key, batch_key)
+        _check_output_keys(self, target, prob_key, call_key, uncertainty_key, uns_key, batch_key)
         inputs = self._inputs(adata, min_gene_overlap, batch_key)
-        logits = self._network_outputs(inputs, batch_size)[MODULE_KEYS.LOGITS]
+        outputs = self._network_outputs(inputs, batch_size)
         result = postprocess(
-            logits,
+            outputs[MODULE_KEYS.LOGITS],
             inputs.neighbors,
             inputs.padding,
             inputs.sections,
@@ -203,8 +213,9 @@ class PredictionMixin:
             self._calibration_for(settings),
             getattr(self, "source_cancer_share_", None),
             lambda: self._expression_graph(inputs),
+            member_logits=outputs[MODULE_KEYS.MEMBER_LOGITS],
         )
-        _write_prediction(target, result, settings, prob_key, call_key, uns_key)
+        _write_prediction(target, result, settings, prob_key, call_key, uns_key, uncertainty_key)
         return result.probabilities
 
     def _calibration_for(self, settings: PostprocessSettings) -> Calibration | None:
@@ -263,24 +274,39 @@ class PredictionMixin:
 
 
 def _check_output_keys(
-    model: SpaCRD, target: AnnData, prob_key: str, call_key: str, uns_key: str, batch_key: str | None
+    model: SpaCRD,
+    target: AnnData,
+    prob_key: str,
+    call_key: str,
+    uncertainty_key: str,
+    uns_key: str,
+    batch_key: str | None,
 ) -> None:
     """Output columns must differ from each other and from the columns the model reads; overwriting warns."""
-    for name, key in (("prob_key", prob_key), ("call_key", call_key), ("uns_key", uns_key)):
+    named = (("prob_key", prob_key), ("call_key", call_key), ("uncertainty_key", uncertainty_key))
+    for name, key in (*named, ("uns_key", uns_key)):
         if not isinstance(key, str) or not key:
             raise ValueError(f"`{name}` must be a non-empty string, got {key!r}.")
-    if prob_key == call_key:
-        raise ValueError(f"`prob_key` and `call_key` are both {prob_key!r}; they must name two columns.")
+    for i, (name, key) in enumerate(named):
+        for other, other_key in named[i + 1 :]:
+            if key == other_key:
+                raise ValueError(
+                    f"`{name}` and `{other}` are both {key!r}; they must name different columns."
+                )
     args = model.setup_args
     used = {args["batch_key"], args["labels_key"], batch_key} - {None}
-    clash = sorted({prob_key, call_key} & used)
+    clash = sorted({prob_key, call_key, uncertainty_key} & used)
     if clash:
         raise ValueError(
             f"Output column(s) {clash} would overwrite columns the model reads (sections, labels)."
         )
     previous = target.uns.get(uns_key, {})
-    ours = {previous.get("prob_key"), previous.get("call_key")} if isinstance(previous, Mapping) else set()
-    theirs = [k for k in (prob_key, call_key) if k in target.obs and k not in ours]
+    ours = (
+        {previous.get("prob_key"), previous.get("call_key"), previous.get("uncertainty_key")}
+        if isinstance(previous, Mapping)
+        else set()
+    )
+    theirs = [k for k in (prob_key, call_key, uncertainty_key) if k in target.obs and k not in ours]
     if theirs:
         warnings.warn(
             f"obs{theirs} exist and were not written by a previous predict; they are overwritten.",
@@ -296,6 +322,7 @@ def _write_prediction(
     prob_key: str,
     call_key: str,
     uns_key: str,
+    uncertainty_key: str,
 ) -> None:
     """Write the documented outputs of :meth:`SpaCRD.predict` into ``target``."""
     if target.is_view:
@@ -308,6 +335,8 @@ def _write_prediction(
         )
         target._init_as_actual(target.copy())  # as scvi-tools' copy_if_view; avoids anndata's own warning
     target.obs[prob_key] = result.probabilities
+    if result.uncertainty is not None:
+        target.obs[uncertainty_key] = result.uncertainty
     target.obs[call_key] = pd.Categorical.from_codes(
         result.called.astype(np.int8), categories=list(CALL_CATEGORIES)
     )
@@ -320,5 +349,6 @@ def _write_prediction(
         "prior_shift": settings.prior_shift,
         "prob_key": prob_key,
         "call_key": call_key,
+        "uncertainty_key": uncertainty_key if result.uncertainty is not None else None,
         "version": _io.package_version(),
     }

@@ -53,6 +53,12 @@ def _check_architecture(args: dict) -> None:
     for name in ("kl_weight", "fused_weight", "class_mean_margin"):
         check_number(name, args[name], low=0)
     check_bool("wide", args["wide"])
+    check_number("n_members", args["n_members"], integer=True, low=1, high=64)
+
+
+def _head(n_latent: int) -> nn.Sequential:
+    """A classifier head: ``concat(mu, sigma)`` of the VAE posterior ``(B, 2 n_latent)`` to a logit ``(B, 1)``."""
+    return nn.Sequential(nn.Linear(2 * n_latent, 64), nn.ReLU(), nn.Linear(64, 1))
 
 
 class SpaCRDModule(BaseModuleClass):
@@ -112,6 +118,12 @@ class SpaCRDModule(BaseModuleClass):
         Add a linear term on the neighbourhood-mean expression to the classifier's logit (a "wide and
         deep" head). The deep path models what the linear term cannot; the linear term carries the
         plain expression signal that a 16-dimensional latent can squeeze out.
+    n_members
+        Classifier heads (each with its own wide term) on the shared network: a bootstrap ensemble
+        (Osband et al., NeurIPS 2016). In stage III every head weighs each labelled spot of a minibatch
+        by its own Poisson(1) draw, so the heads fit different resamples of the training spots; the
+        cancer logit is their mean and their spread says how much the training data pin the spot's
+        call down. ``1`` is the single classifier of the method (and of models saved before members).
 
     """
 
@@ -132,6 +144,7 @@ class SpaCRDModule(BaseModuleClass):
         fused_weight: float = 0.1,
         class_mean_margin: float = 2.0,
         wide: bool = True,
+        n_members: int = 5,
     ):
         super().__init__()
         _check_architecture(locals())
@@ -161,9 +174,14 @@ class SpaCRDModule(BaseModuleClass):
         init = torch.zeros(2, n_latent)
         init[0, 0], init[1, 0] = -1.0, 1.0
         self.class_means = nn.Parameter(init)
-        self.classifier = nn.Sequential(nn.Linear(2 * n_latent, 64), nn.ReLU(), nn.Linear(64, 1))
+        self.n_members = n_members
+        # the first head keeps the single classifier's parameter names, so older model files load
+        self.classifier = _head(n_latent)
+        self.member_heads = nn.ModuleList([_head(n_latent) for _ in range(n_members - 1)])
         self.wide = (
-            nn.Sequential(nn.Dropout(input_dropout), nn.Linear(n_genes, 1, bias=False)) if wide else None
+            nn.Sequential(nn.Dropout(input_dropout), nn.Linear(n_genes, n_members, bias=False))
+            if wide
+            else None
         )
 
     # ------------------------------------------------------------------ inference
@@ -289,16 +307,18 @@ class SpaCRDModule(BaseModuleClass):
         qz_mean, qz_log_var = self.vae_encoder(h)
         qz = Normal(qz_mean, torch.exp(0.5 * qz_log_var))
         z = qz.rsample() if self.training else qz_mean
-        logits = self.classifier(torch.cat([qz_mean, qz.scale], dim=-1)).squeeze(-1)
+        posterior = torch.cat([qz_mean, qz.scale], dim=-1)
+        member_logits = torch.cat([head(posterior) for head in (self.classifier, *self.member_heads)], dim=-1)
         if self.wide is not None:
-            logits = logits + self._wide_term(spot_genes, neighbors, padding_mask)
+            member_logits = member_logits + self._wide_term(spot_genes, neighbors, padding_mask)
         outputs.update(
             {
                 MODULE_KEYS.H: h,
                 MODULE_KEYS.QZ_MEAN: qz_mean,
                 MODULE_KEYS.QZ_LOG_VAR: qz_log_var,
                 MODULE_KEYS.Z: z,
-                MODULE_KEYS.LOGITS: logits,
+                MODULE_KEYS.LOGITS: member_logits.mean(-1),
+                MODULE_KEYS.MEMBER_LOGITS: member_logits,
             }
         )
         return outputs
@@ -306,15 +326,15 @@ class SpaCRDModule(BaseModuleClass):
     def _wide_term(
         self, spot_genes: torch.Tensor, neighbors: torch.Tensor, padding_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Linear term on each neighbourhood's mean expression, ``(B,)``.
+        """Linear term of every member on each neighbourhood's mean expression, ``(B, n_members)``.
 
         Training applies input dropout to the mean vector, as the method does. The linear map has no
         bias, so in evaluation the mean of the per-spot terms is the same number at a fraction of the cost.
         """
         if self.training:
-            return self.wide(_masked_mean(spot_genes[neighbors], padding_mask)).squeeze(-1)
+            return self.wide(_masked_mean(spot_genes[neighbors], padding_mask))
         per_spot = linear_input(self.wide, spot_genes)  # dropout is the identity in evaluation
-        return _masked_mean(per_spot[neighbors], padding_mask).squeeze(-1)
+        return _masked_mean(per_spot[neighbors], padding_mask)
 
     # ----------------------------------------------------------------- generative
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict[str, torch.Tensor | None]:
@@ -389,8 +409,13 @@ class SpaCRDModule(BaseModuleClass):
             )
 
         logits = inference_outputs[MODULE_KEYS.LOGITS]
-        bce = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0).float(), reduction="none")
-        classification = (bce * labelled).sum() / n_labelled
+        member_logits = inference_outputs[MODULE_KEYS.MEMBER_LOGITS]
+        targets = labels.clamp(min=0).float()[:, None].expand_as(member_logits)
+        bce = F.binary_cross_entropy_with_logits(member_logits, targets, reduction="none")
+        weights = labelled[:, None].float().expand_as(bce)
+        if self.training and self.n_members > 1:  # each head its own bootstrap resample of the spots
+            weights = weights * torch.poisson(torch.ones_like(bce))
+        classification = ((bce * weights).sum(0) / weights.sum(0).clamp(min=1.0)).mean()
         return LossOutput(
             loss=classification + self.fused_weight * fused,
             reconstruction_loss=reconstruction,

@@ -204,8 +204,7 @@ def adjust_to_prior(
         prior = source_prior
         q = p[rows]
         for _ in range(max_iter):
-            up, down = prior / source_prior * p[rows], (1.0 - prior) / (1.0 - source_prior) * (1.0 - p[rows])
-            q = up / (up + down)
+            q = _reweighted(p[rows], source_prior, prior)
             updated = float(q.mean())
             converged = abs(updated - prior) < tol
             prior = float(np.clip(updated, 1e-4, 1.0 - 1e-4))
@@ -214,3 +213,24 @@ def adjust_to_prior(
         adjusted[rows] = q
         priors[str(section)] = prior
     return adjusted.astype(np.float32), priors
+
+
+def _reweighted(p: np.ndarray, source_prior: float, prior: float) -> np.ndarray:
+    """Posteriors ``p`` for a class share ``source_prior`` rewritten for the share ``prior`` (Bayes' rule)."""
+    up, down = prior / source_prior * p, (1.0 - prior) / (1.0 - source_prior) * (1.0 - p)
+    return up / (up + down)
+
+
+def shift_to_priors(
+    probabilities: np.ndarray, source_prior: float, priors: dict[str, float], sections: np.ndarray | None
+) -> np.ndarray:
+    """Re-weight ``(n,)`` or ``(n, m)`` probabilities to known per-section shares (of :func:`adjust_to_prior`)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1.0 - 1e-7)
+    labels = (
+        np.full(p.shape[0], "all", dtype=object) if sections is None else np.asarray(sections).astype(str)
+    )
+    out = np.empty_like(p)
+    for section in pd.unique(labels):
+        rows = labels == section
+        out[rows] = _reweighted(p[rows], source_prior, priors.get(str(section), source_prior))
+    return out.astype(np.float32)

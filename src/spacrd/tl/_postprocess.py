@@ -15,7 +15,7 @@ import numpy as np
 
 from spacrd._validation import check_bool, check_number
 
-from ._adaptation import adjust_to_prior, propagate_over_neighbors
+from ._adaptation import adjust_to_prior, propagate_over_neighbors, shift_to_priors
 from ._calibration import Calibration
 from ._neighbors import smooth_over_neighbors
 from ._threshold import gmm_threshold
@@ -81,6 +81,9 @@ class PostprocessResult:
         The probability threshold of the call and how it was set (``"bayes"``, ``"gmm"``, ``"fixed"``).
     cancer_share
         Estimated cancer share per section (empty without the prior shift).
+    uncertainty
+        ``(n,)`` float32 standard deviation of the ensemble members' probabilities (each member's
+        logits through the same steps), in ``[0, 0.5]``; ``None`` for a model of one member.
 
     """
 
@@ -89,6 +92,7 @@ class PostprocessResult:
     threshold: float
     threshold_method: str
     cancer_share: dict[str, float]
+    uncertainty: np.ndarray | None = None
 
 
 def label_free_logits(
@@ -122,6 +126,7 @@ def postprocess(
     calibration: Calibration | None,
     source_cancer_share: float | None,
     expression_graph: Callable[[], np.ndarray] | np.ndarray | None = None,
+    member_logits: np.ndarray | None = None,
 ) -> PostprocessResult:
     """Turn network logits into calibrated probabilities and a label-free call.
 
@@ -142,12 +147,18 @@ def postprocess(
         Share of cancer among the labelled training spots, the prior the shift starts from.
     expression_graph
         See :func:`label_free_logits`.
+    member_logits
+        ``(n, m)`` logits of the ensemble members whose mean ``logits`` is, for the uncertainty: each
+        member's logits go through the same propagation, smoothing, calibration and the section's
+        estimated cancer share, and the spread of the resulting probabilities is returned.
 
     Returns
     -------
     :class:`PostprocessResult`; raises :class:`ValueError` if any probability is not finite.
 
     """
+    if callable(expression_graph) and settings.expression_propagation:
+        expression_graph = expression_graph()  # built once for the ensemble and its members
     logits = label_free_logits(logits, neighbors, padding, settings, expression_graph)
     calibrated = (calibration or Calibration()).apply(logits)
     probabilities = (1.0 / (1.0 + np.exp(-calibrated))).astype(np.float32)
@@ -170,6 +181,13 @@ def postprocess(
         method, threshold = "gmm", gmm_threshold(probabilities)
     else:
         method, threshold = "fixed", float(settings.threshold)
+    uncertainty = None
+    if member_logits is not None and np.ndim(member_logits) == 2 and member_logits.shape[1] > 1:
+        members = label_free_logits(member_logits, neighbors, padding, settings, expression_graph)
+        member_p = 1.0 / (1.0 + np.exp(-(calibration or Calibration()).apply(members)))
+        if settings.prior_shift:
+            member_p = shift_to_priors(member_p, source_cancer_share, cancer_share, sections)
+        uncertainty = np.asarray(member_p, dtype=np.float64).std(axis=1).astype(np.float32)
     return PostprocessResult(
-        probabilities, probabilities >= threshold, float(threshold), method, cancer_share
+        probabilities, probabilities >= threshold, float(threshold), method, cancer_share, uncertainty
     )
