@@ -32,7 +32,7 @@ from spacrd.module import SpaCRDModule
 from spacrd.pp._genes import highly_variable_columns
 from spacrd.pp._neighbors import ensure_spatial_neighbors
 
-from . import _io
+from . import _io, _pretrained
 from ._adata_inputs import label_summary, source_inputs, target_inputs
 from ._datamodule import NeighbourhoodDataset
 from ._inputs import SECTION_SCALINGS, SectionScaling, SpotInputs
@@ -365,6 +365,31 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
 
         """
         return _io.load_model(cls, dir_path, adata, accelerator, device)
+
+    @classmethod
+    def load_pretrained(cls, name: str, accelerator: str = "auto", device: int | str = "auto") -> SpaCRD:
+        """Load a model shipped with spacrd, offline: ``"her2st"`` (see the model card in the docs).
+
+        ``"her2st"`` was trained on the six labelled HER2ST sections of
+        :func:`spacrd.datasets.her2st_ctr` (HER2-positive breast cancer, legacy ST, 2,000 gene symbols,
+        expression only) by ``scripts/build_pretrained.py``. Predict with :meth:`predict`; the target's
+        genes are matched by symbol (``min_gene_overlap``).
+
+        Parameters
+        ----------
+        name
+            A shipped model's name; an unknown one is a :class:`ValueError` listing the available ones.
+        accelerator, device
+            Where to place the weights, as for :meth:`load`.
+
+        Examples
+        --------
+        >>> model = spacrd.model.SpaCRD.load_pretrained("her2st")  # doctest: +SKIP
+        >>> model.predict(adata)  # doctest: +SKIP
+        >>> spacrd.pl.ctr(adata)  # doctest: +SKIP
+
+        """
+        return _pretrained.load_pretrained(cls, name, accelerator, device)
 
     def __repr__(self) -> str:
         return f"{self._model_summary_string} Trained: {self.is_trained_}."

@@ -1,0 +1,290 @@
+"""The ``spacrd`` command: CTR calls for pipelines (``predict``), models from labelled data (``train``), the demo.
+
+Exit codes: 0 success; 2 bad usage or input (a one-line message on standard error); 1 an unexpected
+error. ``--debug`` adds the traceback. Progress goes to standard error, results to files under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import traceback
+from pathlib import Path
+
+from spacrd._cli_io import FORMATS_HELP, InputError
+
+MAIN_EPILOG = """\
+examples:
+  spacrd predict --model her2st section.h5ad --out results/
+  spacrd predict --model her2st spaceranger_run/outs --out results/
+  spacrd predict --model my_model/ sample.zarr --table table --out results/
+  spacrd train labelled.h5ad --labels-key cancer --section-key section --out my_model/
+  spacrd demo
+
+exit codes: 0 success, 2 bad usage or input, 1 unexpected error (--debug shows the traceback)
+"""
+PREDICT_EPILOG = """\
+outputs (under --out):
+  spots.csv        one row per spot: spot (index), section, ctr_prob, ctr
+  ctr.png          the probabilities on the H&E (spacrd.pl.ctr), unless --no-plot
+  annotated.h5ad   the input with obs["ctr_prob"], obs["ctr"] and uns["spacrd"] (.h5ad and Space Ranger
+                   inputs); a SpatialData .zarr instead gets its table rewritten in place, with the
+                   same entries, and nothing else of it is copied or changed
+
+examples:
+  spacrd predict --model her2st section.h5ad --out results/
+  spacrd predict --model her2st spaceranger_run/outs --out results/ --min-gene-overlap 0.3
+  spacrd predict --model my_model/ normalised.h5ad --layer counts --section-key sample --out results/
+  spacrd predict --model my_model/ sample.zarr --table table --out results/
+"""
+TRAIN_EPILOG = """\
+The model folder (model.pt, model.json; SpaCRD.save) is what `spacrd predict --model DIR` and
+SpaCRD.load(DIR) read.
+
+examples:
+  spacrd train labelled.h5ad --labels-key cancer --section-key section --out my_model/
+  spacrd train labelled.h5ad --labels-key label --cancer-categories "invasive cancer" "cancer in situ" \\
+      --section-key section --out my_model/
+  spacrd train spaceranger_run/outs --labels-file pathology.csv --labels-key Pathology \\
+      --cancer-categories Tumor --histology --out my_model/
+  spacrd train sample.zarr --table table --image he_image --labels-key cancer --out my_model/
+"""
+DEMO_EPILOG = """\
+Writes ctr.png, metrics.csv and spots.csv under --out; a few minutes on 2 CPU cores, offline.
+
+examples:
+  spacrd demo
+  spacrd demo --held-out B1 --out demo_b1
+"""
+#: Exceptions that mean bad input: spacrd's checks raise these with messages that say what to fix.
+INPUT_ERRORS = (InputError, ValueError, KeyError, TypeError, OSError, ImportError)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _wrap(text: str) -> str:
+    """Descriptions wrapped as argparse would, since the raw formatter (for the epilogs) does not."""
+    return textwrap.fill(text, width=88)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def _input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="INPUT", type=Path, help=FORMATS_HELP)
+    parser.add_argument(
+        "--section-key",
+        metavar="COLUMN",
+        help="obs column naming each spot's section (default: the model's section column, or 'section' for "
+        "train, when INPUT has it; else one section per SpatialData shapes element, or one section)",
+    )
+    parser.add_argument(
+        "--layer", metavar="NAME", help="layer with the raw counts (default: the model's; X for a new model)"
+    )
+    parser.add_argument(
+        "--table", metavar="NAME", help="SpatialData table of spots (default: 'table', or the only one)"
+    )
+    parser.add_argument(
+        "--image", metavar="NAME", help="SpatialData image element, for models with histology"
+    )
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``spacrd`` and its ``predict``, ``train`` and ``demo`` commands."""
+    from spacrd import __version__
+    from spacrd._demo import add_arguments as demo_arguments
+    from spacrd._pretrained_registry import PRETRAINED_MODELS
+    from spacrd._stages import STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="spacrd",
+        description="Cancer tissue regions (CTR) in spatial transcriptomics, from the command line.",
+        epilog=MAIN_EPILOG,
+        formatter_class=_formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"spacrd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    predict = commands.add_parser(
+        "predict",
+        help="cancer probability and call for every spot of INPUT",
+        description=_wrap(
+            "Give every spot of INPUT its cancer probability and a label-free cancer / non-cancer "
+            "call (SpaCRD.predict), and write them with a figure. INPUT needs raw counts and spot "
+            "coordinates, no labels."
+        ),
+        epilog=PREDICT_EPILOG,
+        formatter_class=_formatter,
+    )
+    names = "; ".join(f"{m.name}: {m.summary}" for m in PRETRAINED_MODELS.values())
+    predict.add_argument(
+        "--model",
+        default="her2st",
+        metavar="NAME|DIR",
+        help=f"a pretrained model ({names}) or a folder written by SpaCRD.save / spacrd train "
+        "(default her2st)",
+    )
+    _input_options(predict)
+    predict.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    predict.add_argument(
+        "--min-gene-overlap",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="smallest share of the model's genes INPUT must have (default 0.5)",
+    )
+    predict.add_argument(
+        "--threshold", metavar="P|gmm", help="call threshold (default: 0.5 on prior-adapted probabilities)"
+    )
+    predict.add_argument("--no-plot", action="store_true", help="do not draw ctr.png")
+    _common(predict)
+    predict.set_defaults(func=_predict)
+
+    train = commands.add_parser(
+        "train",
+        help="train a model on labelled spots of INPUT",
+        description=_wrap(
+            "Train SpaCRD on the labelled spots of INPUT (SpaCRD.setup_anndata, train, save) and write "
+            "the model folder."
+        ),
+        epilog=TRAIN_EPILOG,
+        formatter_class=_formatter,
+    )
+    _input_options(train)
+    train.add_argument("--labels-key", required=True, metavar="COLUMN", help="column with the labels")
+    train.add_argument(
+        "--labels-file",
+        type=Path,
+        metavar="CSV",
+        help="read the labels column from this CSV (first column: spot ids, e.g. a Loupe Browser export) "
+        "instead of INPUT; spots it lacks are unlabelled",
+    )
+    train.add_argument(
+        "--cancer-categories",
+        nargs="+",
+        metavar="VALUE",
+        help="label values that mean cancer (default: the labels are bool, 0/1 or cancer/non-cancer)",
+    )
+    train.add_argument(
+        "--histology",
+        action="store_true",
+        help="also train on H&E features (spacrd.pp.image_features on uns['spatial'] images)",
+    )
+    train.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="model folder to write")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR")
+    train.add_argument("--n-top-genes", type=int, default=2000, metavar="N", help="genes used (default 2000)")
+    for spec in STAGES:
+        train.add_argument(
+            f"--{spec.name}-epochs",
+            type=int,
+            default=spec.epochs,
+            metavar="N",
+            help=f"epochs of {spec.title.split(':')[0].lower()} ({spec.name}; default {spec.epochs})",
+        )
+    train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    _common(train)
+    train.set_defaults(func=_train)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the README's cross-patient demo on the shipped HER2ST subset",
+        description=_wrap(
+            "Train on five labelled HER2ST patients, predict the sixth without its labels and report ROC "
+            "AUC, average precision and F1 next to trivial baselines."
+        ),
+        epilog=DEMO_EPILOG,
+        formatter_class=_formatter,
+    )
+    demo_arguments(demo)
+    _common(demo)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``spacrd`` with ``argv`` (default: the command line) and return its exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version (0) and usage errors (2)
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("spacrd: error: choose a command: predict, train or demo (spacrd --help)", file=sys.stderr)
+        return 2
+    name = f"spacrd {args.command}"
+    try:
+        from spacrd._console import quiet_libraries
+
+        with quiet_libraries():
+            args.func(args)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except INPUT_ERRORS as err:
+        _report(name, "error", err, args.debug)
+        return 2
+    except Exception as err:
+        _report(name, f"unexpected error ({type(err).__name__})", err, args.debug)
+        return 1
+    return 0
+
+
+def _report(name: str, what: str, err: BaseException, debug: bool) -> None:
+    from spacrd._cli_io import _first_line
+
+    if debug:
+        traceback.print_exception(err)
+    hint = "" if debug else " (--debug shows the traceback)"
+    print(f"{name}: {what}: {_first_line(err)}{hint if 'unexpected' in what else ''}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from spacrd import _cli_io
+    from spacrd._cli_model import load_model, predict
+
+    if args.input.resolve() == args.out.resolve():
+        raise InputError("--out must differ from INPUT.")
+    model = load_model(args.model, args.accelerator)
+    loaded = _cli_io.read_input(args.input, args.table)
+    section_key = predict(model, loaded, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.input.name.removesuffix(".h5ad").removesuffix(".zarr")
+    spots = _cli_io.spot_table(loaded.table, section_key, stem)
+    spots.to_csv(args.out / "spots.csv")
+    written = [_cli_io.write_annotated(loaded, args.out), args.out / "spots.csv"]
+    if not args.no_plot:
+        try:
+            _cli_io.draw(loaded, section_key, args.out / "ctr.png")
+            written.append(args.out / "ctr.png")
+        except (KeyError, ValueError, ImportError) as err:  # results stand without a figure
+            print(f"warning: no ctr.png: {_cli_io._first_line(err)}", file=sys.stderr)
+    called = int((spots.iloc[:, 2] == "cancer").sum())
+    print(f"{len(spots)} spots, {called} called cancer ({called / max(len(spots), 1):.0%}).")
+    print("Wrote " + ", ".join(map(str, written)))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from spacrd._cli_model import train
+
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise InputError(f"{args.out} exists and is not empty; pass --overwrite or choose another --out.")
+    model = train(args)
+    model.save(str(args.out), overwrite=True)
+    print(f"{model}\nWrote {args.out}/model.pt, {args.out}/model.json")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from spacrd._demo import SECTIONS, run_from_args
+
+    if args.held_out not in SECTIONS:  # before the data are read and a model is trained
+        raise InputError(f"--held-out must be one of {', '.join(SECTIONS)}, got {args.held_out!r}.")
+    run_from_args(args)

@@ -1,0 +1,236 @@
+"""Inputs and outputs of the ``spacrd`` command: reading the three formats, writing results and the figure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from spacrd._constants import OBS_KEYS, SCANPY_IMAGE_KEYS, SPATIALDATA_KEYS, UNS_KEYS
+from spacrd._spatial import is_spatialdata
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+#: Index column of the spot table the command writes.
+SPOT_COLUMN = "spot"
+#: Column of the spot table with each spot's section.
+SECTION_COLUMN = OBS_KEYS.SECTION
+#: The Space Ranger files that make a folder a Space Ranger output.
+SPACERANGER_COUNTS = "filtered_feature_bc_matrix.h5"
+FORMATS_HELP = (
+    "a .h5ad file, a SpatialData .zarr folder or a Space Ranger output folder "
+    f"(with {SPACERANGER_COUNTS} and spatial/)"
+)
+
+
+class InputError(Exception):
+    """Bad usage or input: the command prints the message on one line and exits with code 2."""
+
+
+@dataclass
+class Loaded:
+    """What INPUT held: an AnnData, or a SpatialData with the table the command works on."""
+
+    data: Any
+    kind: Literal["h5ad", "zarr", "spaceranger"]
+    path: Path
+    table_key: str | None = None
+
+    @property
+    def table(self) -> AnnData:
+        """The spot table: the AnnData itself, or ``sdata.tables[table_key]``."""
+        return self.data.tables[self.table_key] if self.kind == "zarr" else self.data
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix == ".zarr" or any((path / name).exists() for name in ("zarr.json", ".zgroup"))
+
+
+def _spaceranger_root(path: Path) -> Path | None:
+    """``path`` or its ``outs/`` folder when it holds the Space Ranger counts and ``spatial/``."""
+    for root in (path, path / "outs"):
+        if (root / SPACERANGER_COUNTS).is_file() and (root / "spatial").is_dir():
+            return root
+    return None
+
+
+def read_input(path: str | Path, table_key: str | None = None) -> Loaded:
+    """Read INPUT by what it is: ``.h5ad`` (anndata), ``.zarr`` (spatialdata) or a Space Ranger folder (squidpy).
+
+    Space Ranger gene symbols are made unique (``var_names_make_unique``), as the model requires.
+    ``table_key`` picks a SpatialData table (default ``"table"``, or the only table).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder.")
+    try:
+        if path.is_file() and path.suffix == ".h5ad":
+            import anndata
+
+            return Loaded(anndata.read_h5ad(path), "h5ad", path)
+        if path.is_dir() and _is_zarr(path):
+            from spatialdata import read_zarr
+
+            sdata = read_zarr(path)
+            return Loaded(sdata, "zarr", path, _table_key(sdata, table_key, path))
+        if path.is_dir() and (root := _spaceranger_root(path)) is not None:
+            import squidpy as sq
+
+            adata = sq.read.visium(root)
+            adata.var_names_make_unique()
+            return Loaded(adata, "spaceranger", root)
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"{path}: could not be read ({type(err).__name__}: {_first_line(err)}).") from err
+    raise InputError(f"{path}: not {FORMATS_HELP}.")
+
+
+def _table_key(sdata, table_key: str | None, path: Path) -> str:
+    tables = list(sdata.tables)
+    if table_key is not None and table_key in tables:
+        return table_key
+    if table_key is None and SPATIALDATA_KEYS.TABLE in tables:
+        return SPATIALDATA_KEYS.TABLE
+    if table_key is None and len(tables) == 1:
+        return tables[0]
+    wanted = f"has no table {table_key!r}" if table_key is not None else "has several tables"
+    raise InputError(f"{path} {wanted}; its tables: {tables}. Choose one with --table.")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+def with_counts_in(adata: AnnData, layer: str | None, model_layer: str | None) -> AnnData:
+    """``adata`` with the counts of ``layer`` (``None``: ``X``) where the model reads them (``model_layer``).
+
+    Returns ``adata`` itself when nothing moves; otherwise a light AnnData sharing ``obs``, ``obsm`` and
+    ``uns`` (the prediction's columns are copied back by :func:`copy_prediction`).
+    """
+    if layer == model_layer:
+        return adata
+    from anndata import AnnData
+
+    if layer is not None and layer not in adata.layers:
+        raise InputError(f"--layer {layer!r} is not a layer of the input; it has {list(adata.layers)}.")
+    counts = adata.X if layer is None else adata.layers[layer]
+    light = AnnData(
+        X=counts, obs=adata.obs.copy(), var=adata.var[[]], obsm=dict(adata.obsm), uns=dict(adata.uns)
+    )
+    if model_layer is not None:
+        light.layers[model_layer] = counts
+    return light
+
+
+def copy_prediction(light: AnnData, adata: AnnData, prob_key: str, call_key: str, uns_key: str) -> None:
+    """Copy what :meth:`~spacrd.model.SpaCRD.predict` wrote into ``light`` over to ``adata``."""
+    if light is adata:
+        return
+    adata.obs[prob_key] = light.obs[prob_key].to_numpy()
+    adata.obs[call_key] = light.obs[call_key].values  # keeps the categories
+    adata.uns[uns_key] = light.uns[uns_key]
+
+
+def spot_table(table: AnnData, section_key: str | None, default_section: str) -> pd.DataFrame:
+    """One row per spot: index ``spot`` (the obs names), ``section``, probability and call.
+
+    ``section`` is ``obs[section_key]``, else the only library of ``uns["spatial"]``, else
+    ``default_section`` (the input's name).
+    """
+    prediction = table.uns[UNS_KEYS.PREDICTION]
+    prob_key, call_key = prediction["prob_key"], prediction["call_key"]
+    if section_key is not None and section_key in table.obs:
+        sections = table.obs[section_key].astype(str).to_numpy()
+    else:
+        spatial = table.uns.get(UNS_KEYS.SPATIAL)
+        single = isinstance(spatial, Mapping) and len(spatial) == 1
+        sections = np.full(table.n_obs, str(next(iter(spatial))) if single else default_section)
+    frame = pd.DataFrame(
+        {
+            SECTION_COLUMN: sections,
+            prob_key: table.obs[prob_key].to_numpy(),
+            call_key: table.obs[call_key].astype(str).to_numpy(),
+        },
+        index=pd.Index(table.obs_names.astype(str), name=SPOT_COLUMN),
+    )
+    return frame
+
+
+def _usable(image: Any) -> bool:
+    """An image that shows something: not a single-colour placeholder (Space Ranger fixtures have them)."""
+    array = np.asarray(image)
+    return array.size > 0 and bool(np.ptp(array[..., :3]) > 0)
+
+
+def image_options(table: AnnData, section_key: str | None) -> dict[str, Any]:
+    """``img``/``img_res_key`` for :func:`spacrd.pl.ctr`: hires if every section has a usable one, else lowres."""
+    spatial = table.uns.get(UNS_KEYS.SPATIAL, {})
+    if section_key is not None and section_key in table.obs:
+        libraries = [str(s) for s in pd.unique(table.obs[section_key].astype(str))]
+    else:
+        libraries = list(spatial)
+    for key in (SCANPY_IMAGE_KEYS.HIRES, "lowres"):
+        images = [spatial.get(lib, {}).get(SCANPY_IMAGE_KEYS.IMAGES, {}).get(key) for lib in libraries]
+        if libraries and all(image is not None and _usable(image) for image in images):
+            return {"img": True, "img_res_key": key}
+    return {"img": False}
+
+
+def draw(loaded: Loaded, section_key: str | None, path: Path) -> None:
+    """Save :func:`spacrd.pl.ctr` of the prediction as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import spacrd
+
+    try:
+        if is_spatialdata(loaded.data):
+            spacrd.pl.ctr(loaded.data, table_name=loaded.table_key, show=False)
+        else:
+            key = section_key if section_key is not None and section_key in loaded.table.obs else None
+            spacrd.pl.ctr(loaded.table, library_key=key, show=False, **image_options(loaded.table, key))
+        plt.savefig(path, dpi=150, bbox_inches="tight")
+    finally:
+        plt.close("all")
+
+
+def _rewrite_table(sdata, name: str) -> None:
+    """Replace table ``name`` in the zarr that ``sdata`` was read from.
+
+    spatialdata refuses to overwrite an element inside the store it reads from, so the table is first
+    written under a temporary name: if the final write fails, that copy is still on disk.
+    """
+    spare = f"{name}_spacrd_tmp"
+    sdata.tables[spare] = sdata.tables[name]
+    try:
+        if f"tables/{spare}" in sdata.elements_paths_on_disk():  # left behind by an interrupted run
+            sdata.delete_element_from_disk(spare)
+        sdata.write_element(spare)
+        sdata.delete_element_from_disk(name)
+        sdata.write_element(name)
+        sdata.delete_element_from_disk(spare)
+    finally:
+        del sdata.tables[spare]
+
+
+def write_annotated(loaded: Loaded, out: Path) -> Path:
+    """Write the annotated data: ``OUT/annotated.h5ad`` for AnnData inputs; SpatialData: its table, in place.
+
+    A SpatialData zarr gets only its table rewritten (``sdata.write_element(table, overwrite=True)``),
+    so images and shapes are not copied; the spot table and the figure go to ``out`` either way.
+    """
+    if loaded.kind == "zarr":
+        _rewrite_table(loaded.data, loaded.table_key)
+        return loaded.path
+    target = out / "annotated.h5ad"
+    loaded.data.write_h5ad(target)
+    return target

@@ -1,0 +1,161 @@
+"""The model side of the ``spacrd`` command: resolve ``--model``, predict and train on a read INPUT."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from spacrd._cli_io import InputError, Loaded, copy_prediction, with_counts_in
+from spacrd._console import StageProgress, quiet_libraries
+from spacrd._constants import OBS_KEYS, OBSM_KEYS, UNS_KEYS
+from spacrd._pretrained_registry import PRETRAINED_MODELS, available
+from spacrd.model import SpaCRD
+from spacrd.model._spatialdata import table_region_key
+
+
+def load_model(spec: str, accelerator: str) -> SpaCRD:
+    """``--model``: a folder written by :meth:`SpaCRD.save`, else the name of a shipped model."""
+    path = Path(spec)
+    if path.is_dir():
+        return SpaCRD.load(str(path), accelerator=accelerator)
+    if spec in PRETRAINED_MODELS:
+        return SpaCRD.load_pretrained(spec, accelerator=accelerator)
+    raise InputError(
+        f"--model {spec!r} is neither a pretrained model (available: {', '.join(available())}) nor a "
+        "folder written by SpaCRD.save or spacrd train."
+    )
+
+
+def _threshold(value: str | None) -> float | str | None:
+    if value is None or value == "gmm":
+        return value
+    try:
+        threshold = float(value)
+    except ValueError:
+        raise InputError(f"--threshold must be a probability or 'gmm', got {value!r}.") from None
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold must be between 0 and 1, got {threshold}.")
+    return threshold
+
+
+def _section_key(loaded: Loaded, requested: str | None, fallback: str | None) -> str | None:
+    """The section column: ``requested`` (must exist), else ``fallback`` if INPUT has it, else per shapes element."""
+    obs = loaded.table.obs
+    if requested is not None:
+        if requested not in obs:
+            raise InputError(
+                f"--section-key {requested!r} is not a column of INPUT; its columns: {list(obs)}."
+            )
+        return requested
+    if fallback is not None and fallback in obs:
+        return fallback
+    return table_region_key(loaded.table) if loaded.kind == "zarr" else None
+
+
+def _histology(adata, section_key: str | None, key_added: str = OBSM_KEYS.HISTOLOGY) -> None:
+    import spacrd
+
+    if not adata.uns.get(UNS_KEYS.SPATIAL):
+        raise InputError("--histology needs H&E images in uns['spatial'] (the squidpy/scanpy Visium layout).")
+    kwargs = {"library_key": section_key} if section_key is not None else {}
+    spacrd.pp.image_features(adata, key_added=key_added, **kwargs)
+
+
+def predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace) -> str | None:
+    """Predict ``loaded`` in place with the command's options; returns the section column used."""
+    setup = model.setup_args
+    section_key = _section_key(loaded, args.section_key, setup["batch_key"])
+    options = {"min_gene_overlap": args.min_gene_overlap, "threshold": _threshold(args.threshold)}
+    with quiet_libraries():
+        if loaded.kind == "zarr":
+            if args.layer not in (None, setup["layer"]):
+                raise InputError(
+                    "--layer works for .h5ad and Space Ranger inputs; the zarr table is read as is."
+                )
+            model.predict(
+                loaded.data,
+                table_key=loaded.table_key,
+                image_key=args.image,
+                batch_key=section_key,
+                **options,
+            )
+            return section_key
+        adata = loaded.data
+        image_key = setup["image_key"]
+        has_images = bool(adata.uns.get(UNS_KEYS.SPATIAL))
+        if model.module.image_encoder is not None and image_key not in adata.obsm and has_images:
+            _histology(adata, section_key, image_key)
+        target = with_counts_in(adata, args.layer, setup["layer"]) if args.layer is not None else adata
+        model.predict(target, batch_key=section_key, **options)
+        copy_prediction(target, adata, OBS_KEYS.PROB, OBS_KEYS.CALL, UNS_KEYS.PREDICTION)
+    return section_key
+
+
+def _join_labels(table, path: Path, key: str) -> None:
+    """``table.obs[key]`` from the CSV ``path`` (first column: spot ids); spots it lacks are unlabelled."""
+    try:
+        labels = pd.read_csv(path, index_col=0)
+    except (OSError, ValueError) as err:
+        raise InputError(f"--labels-file {path}: could not be read ({err}).") from err
+    if key not in labels:
+        raise InputError(f"--labels-file {path} has no column {key!r}; its columns: {list(labels)}.")
+    labels.index = labels.index.astype(str)
+    matched = table.obs_names.isin(labels.index)
+    if not matched.any():
+        raise InputError(
+            f"No spot id of --labels-file {path} (e.g. {labels.index[0]!r}) is a spot of INPUT "
+            f"(e.g. {table.obs_names[0]!r})."
+        )
+    table.obs[key] = labels[key].reindex(table.obs_names).to_numpy()
+
+
+def train(args: argparse.Namespace) -> SpaCRD:
+    """Set up INPUT's labelled spots, train with the command's epochs and seed, return the model."""
+    import scvi
+
+    from spacrd._cli_io import read_input
+
+    loaded = read_input(args.input, args.table)
+    table = loaded.table
+    if args.labels_file is not None:
+        _join_labels(table, args.labels_file, args.labels_key)
+    if args.labels_key not in table.obs:
+        raise InputError(
+            f"--labels-key {args.labels_key!r} is not a column of INPUT; its columns: {list(table.obs)}."
+        )
+    section_key = _section_key(loaded, args.section_key, OBS_KEYS.SECTION)
+    labels = {"labels_key": args.labels_key, "cancer_categories": args.cancer_categories}
+    with quiet_libraries():
+        scvi.settings.seed = args.seed
+        if loaded.kind == "zarr":
+            if args.histology:
+                raise InputError(
+                    "For a SpatialData INPUT, name the H&E image with --image instead of --histology."
+                )
+            SpaCRD.setup_spatialdata(
+                loaded.data,
+                table_key=loaded.table_key,
+                image_key=args.image,
+                layer=args.layer,
+                batch_key=section_key,
+                **labels,
+            )
+        else:
+            if args.histology:
+                _histology(table, section_key)
+            image_key = OBSM_KEYS.HISTOLOGY if args.histology else None
+            SpaCRD.setup_anndata(
+                table, layer=args.layer, batch_key=section_key, image_key=image_key, **labels
+            )
+        model = SpaCRD(table, n_top_genes=min(args.n_top_genes, table.n_vars))
+        model.train(
+            align_epochs=args.align_epochs,
+            fuse_epochs=args.fuse_epochs,
+            classify_epochs=args.classify_epochs,
+            accelerator=args.accelerator,
+            enable_progress_bar=False,
+            callbacks=[StageProgress()],
+        )
+    return model

@@ -1,0 +1,67 @@
+"""The pretrained model shipped with the package: loads offline, predicts, and names what exists."""
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import spacrd
+from spacrd._pretrained_registry import PRETRAINED_MODELS, pretrained_path
+from spacrd.model import SpaCRD
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pretrained model must load without the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_every_registered_model_is_shipped_and_small():
+    for name in PRETRAINED_MODELS:
+        folder = pretrained_path(name)
+        assert (folder / "model.pt").is_file() and (folder / "model.json").is_file()
+        assert sum(f.stat().st_size for f in folder.iterdir()) < 5e6
+        recipe = json.loads((folder / "training.json").read_text())
+        assert recipe["built_by"] == "scripts/build_pretrained.py" and recipe["name"] == name
+
+
+def test_load_pretrained_her2st_offline_and_predict_a1(offline):
+    model = SpaCRD.load_pretrained("her2st", accelerator="cpu")
+    assert model.is_trained_ and model.adata is None
+    assert len(model.gene_names) == 2000 and model.module.image_encoder is None  # expression only
+    recipe = json.loads((pretrained_path("her2st") / "training.json").read_text())
+    assert recipe["sections"] == ["A1", "B1", "C1", "D1", "E1", "F1"] and recipe["seed"] == 0
+
+    adata = spacrd.datasets.her2st_ctr()
+    a1 = adata[adata.obs["section"] == "A1"].copy()
+    truth = a1.obs["cancer"].astype(bool).to_numpy()
+    a1.obs = a1.obs.drop(columns=["label", "cancer"])
+    prob = model.predict(a1)
+    assert prob.shape == (346,) and np.isfinite(prob).all() and ((prob >= 0) & (prob <= 1)).all()
+    # A1 is one of the model's training sections: this checks the shipped weights are the trained ones,
+    # not how well they generalise (the model card's leave-one-section-out numbers do that)
+    assert roc_auc_score(truth, prob) > 0.8
+
+
+def test_unknown_pretrained_name_lists_the_available_ones():
+    with pytest.raises(ValueError, match=r"'mouse_brain'.*available: \['her2st'\].*SpaCRD.load"):
+        SpaCRD.load_pretrained("mouse_brain")
+
+
+def test_the_wheel_takes_the_package_data():
+    """hatch builds the wheel from src/spacrd, and no ignore rule drops the weights."""
+    config = (ROOT / "pyproject.toml").read_text()  # tomllib needs Python 3.11
+    assert '[tool.hatch.build.targets.wheel]\npackages = ["src/spacrd"]' in config
+    assert 'spacrd = "spacrd._cli:main"' in config and 'spacrd-demo = "spacrd._demo:main"' in config
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert not {"*.pt", "*.json", "pretrained/"} & set(ignored)
