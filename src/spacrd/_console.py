@@ -15,33 +15,29 @@ from typing import TextIO
 
 from lightning.pytorch.callbacks import Callback
 
+from spacrd._logging import quiet_third_party
 from spacrd._stages import STAGES
 
-#: Loggers whose start-up banners (accelerators, tips, seeds, "`Trainer.fit` stopped") a command hides.
-CHATTY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric", "scvi")
-#: Warnings that describe the libraries, not the user's data, and that a command therefore hides.
-LIBRARY_WARNINGS = (
-    {"module": r"lightning(\.|$)"},
-    {"module": r"pytorch_lightning(\.|$)"},
-    {"module": r"docrep(\.|$)"},
-    {"message": r"Sparse invariant checks are implicitly disabled"},
-)
+#: Beyond what the library holds back in its own calls (:func:`spacrd._logging.quiet_third_party`),
+#: a command also hides scvi-tools' INFO lines ("Seed set to 0") and every Lightning warning.
+COMMAND_LOGGERS = ("scvi",)
+COMMAND_WARNINGS = ({"module": r"lightning(\.|$)"}, {"module": r"docrep(\.|$)"})
 
 
 @contextmanager
 def quiet_libraries() -> Iterator[None]:
-    """Hide Lightning's and scvi-tools' banners and library warnings; show the others on one line each.
+    """For a command: the library's quiet mode, scvi-tools' INFO lines too, other warnings on one line each.
 
     The loggers' levels and the warning filters are restored on exit, so a notebook that runs a
     command's function keeps its own settings.
     """
-    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    levels = {name: logging.getLogger(name).level for name in COMMAND_LOGGERS}
     show = warnings.showwarning
     try:
-        for name in CHATTY_LOGGERS:
+        for name in COMMAND_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
-        with warnings.catch_warnings():
-            for kwargs in LIBRARY_WARNINGS:
+        with quiet_third_party(), warnings.catch_warnings():
+            for kwargs in COMMAND_WARNINGS:
                 warnings.filterwarnings("ignore", **kwargs)
             warnings.showwarning = _one_line_warning
             yield
