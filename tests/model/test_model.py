@@ -57,7 +57,7 @@ def test_predict_writes_only_documented_keys(trained):
     target = target.copy()
     before = target.copy()
     model.predict(target)
-    assert set(target.obs.columns) - set(before.obs.columns) == {"ctr_prob", "ctr"}
+    assert set(target.obs.columns) - set(before.obs.columns) == {"ctr_prob", "ctr", "ctr_uncertainty"}
     assert set(target.uns) - set(before.uns) == {"spacrd"}
     for key in before.obs:
         pd.testing.assert_series_equal(target.obs[key], before.obs[key])

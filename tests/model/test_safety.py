@@ -153,12 +153,12 @@ def test_predict_writes_only_documented_keys(data, trained):
     target = _with_images(target_of(data))
     before, source_before = _snapshot(target), _snapshot(trained.adata)
     trained.predict(target)
-    _assert_only_added(before, target, obs={"ctr_prob", "ctr"}, uns={"spacrd"})
+    _assert_only_added(before, target, obs={"ctr_prob", "ctr", "ctr_uncertainty"}, uns={"spacrd"})
     _assert_only_added(source_before, trained.adata)  # the training data are not touched
     custom = target_of(data)
     before = _snapshot(custom)
-    trained.predict(custom, prob_key="p", call_key="c", uns_key="run")
-    _assert_only_added(before, custom, obs={"p", "c"}, uns={"run"})
+    trained.predict(custom, prob_key="p", call_key="c", uncertainty_key="u", uns_key="run")
+    _assert_only_added(before, custom, obs={"p", "c", "u"}, uns={"run"})
 
 
 def test_image_features_writes_only_documented_keys(data):
