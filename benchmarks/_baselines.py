@@ -246,19 +246,18 @@ def scanvi(
         return soft["cancer"].to_numpy(dtype=float)
 
 
-def spacrd(
+def _spacrd_run(
     train: ad.AnnData,
     test: ad.AnnData,
     seed: int,
-    *,
-    timer: Timer | None = None,
-    quick: bool = False,
-    image_key: str | None = None,
-    train_kwargs: dict | None = None,
-    **_,
+    timer: Timer | None,
+    quick: bool,
+    image_key: str | None,
+    model_kwargs: dict,
+    train_kwargs: dict,
+    predict_kwargs: dict,
 ) -> np.ndarray:
-    """SpaCRD with default settings (``train_kwargs`` override training arguments); writes ``test.obs["ctr"]``
-    (its label-free call) as a side effect."""
+    """Set up, train and predict SpaCRD; writes ``test.obs["ctr"]`` (its label-free call) as a side effect."""
     import scvi
 
     from spacrd.model import SpaCRD
@@ -274,16 +273,30 @@ def spacrd(
             labels_key="cancer",
             batch_key="section",
             image_key=image_key,
-            spatial_key="spatial",
             n_neighbors=N_NEIGHBORS,
         )
-        model = SpaCRD(train)
+        model = SpaCRD(train, **model_kwargs)
+        epochs = {"align_epochs": 2, "fuse_epochs": 2, "classify_epochs": 3} if quick else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            epochs = {"align_epochs": 2, "fuse_epochs": 2, "classify_epochs": 3} if quick else {}
-            model.train(**{**epochs, **(train_kwargs or {})}, enable_progress_bar=False)
+            model.train(**{**train_kwargs, **epochs}, enable_progress_bar=False)
     with timer.phase("predict"):
-        return np.asarray(model.predict(test), dtype=float)
+        return np.asarray(model.predict(test, **predict_kwargs), dtype=float)
+
+
+def spacrd(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    seed: int,
+    *,
+    timer: Timer | None = None,
+    quick: bool = False,
+    image_key: str | None = None,
+    train_kwargs: dict | None = None,
+    **_,
+) -> np.ndarray:
+    """SpaCRD with default settings (``train_kwargs`` override training arguments)."""
+    return _spacrd_run(train, test, seed, timer, quick, image_key, {}, dict(train_kwargs or {}), {})
 
 
 def spacrd_paper(
@@ -297,30 +310,11 @@ def spacrd_paper(
     **_,
 ) -> np.ndarray:
     """SpaCRD with the research code's configuration (``spacrd.model.PAPER``): model, training and prediction."""
-    import scvi
+    from spacrd.model import PAPER
 
-    from spacrd.model import PAPER, SpaCRD
-
-    timer = timer or Timer()
-    scvi.settings.seed = seed
-    scvi.settings.verbosity = logging.WARNING
-    with timer.phase("train"):
-        train = train.copy()
-        SpaCRD.setup_anndata(
-            train,
-            layer="counts",
-            labels_key="cancer",
-            batch_key="section",
-            image_key=image_key,
-            n_neighbors=N_NEIGHBORS,
-        )
-        model = SpaCRD(train, **PAPER.model)
-        epochs = {"align_epochs": 2, "fuse_epochs": 2, "classify_epochs": 3} if quick else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.train(**{**PAPER.train, **epochs}, enable_progress_bar=False)
-    with timer.phase("predict"):
-        return np.asarray(model.predict(test, **PAPER.predict), dtype=float)
+    return _spacrd_run(
+        train, test, seed, timer, quick, image_key, dict(PAPER.model), dict(PAPER.train), dict(PAPER.predict)
+    )
 
 
 METHODS: dict[str, Callable[..., np.ndarray]] = {
