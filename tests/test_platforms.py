@@ -103,12 +103,30 @@ def test_ctr_plot_on_spaceranger_folder(tmp_path):
         np.where(adata.obs["ctr_prob"] >= 0.5, "cancer", "non-cancer"), categories=["non-cancer", "cancer"]
     )
     path = tmp_path / "ctr_spaceranger.png"
-    ax = spacrd.pl.ctr(adata, img_res_key="lowres", return_ax=True, save=path, show=False)
+    ax = spacrd.pl.ctr(
+        adata,
+        img_res_key="lowres",
+        spot_diameter_um=55,
+        call_style="spots",
+        return_ax=True,
+        save=path,
+        show=False,
+    )
     outlines = [
         c for c in ax.collections if isinstance(c, PatchCollection) and c.get_label() == "_call_outline"
     ]
     assert len(outlines) == 1 and len(outlines[0].get_paths()) == (adata.obs["ctr"] == "cancer").sum() > 0
-    assert ax.get_title() == "custom: ctr_prob"
+    assert ax.get_title() == "custom: cancer probability (ctr_prob)"
+    # Visium spots are 55 µm: the scale bar is drawn from the spot diameter in pixels
+    bars = [a for a in ax.artists if type(a).__name__ == "AnchoredSizeBar"]
+    assert len(bars) == 1
+    value, unit = bars[0].txt_label.get_text().split()
+    bar_um = float(value) * {"µm": 1, "mm": 1000}[unit]
+    spots = next(c for c in ax.collections if isinstance(c, PatchCollection) and c.get_array() is not None)
+    spot = spots.get_paths()[0].vertices
+    drawn_diameter = spot[:, 0].max() - spot[:, 0].min()
+    bar_units = bars[0].size_bar.get_children()[0].get_width()
+    assert bar_units / drawn_diameter == pytest.approx(bar_um / 55, rel=1e-3)
     plt.close(ax.figure)
     png = np.asarray(Image.open(path).convert("RGB"))
     assert png.shape[0] > 200 and png.shape[1] > 200

@@ -155,7 +155,7 @@ def test_ctr_one_panel_per_section_with_fixed_colour_scale(adata):
 
 
 def test_ctr_outline_marks_exactly_the_called_spots(adata):
-    axes = spacrd.pl.ctr(adata, return_ax=True)
+    axes = spacrd.pl.ctr(adata, call_style="spots", return_ax=True)
     for ax, name in zip(axes, SECTIONS, strict=True):
         obs = adata.obs[adata.obs["section"] == name]
         called = (obs["ctr"] == "cancer").to_numpy()
@@ -181,9 +181,63 @@ def test_ctr_spots_land_on_the_tumour_in_the_image(adata):
         assert prob[~on_tumour].mean() < 0.3
 
 
+def _region(ax):
+    found = [c for c in ax.collections if c.get_label() == "_call_region"]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_ctr_region_encloses_the_called_spots_and_no_other(adata):
+    axes = spacrd.pl.ctr(adata, return_ax=True)
+    for ax, name in zip(axes, SECTIONS, strict=True):
+        called = (adata.obs.loc[adata.obs["section"] == name, "ctr"] == "cancer").to_numpy()
+        centres, _ = _centres_radii(_filled(ax))
+        paths = _region(ax).get_paths()
+        inside = np.array([any(p.contains_point(c) for p in paths) for c in centres])
+        # a closed contour around every called spot centre, none around an uncalled one
+        np.testing.assert_array_equal(inside, called)
+        assert not [c for c in ax.collections if c.get_label() == "_call_outline"]
+        assert ax.get_legend().get_lines()[0].get_linestyle() == "-"
+
+
+def test_ctr_rejects_an_unknown_call_style(adata):
+    with pytest.raises(ValueError, match="call_style"):
+        spacrd.pl.ctr(adata, call_style="ring", show=False)
+
+
+def _scale_bars(ax) -> list:
+    return [a for a in ax.artists if type(a).__name__ == "AnchoredSizeBar"]
+
+
+def test_ctr_scale_bar_from_the_spot_diameter(adata):
+    axes = spacrd.pl.ctr(adata, return_ax=True)
+    assert not any(_scale_bars(ax) for ax in axes)  # no pixel size known: no bar rather than a wrong one
+    axes = spacrd.pl.ctr(adata, spot_diameter_um=100, return_ax=True)
+    for ax in axes:
+        (bar,) = _scale_bars(ax)
+        um = float(bar.txt_label.get_text().split()[0])
+        # the bar's length in data units, against the drawn spot diameter of 100 µm
+        bar_units = bar.size_bar.get_children()[0].get_width()
+        _, radii = _centres_radii(_filled(ax))
+        assert bar_units / (2 * radii[0]) == pytest.approx(um / 100, rel=1e-6)
+    axes = spacrd.pl.ctr(adata, spot_diameter_um=100, scale_bar=False, return_ax=True)
+    assert not any(_scale_bars(ax) for ax in axes)
+
+
+def test_ctr_crops_each_panel_to_its_spots(adata):
+    axes = spacrd.pl.ctr(adata, return_ax=True)
+    uncropped = spacrd.pl.ctr(adata, crop=False, return_ax=True)
+    for ax, full in zip(axes, uncropped, strict=True):
+        centres, radii = _centres_radii(_filled(ax))
+        (x0, x1), (y1, y0) = ax.get_xlim(), ax.get_ylim()
+        assert x0 <= centres[:, 0].min() - radii[0] and x1 >= centres[:, 0].max() + radii[0]
+        assert y0 <= centres[:, 1].min() - radii[0] and y1 >= centres[:, 1].max() + radii[0]
+        assert abs(x1 - x0) <= abs(np.diff(full.get_xlim())[0]) + 1e-6
+
+
 def test_ctr_outline_follows_crop_and_size(adata):
     crop = (300.0, 300.0, 1200.0, 1000.0)  # full-resolution pixels, applied to both sections
-    axes = spacrd.pl.ctr(adata, return_ax=True, crop_coord=crop, size=0.5)
+    axes = spacrd.pl.ctr(adata, return_ax=True, crop_coord=crop, size=0.5, call_style="spots")
     for ax, name in zip(axes, SECTIONS, strict=True):
         obs = adata.obs[adata.obs["section"] == name]
         xy = adata.obsm["spatial"][(adata.obs["section"] == name).to_numpy()]
@@ -199,7 +253,11 @@ def test_ctr_outline_follows_crop_and_size(adata):
 def test_ctr_labels_add_a_truth_panel_per_section(adata):
     axes = spacrd.pl.ctr(adata, labels_key="cancer", return_ax=True)
     assert len(axes) == 2 * len(SECTIONS)
-    assert [ax.get_title() for ax in axes] == ["S1: ctr_prob", "S1: cancer", "S2: ctr_prob", "S2: cancer"]
+    assert [ax.get_title() for ax in axes] == [
+        f"{lib}: {what}"
+        for lib in ("S1", "S2")
+        for what in ("cancer probability (ctr_prob)", "ground truth (cancer)")
+    ]
     legend = [t.get_text().strip() for t in axes[1].get_legend().get_texts()]
     assert legend == ["non-cancer", "cancer"]
     # the truth panel carries no probability colour bar and no call outline
@@ -215,7 +273,7 @@ def test_ctr_categorical_labels_keep_their_categories(adata):
 
 def test_ctr_library_id_selects_sections(adata):
     ax = spacrd.pl.ctr(adata, library_id="S2", return_ax=True)
-    assert ax.get_title() == "S2: ctr_prob"
+    assert ax.get_title() == "S2: cancer probability (ctr_prob)"
     assert len(_filled(ax).get_paths()) == (adata.obs["section"] == "S2").sum()
 
 
@@ -274,7 +332,7 @@ def test_ctr_section_without_image(adata):
     adata.uns["spatial"]["S2"]["images"] = {}
     with pytest.raises(KeyError, match="img=False"):
         spacrd.pl.ctr(adata, show=False)
-    axes = spacrd.pl.ctr(adata, img=False, return_ax=True)
+    axes = spacrd.pl.ctr(adata, img=False, call_style="spots", return_ax=True)
     assert all(not ax.get_images() for ax in axes)
     # without the image the outline still sits on the spots
     outline_centres, _ = _centres_radii(_outline(axes[1]))
@@ -300,7 +358,11 @@ def test_ctr_spatialdata_panels_scale_and_outline():
     sdata = make_sdata()
     table = sdata.tables["table"]
     axes = spacrd.pl.ctr(sdata, labels_key="cancer", return_ax=True)
-    assert [ax.get_title() for ax in axes] == ["S1: ctr_prob", "S1: cancer", "S2: ctr_prob", "S2: cancer"]
+    assert [ax.get_title() for ax in axes] == [
+        f"{lib}: {what}"
+        for lib in ("S1", "S2")
+        for what in ("cancer probability (ctr_prob)", "ground truth (cancer)")
+    ]
     for ax in axes[::2]:
         assert len(ax.get_images()) == 1
         colorbars = [c.colorbar for c in ax.collections if getattr(c, "colorbar", None) is not None]
@@ -318,7 +380,7 @@ def test_ctr_spatialdata_needs_a_table_name_when_ambiguous():
     with pytest.raises(ValueError, match="table_name"):
         spacrd.pl.ctr(sdata, show=False)
     ax = spacrd.pl.ctr(sdata, table_name="table", return_ax=True)
-    assert ax.get_title() == "S1: ctr_prob"
+    assert ax.get_title() == "S1: cancer probability (ctr_prob)"
     with pytest.raises(ValueError, match="coordinate system"):
         spacrd.pl.ctr(sdata, table_name="table", library_id="S7", show=False)
 
@@ -522,8 +584,9 @@ def test_ctr_on_her2st_a1_spots_sit_on_the_tissue(her2st_root):
     adata.obs["ctr"] = pd.Categorical(
         np.where(adata.obs["cancer"], "cancer", "non-cancer"), categories=["non-cancer", "cancer"]
     )
-    prob_ax, label_ax = spacrd.pl.ctr(adata, labels_key="label", return_ax=True)
-    assert prob_ax.get_title() == "A1: ctr_prob" and label_ax.get_title() == "A1: label"
+    prob_ax, label_ax = spacrd.pl.ctr(adata, labels_key="label", call_style="spots", return_ax=True)
+    assert prob_ax.get_title() == "A1: cancer probability (ctr_prob)"
+    assert label_ax.get_title() == "A1: ground truth (label)"
 
     image = np.asarray(prob_ax.get_images()[0].get_array(), dtype=float)
     image = image / 255.0 if image.max() > 1 else image
@@ -567,7 +630,7 @@ def test_plots_read_what_a_trained_model_writes():
     assert len(axes) == 3
     assert all(len(ax.get_lines()) == 2 for ax in axes)  # train and validation in every stage
 
-    axes = spacrd.pl.ctr(adata, labels_key="cancer", return_ax=True)
+    axes = spacrd.pl.ctr(adata, labels_key="cancer", call_style="spots", return_ax=True)
     assert len(axes) == 4
     threshold = adata.uns["spacrd"]["threshold"]
     for ax, name in zip(axes[::2], SECTIONS, strict=True):

@@ -84,15 +84,51 @@ def call_label(adata: AnnData, prob_key: str, call_key: str, uns_key: str = UNS_
 
 
 def call_legend_handle(
-    adata: AnnData, prob_key: str, call_key: str, color: str, uns_key: str = UNS_KEYS.PREDICTION
+    adata: AnnData,
+    prob_key: str,
+    call_key: str,
+    color: str,
+    uns_key: str = UNS_KEYS.PREDICTION,
+    style: str = "spots",
 ) -> Line2D:
-    """Legend entry for the call outline: an open circle in ``color`` with :func:`call_label`'s text."""
+    """Legend entry for the call: a line (``style="region"``) or an open circle in ``color``, with :func:`call_label`'s text."""
+    label = call_label(adata, prob_key, call_key, uns_key)
+    if style == "region":
+        return Line2D([], [], color=color, linewidth=1.5, label=label)
     return Line2D(
-        [],
-        [],
-        marker="o",
-        linestyle="none",
-        markerfacecolor="none",
-        markeredgecolor=color,
-        label=call_label(adata, prob_key, call_key, uns_key),
+        [], [], marker="o", linestyle="none", markerfacecolor="none", markeredgecolor=color, label=label
     )
+
+
+#: Artist label of the called-region contour (leading underscore: kept out of legends).
+CALL_REGION_LABEL = "_call_region"
+
+#: Largest side, in grid points, of the raster the called region is traced on.
+REGION_GRID_MAX = 1500
+
+
+def call_region(ax, centres: np.ndarray, called: np.ndarray, color: str, linewidth: float):
+    """Draw the outline of the region of the spots called cancer, as one contour.
+
+    Every point of the panel belongs to its nearest spot (within one spot spacing of it, so gaps in
+    the tissue stay open); the contour separates the points of called spots from the others, so it
+    runs half-way between a called spot and its uncalled neighbours. ``centres`` ``(n, 2)`` are the
+    panel's spot centres in axes coordinates, ``called`` ``(n,)`` bool. Returns the contour set, or
+    ``None`` when no spot is called.
+    """
+    from scipy.spatial import cKDTree
+
+    if len(centres) == 0 or not called.any():
+        return None
+    tree = cKDTree(centres)
+    spacing = float(np.median(tree.query(centres, k=2)[0][:, 1])) if len(centres) > 1 else 1.0
+    reach = spacing if spacing > 0 else 1.0  # fills the centre of a square of four spots, too
+    lo, hi = centres.min(axis=0) - 2 * reach, centres.max(axis=0) + 2 * reach
+    step = max(reach / 4, float((hi - lo).max()) / REGION_GRID_MAX)
+    xs, ys = np.arange(lo[0], hi[0], step), np.arange(lo[1], hi[1], step)
+    grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+    distance, nearest = tree.query(grid, k=1)
+    inside = ((distance <= reach) & called[nearest]).reshape(len(ys), len(xs)).astype(float)
+    contour = ax.contour(xs, ys, inside, levels=[0.5], colors=[color], linewidths=linewidth, zorder=4)
+    contour.set_label(CALL_REGION_LABEL)
+    return contour

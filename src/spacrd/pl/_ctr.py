@@ -15,7 +15,8 @@ from spacrd._constants import OBS_KEYS, OBSM_KEYS, SCANPY_IMAGE_KEYS, UNS_KEYS
 from spacrd._optional import import_optional
 from spacrd._spatial import is_spatialdata
 
-from ._call import call_legend_handle, call_mask
+from ._call import call_legend_handle, call_mask, call_region
+from ._scale import add_scale_bars, spot_extents
 from ._utils import (
     as_axes_list,
     as_class_labels,
@@ -44,8 +45,12 @@ def ctr(
     show_call: bool = True,
     cmap: str | Colormap = "viridis",
     call_color: str = CALL_COLOR,
-    call_linewidth: float = 1.0,
+    call_linewidth: float = 1.5,
     *,
+    call_style: str = "region",
+    scale_bar: bool = True,
+    spot_diameter_um: float | None = None,
+    crop: bool = True,
     uns_key: str = UNS_KEYS.PREDICTION,
     table_name: str | None = None,
     image_key: str | None = None,
@@ -58,9 +63,12 @@ def ctr(
     """Plot the cancer-region probability of every spot on the H&E image.
 
     Spots are filled by ``obs[prob_key]`` on a fixed 0–1 colour scale (so panels and sections can be
-    compared) and, with ``show_call``, the spots the model called cancer are outlined in ``call_color``.
-    With ``labels_key``, every section gets a second panel with the ground-truth labels, so that the
-    prediction (left) can be read against the annotation (right).
+    compared), with a thin white edge so that low probabilities stay visible on the haematoxylin and,
+    with ``show_call``, the region the model called cancer is outlined in ``call_color``. With
+    ``labels_key``, every section gets a second panel with the ground-truth labels, so that the
+    prediction (left) can be read against the annotation (right). Each panel is cropped to its spots
+    (leaving out, e.g., a thumbnail in a corner of the scan) and gets a scale bar in µm where the pixel
+    size is known.
 
     Parameters
     ----------
@@ -94,6 +102,20 @@ def ctr(
         Edge colour of the outline around spots called cancer.
     call_linewidth
         Width of that outline, in points.
+    call_style
+        ``"region"``: one contour around the spots called cancer (the boundary runs half-way to their
+        uncalled neighbours); ``"spots"``: a ring around each called spot.
+    scale_bar
+        Draw a scale bar (AnnData only). The pixel size comes from ``microns_per_pixel`` in
+        ``uns["spatial"][library]["scalefactors"]`` (written by Space Ranger for Visium HD) or
+        ``["metadata"]`` (written by :func:`spacrd.datasets.her2st`), else from ``spot_diameter_um``;
+        without either, no bar is drawn.
+    spot_diameter_um
+        Physical spot diameter in µm (55 for Visium, 100 for legacy ST), for the scale bar when the
+        scale factors give no pixel size.
+    crop
+        Crop each panel to its spots plus a margin of two spot diameters (AnnData only; a ``crop_coord``
+        passed on to squidpy wins).
     uns_key
         ``uns`` entry that :meth:`~spacrd.model.SpaCRD.predict` wrote (its ``uns_key``), read for the
         threshold shown in the legend. If it is absent or records another ``prob_key``, the one ``uns``
@@ -140,6 +162,10 @@ def ctr(
             cmap=cmap,
             call_color=call_color,
             call_linewidth=call_linewidth,
+            call_style=call_style,
+            scale_bar=scale_bar,
+            spot_diameter_um=spot_diameter_um,
+            crop=crop,
             uns_key=uns_key,
             ax=ax,
             **kwargs,
@@ -317,11 +343,17 @@ def _ctr_anndata(
     cmap: str | Colormap,
     call_color: str,
     call_linewidth: float,
+    call_style: str,
+    scale_bar: bool,
+    spot_diameter_um: float | None,
+    crop: bool,
     uns_key: str,
     ax: Axes | Sequence[Axes] | None,
     **kwargs: Any,
 ) -> list[Axes]:
     sq = import_optional("squidpy", "spacrd.pl.ctr on an AnnData")
+    if call_style not in ("region", "spots"):
+        raise ValueError(f"`call_style` must be 'region' or 'spots', got {call_style!r}.")
 
     prob = check_prob_key(adata.obs, prob_key)
     called = call_mask(adata.obs, call_key) if show_call else None
@@ -331,9 +363,17 @@ def _ctr_anndata(
 
     colors = [prob_key] if labels_key is None else [prob_key, labels_key]
     kwargs.setdefault("shape", "circle")
+    if kwargs["shape"] is not None:  # a white rim keeps dark (low-probability) spots visible on the H&E
+        kwargs.setdefault("edgecolor", "white")
+        kwargs.setdefault("linewidth", 0.4)
+    if crop and "crop_coord" not in kwargs:
+        kwargs["crop_coord"] = spot_extents(adata, libraries, library_key, spatial_key)
     kwargs.setdefault("norm", Normalize(vmin=0.0, vmax=1.0))
     kwargs.setdefault("ncols", len(colors) if len(colors) > 1 else 4)
-    kwargs.setdefault("title", [f"{lib}: {key}" for lib in libraries for key in colors])
+    titles = {prob_key: f"cancer probability ({prob_key})"}
+    if labels_key is not None:
+        titles[labels_key] = f"ground truth ({labels_key})"
+    kwargs.setdefault("title", [f"{lib}: {titles[key]}" for lib in libraries for key in colors])
     kwargs.setdefault("na_color", "lightgrey")
     if "library_first" in kwargs:
         raise TypeError("`library_first` is fixed so that each section's panels sit side by side.")
@@ -375,11 +415,20 @@ def _ctr_anndata(
             if colorbar is not None:
                 colorbar.set_label(f"{prob_key} (cancer probability)")
 
+    geometry_args.setdefault("crop_coord", kwargs.get("crop_coord"))
+    geometry = spot_geometry(plot_adata, libraries, library_key, spatial_key=spatial_key, **geometry_args)
     if called is not None:
-        geometry = spot_geometry(plot_adata, libraries, library_key, spatial_key=spatial_key, **geometry_args)
-        handle = call_legend_handle(adata, prob_key, call_key, call_color, uns_key)
+        handle = call_legend_handle(adata, prob_key, call_key, call_color, uns_key, style=call_style)
         for prob_ax, (mask, centres, radius) in zip(prob_axes, geometry, strict=True):
-            _outline(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
+            if call_style == "region":
+                call_region(prob_ax, centres, called[mask], call_color, call_linewidth)
+            else:
+                _outline(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
             # Inside the panel: below it the legend would collide with the axis label or the next row.
             prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
+    if scale_bar:
+        for i, lib in enumerate(libraries):
+            _, _, radius = geometry[i]
+            panels = axes[i * len(colors) : (i + 1) * len(colors)]
+            add_scale_bars(panels, adata.uns[UNS_KEYS.SPATIAL][lib], 2 * radius, spot_diameter_um)
     return axes

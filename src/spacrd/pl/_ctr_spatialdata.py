@@ -142,7 +142,11 @@ def ctr_spatialdata(
         plot = plot.pl.render_shapes(
             name, fill_alpha=0.0, outline_alpha=1.0, outline_color=call_color, outline_width=call_linewidth
         )
-    plot.pl.show(coordinate_systems=systems, ax=prob_axes, title=[f"{cs}: {prob_key}" for cs in systems])
+    plot.pl.show(
+        coordinate_systems=systems,
+        ax=prob_axes,
+        title=[f"{cs}: cancer probability ({prob_key})" for cs in systems],
+    )
 
     if called is not None:
         handle = call_legend_handle(table, prob_key, call_key, call_color, uns_key)
@@ -162,6 +166,8 @@ def ctr_spatialdata(
                 na_color="lightgrey",
             )
         plot.pl.show(
-            coordinate_systems=systems, ax=label_axes, title=[f"{cs}: {labels_key}" for cs in systems]
+            coordinate_systems=systems,
+            ax=label_axes,
+            title=[f"{cs}: ground truth ({labels_key})" for cs in systems],
         )
     return axes
