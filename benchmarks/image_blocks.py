@@ -203,8 +203,8 @@ def summarise(runs: pd.DataFrame, pred: pd.DataFrame, notes: dict[str, str]) -> 
         "(undetermined included) is non-cancer. The label-free call is SpaCRD's own `obs['ctr']`.",
         "",
     ]
-    lines += [f"{k}: {v}" for k, v in notes.items()]
-    lines.append("")
+    for key, value in notes.items():
+        lines += [f"{key}: {value}", ""]
     return "\n".join(lines)
 
 
@@ -263,8 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = done.to_dict("records")
     preds = [pd.read_csv(pred_path)] if args.resume and pred_path.exists() else []
     models = [(NO_IMAGE, None)] + [(b, b) for b in args.backbones]
-    for block in args.blocks:
-        for seed in seeds:
+    # seed by seed, so that an interrupted run leaves whole seeds (every block) to summarise
+    for seed in seeds:
+        for block in args.blocks:
             for model, image_key in models:
                 if (
                     len(done)
