@@ -140,6 +140,14 @@ def pooled_metrics(pred: pd.DataFrame) -> pd.DataFrame:
 
 def summarise(runs: pd.DataFrame, pred: pd.DataFrame, notes: dict[str, str]) -> str:
     """Markdown: per metric, blocks × models with mean ± sd over seeds, the block mean, and pooled spots."""
+    per_seed = runs.drop_duplicates(["seed", "block", "model"]).groupby("seed").size()
+    complete = per_seed.index[per_seed == per_seed.max()]
+    if len(complete) < len(per_seed):  # an interrupted run: keep the seeds that have every block and model
+        notes = {
+            **notes,
+            "Incomplete seeds left out": ", ".join(map(str, sorted(set(per_seed.index) - set(complete)))),
+        }
+        runs, pred = runs[runs["seed"].isin(complete)], pred[pred["seed"].isin(complete)]
     models = [m for m in [NO_IMAGE, *BACKBONES] if m in set(runs["model"])]
     models += [m for m in dict.fromkeys(runs["model"]) if m not in models]
     blocks = [b for b in BLOCKS if b in set(runs["block"])]
@@ -259,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         notes["Quick run"] = "reduced epochs and one seed; not reference numbers"
 
+    (args.out / "notes.json").write_text(json.dumps(notes, indent=1))  # for --summarise-only after a stop
     done = pd.read_csv(runs_path) if args.resume and runs_path.exists() else pd.DataFrame()
     runs = done.to_dict("records")
     preds = [pd.read_csv(pred_path)] if args.resume and pred_path.exists() else []

@@ -317,3 +317,35 @@ def test_block_split_keeps_neighbourhoods_inside_their_side():
     full = adata.obsm["spacrd_neighbors"]
     boundary = [i for i in range(n_a) if blocks.iloc[i] != "top-left"]
     assert any(blocks.iloc[j] == "top-left" for i in boundary for j in full[i])
+
+
+def test_image_blocks_summary_pairs_seeds_and_drops_incomplete_ones():
+    import image_blocks as ib
+
+    rng = np.random.default_rng(1)
+    runs, preds = [], []
+    for seed in (0, 1, 2):
+        for block in ib.BLOCKS:
+            if seed == 2 and block != "top-left":
+                continue  # an interrupted seed
+            for model, lift in ((ib.NO_IMAGE, 0.0), ("histology_stats", 0.02), ("efficientnet_lite0", 0.05)):
+                y = np.r_[np.zeros(5), np.ones(15)].astype(int)
+                prob = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.3 - lift, 20), 0, 1)
+                m = mt.section_metrics(y, prob, call=prob > 0.5)
+                runs.append({"block": block, "model": model, "seed": seed, **m})
+                preds.append(
+                    pd.DataFrame(
+                        {"model": model, "seed": seed, "cancer": y, "prob": prob, "call": prob > 0.5}
+                    )
+                )
+    runs, preds = pd.DataFrame(runs), pd.concat(preds)
+    text = ib.summarise(runs, preds, {"Note": "x"})
+    assert "Incomplete seeds left out: 2" in text and "seeds 0, 1" in text
+    auc = text.split("## ROC AUC")[1].split("##")[0]
+    kept = runs[runs["seed"] < 2]
+    means = kept.groupby(["model", "seed"])["auc"].mean().unstack()
+    diff = means.loc["efficientnet_lite0"] - means.loc[ib.NO_IMAGE]
+    row = next(line for line in auc.splitlines() if line.startswith("| image − expression"))
+    assert row.split("|")[-2].strip() == f"{diff.mean():.3f} ± {diff.std(ddof=1):.3f}"
+    pooled = next(line for line in auc.splitlines() if line.startswith("| pooled"))
+    assert "| 80 (20) |" in pooled  # 4 blocks x 20 spots, 5 non-cancer each
