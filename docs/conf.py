@@ -137,18 +137,24 @@ html_theme_options = {
 }
 html_show_sourcelink = False
 
-# -- benchmark table ------------------------------------------------------------------------------------
-# `python benchmarks/run_benchmark.py --docs-table` writes _static/benchmark_table.md. The benchmark page carries a marker that
-# is replaced by an include of that file when it exists, so the page builds before the first run too.
-BENCHMARK_TABLE = HERE / "_static" / "benchmark_table.md"
-BENCHMARK_MARKER = "<!-- benchmark-table -->"
+# -- benchmark tables -----------------------------------------------------------------------------------
+# `python benchmarks/run_benchmark.py --docs-table` writes _static/benchmark_table.md and
+# `python benchmarks/image_blocks.py --docs-table` writes _static/image_blocks_table.md. The benchmark page
+# carries a marker per table that is replaced by an include of its file when it exists, so the page builds
+# before the first run too.
+BENCHMARK_TABLES = {  # marker -> (table, how far its headings move down: its "#" lands below the page's)
+    "<!-- benchmark-table -->": ("_static/benchmark_table.md", 1),
+    "<!-- image-blocks-table -->": ("_static/image_blocks_table.md", 2),
+}
 
 
 def _include_benchmark_table(app, docname, source):
-    if docname == "benchmark" and BENCHMARK_TABLE.is_file():
-        # The table file starts at "#"; shift its headings below the page title.
-        include = "```{include} _static/benchmark_table.md\n:heading-offset: 1\n```\n"
-        source[0] = source[0].replace(BENCHMARK_MARKER, include)
+    if docname != "benchmark":
+        return
+    for marker, (table, offset) in BENCHMARK_TABLES.items():
+        if (HERE / table).is_file():
+            include = f"```{{include}} {table}\n:heading-offset: {offset}\n```\n"
+            source[0] = source[0].replace(marker, include)
 
 
 # -- tutorials ------------------------------------------------------------------------------------------

@@ -257,3 +257,107 @@ def test_paper_preset_runs_as_a_benchmark_method(split_data, one_thread):
     prob = bl.METHODS["spacrd_paper"](train, test, 0, quick=True)
     assert prob.shape == (test.n_obs,) and np.isfinite(prob).all()
     assert test.uns["spacrd"]["threshold_method"] == "gmm" and not test.uns["spacrd"]["spatial_smoothing"]
+
+
+# ------------------------------------------------------------------- image blocks protocol
+def _grid_sections(n_side=8):
+    """A1: an n_side x n_side grid (pixels, 100 apart) with image features; B1: a small grid without."""
+    rng = np.random.default_rng(0)
+    xy_a = np.array([(100.0 * i, 100.0 * j) for i in range(n_side) for j in range(n_side)])
+    xy_b = np.array([(100.0 * i, 100.0 * j) for i in range(4) for j in range(4)])
+    n_a, n = len(xy_a), len(xy_a) + len(xy_b)
+    counts = sp.csr_matrix(rng.poisson(2.0, size=(n, 30)).astype(np.float32))
+    adata = ad.AnnData(
+        counts,
+        obs=pd.DataFrame(
+            {
+                "section": ["A1"] * n_a + ["B1"] * (n - n_a),
+                "cancer": pd.array(rng.random(n) < 0.5, "boolean"),
+            },
+            index=[f"s{i}" for i in range(n)],
+        ),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(30)]),
+    )
+    adata.layers["counts"] = counts.copy()
+    adata.obsm["spatial"] = np.vstack([xy_a, xy_b])
+    for key, width in (("histology_stats", 3), ("efficientnet_lite0", 5)):
+        features = np.full((n, width), np.nan, dtype=np.float32)
+        features[:n_a] = rng.normal(size=(n_a, width))
+        adata.obsm[key] = features
+    return adata, n_a
+
+
+def test_quadrant_blocks_are_contiguous_and_balanced():
+    import image_blocks as ib
+
+    adata, n_a = _grid_sections()
+    xy = adata.obsm["spatial"][:n_a]
+    blocks = ib.quadrant_blocks(xy)
+    assert sorted(set(blocks)) == sorted(ib.BLOCKS)
+    assert all((blocks == b).sum() == n_a // 4 for b in ib.BLOCKS)
+    left, top = xy[:, 0] < 350, xy[:, 1] < 350  # image y grows downwards
+    assert (blocks[left & top] == "top-left").all() and (blocks[~left & ~top] == "bottom-right").all()
+    assert (blocks[~left & top] == "top-right").all() and (blocks[left & ~top] == "bottom-left").all()
+
+
+def test_block_split_keeps_neighbourhoods_inside_their_side():
+    import image_blocks as ib
+
+    from spacrd.model import SpaCRD
+    from spacrd.pp import spatial_neighbors
+
+    adata, n_a = _grid_sections()
+    spatial_neighbors(adata, library_key="section")  # a graph over the whole of A1 must not travel along
+    blocks = pd.Series(np.nan, index=adata.obs_names, dtype=object)
+    blocks.iloc[:n_a] = ib.quadrant_blocks(adata.obsm["spatial"][:n_a])
+    train, test = ib.block_split(adata, blocks, "top-left", "efficientnet_lite0")
+    held = blocks.index[blocks == "top-left"]
+    assert set(test.obs_names) == set(held) and not set(train.obs_names) & set(held)
+    assert list(test.obs.columns) == ["section"]  # no label reaches the model's target
+    assert set(train.obsm) == {"spatial", "efficientnet_lite0"} == set(test.obsm)
+    assert np.isnan(train.obsm["efficientnet_lite0"][(train.obs["section"] == "B1").to_numpy()]).all()
+    _, none = ib.block_split(adata, blocks, "top-left", None)
+    assert set(none.obsm) == {"spatial"}
+
+    SpaCRD.setup_anndata(train, layer="counts", labels_key="cancer", batch_key="section", n_neighbors=7)
+    graph = train.obsm["spacrd_neighbors"]
+    held_xy = {tuple(p) for p in adata[held].obsm["spatial"]}
+    train_xy = train.obsm["spatial"]
+    a1 = np.flatnonzero((train.obs["section"] == "A1").to_numpy())
+    assert not any(tuple(train_xy[j]) in held_xy for i in a1 for j in graph[i])
+    # in the graph over the whole section, the spots next to the block did reach into it
+    full = adata.obsm["spacrd_neighbors"]
+    boundary = [i for i in range(n_a) if blocks.iloc[i] != "top-left"]
+    assert any(blocks.iloc[j] == "top-left" for i in boundary for j in full[i])
+
+
+def test_image_blocks_summary_pairs_seeds_and_drops_incomplete_ones():
+    import image_blocks as ib
+
+    rng = np.random.default_rng(1)
+    runs, preds = [], []
+    for seed in (0, 1, 2):
+        for block in ib.BLOCKS:
+            if seed == 2 and block != "top-left":
+                continue  # an interrupted seed
+            for model, lift in ((ib.NO_IMAGE, 0.0), ("histology_stats", 0.02), ("efficientnet_lite0", 0.05)):
+                y = np.r_[np.zeros(5), np.ones(15)].astype(int)
+                prob = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.3 - lift, 20), 0, 1)
+                m = mt.section_metrics(y, prob, call=prob > 0.5)
+                runs.append({"block": block, "model": model, "seed": seed, **m})
+                preds.append(
+                    pd.DataFrame(
+                        {"model": model, "seed": seed, "cancer": y, "prob": prob, "call": prob > 0.5}
+                    )
+                )
+    runs, preds = pd.DataFrame(runs), pd.concat(preds)
+    text = ib.summarise(runs, preds, {"Note": "x"})
+    assert "Incomplete seeds left out: 2" in text and "seeds 0, 1" in text
+    auc = text.split("## ROC AUC")[1].split("##")[0]
+    kept = runs[runs["seed"] < 2]
+    means = kept.groupby(["model", "seed"])["auc"].mean().unstack()
+    diff = means.loc["efficientnet_lite0"] - means.loc[ib.NO_IMAGE]
+    row = next(line for line in auc.splitlines() if line.startswith("| image − expression"))
+    assert row.split("|")[-2].strip() == f"{diff.mean():.3f} ± {diff.std(ddof=1):.3f}"
+    pooled = next(line for line in auc.splitlines() if line.startswith("| pooled"))
+    assert "| 80 (20) |" in pooled  # 4 blocks x 20 spots, 5 non-cancer each

