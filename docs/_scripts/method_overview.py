@@ -5,9 +5,11 @@ Run from the repository root::
     python docs/_scripts/method_overview.py
 
 It writes ``docs/_static/method_overview.png``. The boxes and arrows restate the three training stages of
-``docs/method.md``; nothing is read from data.
+``docs/method.md``; the sizes, the default image backbone, the number of classifier heads and the call
+are read from the package's defaults, so the figure follows them. Nothing is read from data.
 """
 
+import inspect
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +19,36 @@ matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from spacrd.model import SpaCRD
+from spacrd.module import SpaCRDModule
+from spacrd.pp import image_features
+
 OUT = Path(__file__).resolve().parents[1] / "_static" / "method_overview.png"
+
+
+def defaults(func) -> dict:
+    """Default values of ``func``'s keyword arguments."""
+    return {
+        name: p.default for name, p in inspect.signature(func).parameters.items() if p.default is not p.empty
+    }
+
+
+MODULE = defaults(SpaCRDModule.__init__)
+PREDICT = defaults(SpaCRD.predict)
+BACKBONE = defaults(image_features)["backbone"]
+
+
+def encoder_text(what: str) -> str:
+    """ "gene\nencoder\n(linear → 64)" for the default module, an MLP's layer widths otherwise."""
+    widths = " → ".join(str(w) for w in (*MODULE["n_hidden"], MODULE["n_embed"]))
+    kind = "MLP" if MODULE["n_hidden"] else "linear"
+    return f"{what}\nencoder\n({kind} → {widths})"
+
+
+def output_text() -> str:
+    call = "Bayes call" if PREDICT["threshold"] is None else f"{PREDICT['threshold']} call"
+    return f"P(cancer),\nmean of {MODULE['n_members']}\nheads; their\nspread;\nlabel-free\n{call}"
+
 
 # Colours by role: inputs, stage I, stage II, stage III (colour-blind-safe Okabe–Ito hues, lightened).
 INPUT, STAGE1, STAGE2, STAGE3 = "#e8e8e8", "#cfe3f3", "#fde3c2", "#d5eedd"
@@ -115,7 +146,7 @@ def main() -> None:
         3.6,
         2.5,
         1.5,
-        "H&E crop per spot\n(one spot diameter)\n→ frozen foundation\nmodel features",
+        f"H&E crop per spot\n(one spot diameter)\n→ {BACKBONE}\nfeatures",
         INPUT,
     )
     st = box(
@@ -126,9 +157,9 @@ def main() -> None:
     )
 
     # Stage I: two MLP encoders and a CLIP-style loss between them.
-    enc_img = box(ax, 3.3, 3.75, 1.5, 1.2, "image\nencoder\n(MLP → 512)", STAGE1)
-    enc_gene = box(ax, 3.3, 1.25, 1.5, 1.2, "gene\nencoder\n(MLP → 512)", STAGE1)
-    box(ax, 5.1, 2.55, 1.4, 1.3, "symmetric\nInfoNCE\nτ = 0.07", STAGE1, fontsize=8)
+    enc_img = box(ax, 3.3, 3.75, 1.5, 1.2, encoder_text("image"), STAGE1)
+    enc_gene = box(ax, 3.3, 1.25, 1.5, 1.2, encoder_text("gene"), STAGE1)
+    box(ax, 5.1, 2.55, 1.4, 1.3, f"symmetric\nInfoNCE\nτ = {MODULE['temperature']}", STAGE1, fontsize=8)
     arrow(ax, right(he), left(enc_img))
     arrow(ax, right(st), left(enc_gene))
     arrow(ax, (4.3, 3.75), (5.1, 3.45), rad=0.25)
@@ -141,9 +172,25 @@ def main() -> None:
     he_guided = box(
         ax, 7.15, 1.25, 2.0, 1.2, "H&E-guided\ncross-attention\nQ: image  K/V: gene", STAGE2, fontsize=7.8
     )
-    fused = box(ax, 9.45, 2.5, 1.35, 1.4, "centre tokens\nconcat → MLP\n→ h* (512)", STAGE2, fontsize=7.8)
+    fused = box(
+        ax,
+        9.45,
+        2.5,
+        1.35,
+        1.4,
+        f"centre tokens\nconcat → MLP\n→ h* ({MODULE['n_embed']})",
+        STAGE2,
+        fontsize=7.8,
+    )
     vae = box(
-        ax, 11.05, 2.3, 1.6, 1.8, "VAE on h*\nlatent z (64)\nprior N(μ_y, I)\nper class", STAGE2, fontsize=7.8
+        ax,
+        11.05,
+        2.3,
+        1.6,
+        1.8,
+        f"VAE on h*\nlatent z ({MODULE['n_latent']})\nprior N(μ_y, I)\nper class",
+        STAGE2,
+        fontsize=7.8,
     )
     # Image tokens feed both blocks (as query and as key/value), and so do gene tokens.
     arrow(ax, right(enc_img), (7.15, 4.35), "fine-tuned encoders", offset=(0.0, 0.12))
@@ -158,8 +205,18 @@ def main() -> None:
     )
 
     # Stage III: classifier on the posterior.
-    clf = box(ax, 13.3, 2.45, 1.55, 1.5, "classifier\nMLP on (μ, σ)\n→ sigmoid", STAGE3)
-    out = box(ax, 15.2, 2.45, 1.6, 1.5, "P(cancer)\nper spot\n+ label-free\nGMM call", STAGE3, weight="bold")
+    clf = box(
+        ax,
+        13.3,
+        2.3,
+        1.55,
+        1.8,
+        "classifier\non (μ, σ)"
+        + ("\n+ linear term\non neighbour-\nhood expression" if MODULE["wide"] else "\n→ sigmoid"),
+        STAGE3,
+        fontsize=7.8,
+    )
+    out = box(ax, 15.2, 2.3, 1.6, 1.8, output_text(), STAGE3, fontsize=7.8, weight="bold")
     arrow(ax, right(vae), left(clf), "(μ, σ)", offset=(0.0, 0.05))
     arrow(ax, right(clf), left(out))
     ax.text(14.1, 1.5, "L_cls = BCE + γ·L_fused", ha="center", va="center", fontsize=7.8)
