@@ -361,3 +361,45 @@ def test_image_blocks_summary_pairs_seeds_and_drops_incomplete_ones():
     assert row.split("|")[-2].strip() == f"{diff.mean():.3f} ± {diff.std(ddof=1):.3f}"
     pooled = next(line for line in auc.splitlines() if line.startswith("| pooled"))
     assert "| 80 (20) |" in pooled  # 4 blocks x 20 spots, 5 non-cancer each
+
+
+# ------------------------------------------------------------------- hard sections reading
+def test_hard_sections_tables_on_a_constructed_case():
+    import hard_sections as hs
+
+    # one 4 x 4 grid per section: left half cancer; the call is right except at two spots
+    xy = np.array([(x, y) for x in range(4) for y in range(4)], dtype=float)
+    obs = []
+    for s in hs.SECTIONS:
+        cancer = xy[:, 0] < 2
+        labels = np.where(cancer, "invasive cancer", "connective tissue")
+        obs.append(
+            pd.DataFrame(
+                {"section": s, "label": labels, "cancer": cancer, "array_x": xy[:, 0], "array_y": xy[:, 1]},
+                index=[f"{s}_{i}" for i in range(len(xy))],
+            )
+        )
+    obs = pd.concat(obs)
+    call = obs["cancer"].to_numpy(dtype=float)
+    wrong = np.array(
+        [obs.index.get_loc("A1_8"), obs.index.get_loc("A1_15")]
+    )  # (2, 0) on the boundary; (3, 3) not
+    call[wrong] = 1 - call[wrong]
+    predictions = pd.DataFrame(
+        {"method": "spacrd", "spot": obs.index, "prob": call * 0.8 + 0.1, "call": call.astype(str)}
+    )
+
+    class Sections:
+        pass
+
+    adata = Sections()
+    adata.obs = obs
+    table = hs.boundary_errors(adata, predictions)
+    a1 = next(line for line in table.splitlines() if line.startswith("| A1 "))
+    # 2 wrong calls, one of them at the boundary; 8 of 16 spots touch the other label
+    assert a1 == "| A1 | 2 of 16 | 50% | 50% |"
+    tissue = hs.by_tissue(obs[["section", "label", "cancer"]], predictions)
+    row = next(line for line in tissue.splitlines() if "connective tissue" in line)
+    assert row.split("|")[3].strip() == "0.30 / 25% (8)"  # A1: both wrong calls are connective spots
+    shares = hs.shares(adata, predictions)
+    assert "| A1 | 0.50 | 0.62 |" in shares and "| B1 | 0.50 | 0.50 |" in shares
