@@ -298,6 +298,7 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
     for col, (title, higher) in METRICS.items():
         if col not in df or df[col].isna().all():
             continue  # e.g. no method gave an uncertainty, or rows from a run before the metric existed
+        shown = [m for m in methods if df.loc[df["method"] == m, col].notna().any()]  # e.g. uncertainty
         # F1 of calling every spot cancer, 2p / (1 + p): what F1 gives for free on cancer-rich sections
         f1_ref = col.startswith("f1")
         lines += [
@@ -305,14 +306,14 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
             "",
             "| held-out section | spots (cancer share) | "
             + ("all spots called cancer | " if f1_ref else "")
-            + " | ".join(methods)
+            + " | ".join(shown)
             + " |",
         ]
-        lines.append("|---|---|" + "---|" * (len(methods) + f1_ref))
+        lines.append("|---|---|" + "---|" * (len(shown) + f1_ref))
         rows = [*sections, "mean"]
         for sec in rows:
             cells, centres = [], []
-            for m in methods:
+            for m in shown:
                 d = df[df["method"] == m]
                 if sec == "mean":  # seeds that have every section; a partial seed would bias the mean
                     complete = d.groupby("seed")["section"].nunique() == len(sections)
@@ -328,7 +329,7 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
                     cells.append(_fmt(per_seed))
                     centres.append(float(np.mean(per_seed)))
             c = np.array(centres)
-            if np.isfinite(c).any():
+            if np.isfinite(c).sum() > 1:  # bold the best of several, not a lone column
                 best = np.nanargmax(c) if higher else np.nanargmin(c)
                 cells[best] = f"**{cells[best]}**"
             prevalence = df.groupby("section")["prevalence"].first()
