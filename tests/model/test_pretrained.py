@@ -51,6 +51,10 @@ def test_load_pretrained_her2st_offline_and_predict_a1(offline):
     # A1 is one of the model's training sections: this checks the shipped weights are the trained ones,
     # not how well they generalise (the model card's leave-one-section-out numbers do that)
     assert roc_auc_score(truth, prob) > 0.8
+    # the shipped model carries its bootstrap heads, so users get the per-spot uncertainty too
+    assert model.module.n_members == 5
+    uncertainty = a1.obs["ctr_uncertainty"].to_numpy()
+    assert np.isfinite(uncertainty).all() and (uncertainty >= 0).all() and uncertainty.max() > 0
 
 
 def test_unknown_pretrained_name_lists_the_available_ones():
