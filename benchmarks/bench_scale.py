@@ -17,8 +17,9 @@ and runs the measured call once:
 
 Columns: wall and CPU seconds (``time.perf_counter`` / ``time.process_time``, all threads), spots per
 second of wall time, and peak RSS growth (``VmHWM`` after the call minus ``VmRSS`` just before it).
-``--old-src`` adds the prediction of the same saved model by another spacrd source tree (e.g. the
-release before the streamed input path) on the same machine, in the same run, for a within-run ratio.
+``--old-src`` adds the prediction of a model of the same recipe, trained and run by another spacrd
+source tree (e.g. the release before the streamed input path) on the same machine, in the same run,
+for a within-run ratio.
 
     python benchmarks/bench_scale.py                                  # all sizes, 1 and 4 sections
     python benchmarks/bench_scale.py --sizes 100000 --old-src /tmp/spacrd_old/src
@@ -222,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(Path(tmp) / "model")
         run_child("model", args.threads, out=model_dir)
+        if args.old_src:  # the other tree trains its own model: saved models need not load across versions
+            old_model_dir = str(Path(tmp) / "model_old")
+            run_child("model", args.threads, src=args.old_src, out=old_model_dir)
         print(table([]).splitlines()[0], flush=True)
         for n in args.sizes:
             for s in args.sections:
@@ -235,7 +239,12 @@ def main(argv: list[str] | None = None) -> None:
                 )
             if args.old_src and n == 100_000:
                 old = run_child(
-                    "predict", args.threads, src=args.old_src, model_dir=model_dir, n_spots=n, n_sections=1
+                    "predict",
+                    args.threads,
+                    src=args.old_src,
+                    model_dir=old_model_dir,
+                    n_spots=n,
+                    n_sections=1,
                 )
                 report(_row("predict", n, 1, {**old, "note": f"source tree {args.old_src}"}))
             if not args.skip_train:
