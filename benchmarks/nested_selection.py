@@ -8,8 +8,8 @@ are written too, for comparison (those are not selections, just a grid).
 
 Two kinds of settings are chosen, each on its own inner metric:
 
-* the ranking settings (network architecture and label propagation over the target's expression
-  graph), by mean inner ROC AUC;
+* the ranking settings (network architecture, whether expression is scaled per section, and label
+  propagation over the target's expression graph), by mean inner ROC AUC;
 * the call (Bayes call on probabilities adapted to the section's cancer share, or a GMM threshold on
   unadapted probabilities), by mean inner F1 of the label-free call, given the chosen ranking settings.
 
@@ -39,8 +39,13 @@ from _baselines import N_NEIGHBORS, labelled
 from _metrics import section_metrics
 from run_benchmark import DEFAULT_DATA, HER2ST_LABELLED, REPO_ROOT, load_data, split
 
-# network settings (SpaCRDModule keyword arguments): the default wide-and-deep head, and without it
-ARCHITECTURES: dict[str, dict] = {"wide": {"wide": True}, "deep": {"wide": False}}
+# model settings (SpaCRD keyword arguments): the default wide-and-deep head, without it, and the wide head
+# on expression that is not scaled per section (log-normalised only; `section_scaling="none"`)
+ARCHITECTURES: dict[str, dict] = {
+    "wide": {"wide": True},
+    "deep": {"wide": False},
+    "wide-unscaled": {"wide": True, "section_scaling": "none"},
+}
 PROPAGATION = (0.5, 0.0)  # predict(expression_propagation=...)
 CALLS: dict[str, dict] = {  # predict keyword arguments of each label-free call
     "bayes": {"prior_shift": True, "threshold": None},
@@ -134,6 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--quick", action="store_true", help="few epochs, two outer sections (smoke test)")
+    p.add_argument(
+        "--architectures",
+        nargs="+",
+        default=list(ARCHITECTURES),
+        choices=list(ARCHITECTURES),
+        help="model settings to choose among (default all)",
+    )
     args = p.parse_args(argv)
 
     adata, _ = load_data(args.data, [], with_image=False)
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         for inner_held in training_sections:
             inner_train, inner_test = split(pool, inner_held, training_sections)
             y_inner = _labels(pool[(pool.obs["section"].astype(str) == inner_held).to_numpy()])
-            for architecture in ARCHITECTURES:
+            for architecture in args.architectures:
                 for row in fit_and_score(
                     inner_train, inner_test, y_inner, architecture, args.seed, args.quick
                 ):
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         chosen_rows.append(
             {"section": held_out, "architecture": architecture, "propagation": alpha, "call": call}
         )
-        for arch in ARCHITECTURES:
+        for arch in args.architectures:
             for row in fit_and_score(pool, test, y_outer, arch, args.seed, args.quick):
                 outer_rows.append({"section": held_out, **row})
         picked = next(
