@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
+import scanpy as sc
 from scipy import sparse
 from scipy.spatial import cKDTree
 
@@ -46,12 +48,10 @@ def load_sections(data: Path):
     from spacrd.datasets import her2st
 
     adata = her2st(sections=list(SECTIONS), path=data)
-    counts = sparse.csr_matrix(adata.layers["counts"], dtype=np.float64)
-    size = np.asarray(counts.sum(axis=1)).ravel()
-    size[size == 0] = 1.0
-    logn = sparse.diags(1e4 / size) @ counts
-    logn.data = np.log1p(logn.data)
-    return adata, sparse.csr_matrix(logn)
+    expression = ad.AnnData(sparse.csr_matrix(adata.layers["counts"], dtype=np.float64))
+    sc.pp.normalize_total(expression, target_sum=1e4)
+    sc.pp.log1p(expression)
+    return adata, sparse.csr_matrix(expression.X)
 
 
 def mean_predictions(predictions: pd.DataFrame, method: str) -> pd.DataFrame:

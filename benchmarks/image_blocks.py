@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _baselines import Timer, labelled
 from _baselines import spacrd as fit_spacrd
 from _metrics import section_metrics
-from run_benchmark import DEFAULT_DATA, REPO_ROOT, _hardware, _provenance, load_data
+from run_benchmark import DEFAULT_DATA, REPO_ROOT, _hardware, _provenance, load_data, write_summary
 
 IMAGE_SECTION = "A1"
 BACKBONES = ("histology_stats", "efficientnet_lite0")
@@ -345,12 +345,7 @@ def _write(runs: pd.DataFrame, pred: pd.DataFrame, args: argparse.Namespace, not
         notes = {**notes, **json.loads(notes_path.read_text())}  # the run's own notes win
     else:
         notes_path.write_text(json.dumps(notes, indent=1))
-    text = summarise(runs, pred, notes)
-    (args.out / "summary.md").write_text(text)
-    print(text)
-    if args.docs_table:
-        DOCS_TABLE.parent.mkdir(parents=True, exist_ok=True)
-        DOCS_TABLE.write_text(text)
+    write_summary(summarise(runs, pred, notes), args.out, DOCS_TABLE if args.docs_table else None)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from skimage.filters import threshold_otsu as otsu
 from sklearn.metrics import f1_score
 from sklearn.mixture import GaussianMixture
 
@@ -25,17 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _metrics import gmm_threshold
 from run_benchmark import DEFAULT_OUT
-
-
-def otsu(x: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold: the cut of a ``bins``-bin histogram of ``x`` with the largest between-class variance."""
-    counts, edges = np.histogram(x, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(counts)[:-1]
-    w1 = counts.sum() - w0
-    m0 = np.cumsum(counts * centres)[:-1] / np.maximum(w0, 1)
-    m1 = (np.sum(counts * centres) - np.cumsum(counts * centres)[:-1]) / np.maximum(w1, 1)
-    return float(edges[1:][np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
 def logit(p: np.ndarray) -> np.ndarray:

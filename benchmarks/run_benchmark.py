@@ -591,12 +591,16 @@ def main(argv: list[str] | None = None) -> None:
 def _write_summary(df: pd.DataFrame, args: argparse.Namespace, notes: dict[str, str]) -> None:
     if args.quick or ("quick" in df and df["quick"].astype(bool).any()):
         notes["Quick run"] = "reduced epochs and one seed; not the reference numbers"
-    text = summarise(df, notes)
-    (args.out / "summary.md").write_text(text)
+    write_summary(summarise(df, notes), args.out, DOCS_TABLE if args.docs_table else None)
+
+
+def write_summary(text: str, out: Path, docs_table: Path | None) -> None:
+    """Write ``text`` to ``out/summary.md``, print it and, with ``docs_table``, copy it there too."""
+    (out / "summary.md").write_text(text)
     print(text)
-    if args.docs_table:
-        DOCS_TABLE.parent.mkdir(parents=True, exist_ok=True)
-        DOCS_TABLE.write_text(text)
+    if docs_table is not None:
+        docs_table.parent.mkdir(parents=True, exist_ok=True)
+        docs_table.write_text(text)
 
 
 if __name__ == "__main__":
