@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -22,6 +23,7 @@ from spacrd.tl import (
     expression_neighbors,
     fit_calibration,
     postprocess,
+    quantile_match,
 )
 from spacrd.tl._calibration import warn_if_not_fitted_for
 from spacrd.tl._postprocess import DEFAULT_PROPAGATION, label_free_logits
@@ -116,6 +118,7 @@ class PredictionMixin:
         batch_key: str | None = None,
         table_key: str = "table",
         image_key: str | Mapping[str, str] | None = None,
+        ranking_model: SpaCRD | None = None,
     ) -> np.ndarray:
         """Cancer probability of every spot of ``adata``, with a label-free cancer / non-cancer call.
 
@@ -186,6 +189,14 @@ class PredictionMixin:
             spot centres and, for a model with histology whose table lacks the embeddings, the
             ``histology_stats`` embeddings of ``image_key`` (default: the only image), as in
             :meth:`setup_spatialdata`.
+        ranking_model
+            A second trained SpaCRD whose scores order the spots, typically one trained with
+            ``section_scaling="none"``: unscaled expression ranks spots better across patients (see
+            the benchmark's ``spacrd_ranked`` row), but its level moves from section to section, so
+            its own probabilities and call are unreliable. Within each section the spots
+            keep this model's probabilities, call share and threshold, re-assigned in the order of the
+            ranking model's post-processed logits (:func:`spacrd.tl.quantile_match`); the uncertainty is
+            the spread of the ranking model's members matched the same way. ``None``: this model ranks.
 
         Returns
         -------
@@ -215,6 +226,10 @@ class PredictionMixin:
             lambda: self._expression_graph(inputs),
             member_logits=outputs[MODULE_KEYS.MEMBER_LOGITS],
         )
+        if ranking_model is not None:
+            result = _ranked_by(
+                ranking_model, target, inputs.sections, result, settings, min_gene_overlap, batch_key
+            )
         _write_prediction(target, result, settings, prob_key, call_key, uns_key, uncertainty_key)
         return result.probabilities
 
@@ -271,6 +286,41 @@ class PredictionMixin:
         return Calibration(
             scale, shift, int(rows.size), settings.expression_propagation, settings.spatial_smoothing, how
         )
+
+
+def _ranked_by(
+    ranking_model: SpaCRD,
+    target: AnnData,
+    sections: np.ndarray,
+    result: PostprocessResult,
+    settings: PostprocessSettings,
+    min_gene_overlap: float,
+    batch_key: str | None,
+) -> PostprocessResult:
+    """``result`` with its probabilities re-assigned, per section, in the order of ``ranking_model``'s logits."""
+    if not isinstance(ranking_model, PredictionMixin) or not getattr(ranking_model, "is_trained_", False):
+        raise TypeError(
+            f"`ranking_model` must be a trained SpaCRD, got an untrained or other object "
+            f"({type(ranking_model).__name__}); train it, or load one with `SpaCRD.load`."
+        )
+    inputs = ranking_model._inputs(target, min_gene_overlap, batch_key)
+    if inputs.n_obs != len(sections):
+        raise ValueError("`ranking_model` read a different number of spots from the target.")
+    outputs = ranking_model._network_outputs(inputs)
+    graph = ranking_model._expression_graph(inputs) if settings.expression_propagation else None
+    logits = label_free_logits(outputs[MODULE_KEYS.LOGITS], inputs.neighbors, inputs.padding, settings, graph)
+    probabilities = quantile_match(logits, result.probabilities, sections)
+    uncertainty = result.uncertainty
+    members = outputs[MODULE_KEYS.MEMBER_LOGITS]
+    if members.shape[1] > 1:
+        members = label_free_logits(members, inputs.neighbors, inputs.padding, settings, graph)
+        uncertainty = quantile_match(members, result.probabilities, sections).std(axis=1).astype(np.float32)
+    return replace(
+        result,
+        probabilities=probabilities,
+        called=probabilities >= result.threshold,
+        uncertainty=uncertainty,
+    )
 
 
 def _check_output_keys(

@@ -2,7 +2,13 @@
 
 from spacrd.pp._neighbors import section_neighbors
 
-from ._adaptation import adjust_to_prior, expression_neighbors, propagate_over_neighbors, section_pca
+from ._adaptation import (
+    adjust_to_prior,
+    expression_neighbors,
+    propagate_over_neighbors,
+    quantile_match,
+    section_pca,
+)
 from ._calibration import Calibration, fit_calibration
 from ._neighbors import smooth_over_neighbors
 from ._postprocess import PostprocessResult, PostprocessSettings, label_free_logits, postprocess
@@ -19,6 +25,7 @@ __all__ = [
     "label_free_logits",
     "postprocess",
     "propagate_over_neighbors",
+    "quantile_match",
     "section_neighbors",
     "section_pca",
     "smooth_over_neighbors",

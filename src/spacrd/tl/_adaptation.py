@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scipy.stats import rankdata
 from sklearn.decomposition import PCA
 
 from spacrd.pp._neighbors import section_neighbors
@@ -233,4 +234,51 @@ def shift_to_priors(
     for section in pd.unique(labels):
         rows = labels == section
         out[rows] = _reweighted(p[rows], source_prior, priors.get(str(section), source_prior))
+    return out.astype(np.float32)
+
+
+def quantile_match(
+    scores: np.ndarray, reference: np.ndarray, sections: np.ndarray | pd.Series | None = None
+) -> np.ndarray:
+    """Give ``scores`` the values of ``reference``, section by section, keeping the order of ``scores``.
+
+    Within each section the spot with the ``r``-th smallest score gets the ``r``-th smallest reference
+    value (tied scores share the interpolated value at their mean rank). The result ranks spots exactly
+    as ``scores`` do, so ROC AUC and average precision are those of ``scores``, while its distribution,
+    and so the share of spots at or above any threshold, is that of ``reference``. Use it to pair a
+    model that ranks spots well but whose level moves between sections (one trained with
+    ``section_scaling="none"``) with one whose probabilities and call are adapted to each section.
+
+    Parameters
+    ----------
+    scores
+        ``(n,)`` or ``(n, m)`` scores (logits or probabilities); each column is matched on its own.
+    reference
+        ``(n,)`` probabilities (or any values) of the same spots.
+    sections
+        ``(n,)`` section of each spot; ``None``: one section.
+
+    Returns
+    -------
+    ``(n,)`` or ``(n, m)`` float32 values drawn from ``reference``.
+
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64).ravel()
+    if scores.ndim not in (1, 2) or scores.shape[0] != reference.shape[0]:
+        raise ValueError(
+            f"`scores` must be (n,) or (n, m) and `reference` (n,) for the same spots, got "
+            f"{scores.shape} and {reference.shape}."
+        )
+    if not (np.isfinite(scores).all() and np.isfinite(reference).all()):
+        raise ValueError("`scores` and `reference` must be finite.")
+    labels = (
+        np.zeros(reference.shape[0], dtype=np.int64) if sections is None else np.asarray(sections).astype(str)
+    )
+    out = np.empty_like(scores)
+    for section in pd.unique(labels):
+        rows = np.flatnonzero(labels == section)
+        levels = np.sort(reference[rows])
+        positions = rankdata(scores[rows], method="average", axis=0) - 1.0  # 0 .. n_rows - 1
+        out[rows] = np.interp(positions, np.arange(rows.size), levels)
     return out.astype(np.float32)
