@@ -7,6 +7,7 @@ from spacrd.tl import (
     fit_calibration,
     gmm_threshold,
     propagate_over_neighbors,
+    quantile_match,
     section_neighbors,
 )
 
@@ -129,3 +130,28 @@ def test_calibration_keeps_the_prior_estimate_from_collapsing():
     _, prior = adjust_to_prior(calibrated[1000:], float(y[:1000].mean()))
     assert prior["all"] == pytest.approx(y[1000:].mean(), abs=0.03)
     assert abs(raw_prior["all"] - 0.3) > abs(prior["all"] - 0.3)
+
+
+def test_quantile_match_keeps_the_order_and_takes_the_reference_values():
+    rng = np.random.default_rng(0)
+    sections = np.repeat(["a", "b"], 50)
+    scores = rng.normal(size=100)
+    reference = np.r_[rng.uniform(0, 0.3, 50), rng.uniform(0.6, 1, 50)]
+    matched = quantile_match(scores, reference, sections)
+    for s in ("a", "b"):
+        rows = sections == s
+        np.testing.assert_allclose(np.sort(matched[rows]), np.sort(reference[rows]), rtol=1e-6)
+        np.testing.assert_array_equal(np.argsort(matched[rows]), np.argsort(scores[rows]))
+    # without sections the reference values are pooled
+    assert quantile_match(scores, reference).max() == pytest.approx(reference.max())
+
+
+def test_quantile_match_ties_and_columns():
+    reference = np.array([0.1, 0.9, 0.5, 0.3])
+    np.testing.assert_allclose(quantile_match(np.array([3.0, 1, 2, 2]), reference), [0.9, 0.1, 0.4, 0.4])
+    both = quantile_match(np.c_[[3.0, 1, 2, 0], [0.0, 1, 2, 3]], reference)
+    np.testing.assert_allclose(both, [[0.9, 0.1], [0.3, 0.3], [0.5, 0.5], [0.1, 0.9]])
+    with pytest.raises(ValueError, match="same spots"):
+        quantile_match(np.zeros(3), reference)
+    with pytest.raises(ValueError, match="finite"):
+        quantile_match(np.array([0.0, np.nan, 1, 2]), reference)
