@@ -166,6 +166,18 @@ def test_train_then_predict_with_the_model_folder(capsys, tmp_path, her2st):
     bad = ["train", str(source), "--labels-key", "pathology", "--out", str(tmp_path / "m2")]
     _one_line_error(capsys, 2, bad, "--labels-key 'pathology'")
 
+    # a model on unscaled expression orders the spots; the first keeps its probabilities
+    ranker_dir = tmp_path / "ranker"
+    ranker_argv = [*argv[:5], str(ranker_dir), *argv[6:], "--section-scaling", "none"]
+    assert main(ranker_argv) == 0
+    assert spacrd.model.SpaCRD.load(str(ranker_dir)).section_scaling_ == "none"
+    ranked_out = tmp_path / "ranked"
+    predict = ["predict", "--model", str(model_dir), str(target), "--no-plot"]
+    assert main([*predict, "--out", str(ranked_out), "--ranking-model", str(ranker_dir)]) == 0
+    ranked = pd.read_csv(ranked_out / "spots.csv", index_col="spot").loc[spots.index]
+    np.testing.assert_allclose(np.sort(ranked["ctr_prob"]), np.sort(spots["ctr_prob"]), atol=0.01)
+    assert not np.allclose(ranked["ctr_prob"], spots["ctr_prob"])
+
 
 def test_layer_option_reads_counts_from_a_layer(tmp_path, a1_h5ad):
     adata = ad.read_h5ad(a1_h5ad)

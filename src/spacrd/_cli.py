@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--threshold", metavar="P|gmm", help="call threshold (default: 0.5 on prior-adapted probabilities)"
     )
+    predict.add_argument(
+        "--ranking-model",
+        metavar="NAME|DIR",
+        help="a second model (e.g. one trained with --section-scaling none) that orders the spots; "
+        "--model keeps its probabilities and call share per section (SpaCRD.predict(ranking_model=...))",
+    )
     predict.add_argument("--no-plot", action="store_true", help="do not draw ctr.png")
     _common(predict)
     predict.set_defaults(func=_predict)
@@ -186,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"epochs of {spec.title.split(':')[0].lower()} ({spec.name}; default {spec.epochs})",
         )
+    train.add_argument(
+        "--section-scaling",
+        choices=["zscore", "minmax", "none"],
+        default="zscore",
+        help="per-section expression scaling (default zscore); 'none' trains a model to pass to "
+        "spacrd predict --ranking-model",
+    )
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     _common(train)
     train.set_defaults(func=_train)

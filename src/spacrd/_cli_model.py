@@ -68,6 +68,8 @@ def predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace) -> str | No
     setup = model.setup_args
     section_key = _section_key(loaded, args.section_key, setup["batch_key"])
     options = {"min_gene_overlap": args.min_gene_overlap, "threshold": _threshold(args.threshold)}
+    if getattr(args, "ranking_model", None):
+        options["ranking_model"] = load_model(args.ranking_model, args.accelerator)
     with quiet_libraries():
         if loaded.kind == "zarr":
             if args.layer not in (None, setup["layer"]):
@@ -149,7 +151,9 @@ def train(args: argparse.Namespace) -> SpaCRD:
             SpaCRD.setup_anndata(
                 table, layer=args.layer, batch_key=section_key, image_key=image_key, **labels
             )
-        model = SpaCRD(table, n_top_genes=min(args.n_top_genes, table.n_vars))
+        model = SpaCRD(
+            table, n_top_genes=min(args.n_top_genes, table.n_vars), section_scaling=args.section_scaling
+        )
         model.train(
             align_epochs=args.align_epochs,
             fuse_epochs=args.fuse_epochs,

@@ -71,7 +71,9 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
         Per-section feature scaling: ``"zscore"`` (default), ``"minmax"`` (the paper's) or ``"none"``
         (log-normalised only). On held-out HER2ST patients ``"none"`` ranks spots better (nested
         mean ROC AUC 0.890 against 0.872) but shifts each new section's probabilities as a whole,
-        so its calibrated call is unreliable; see the benchmark page before choosing it.
+        so its calibrated call is unreliable. To have both, train one model of each and predict
+        with the default one, ordering the spots by the other:
+        ``model.predict(target, ranking_model=unscaled)``.
     **module_kwargs
         Passed to :class:`~spacrd.module.SpaCRDModule` (``n_hidden``, ``n_embed``, ``n_latent``...).
 
