@@ -11,7 +11,9 @@ Two kinds of settings are chosen, each on its own inner metric:
 * the ranking settings (network architecture, whether expression is scaled per section, and label
   propagation over the target's expression graph), by mean inner ROC AUC;
 * the call (Bayes call on probabilities adapted to the section's cancer share, or a GMM threshold on
-  unadapted probabilities), by mean inner F1 of the label-free call, given the chosen ranking settings.
+  unadapted probabilities; for the unscaled model, when the default one is trained too, also
+  ``"paired"``: the default model's probabilities and call in the unscaled model's order), by mean
+  inner F1 of the label-free call, given the chosen ranking settings.
 
 Run from the repository root (takes about 25 min on 2 cores, one seed)::
 
@@ -55,8 +57,8 @@ DEFAULT = ("wide", 0.5, "bayes")
 DEFAULT_OUT = REPO_ROOT / "results" / "nested"
 
 
-def fit_and_score(train, test, y_test, architecture: str, seed: int, quick: bool) -> list[dict]:
-    """Train one SpaCRD on ``train``; metrics on ``test`` for every (propagation, call) option."""
+def fit(train, architecture: str, seed: int, quick: bool):
+    """One SpaCRD with the ``architecture`` settings trained on ``train``, and its training seconds."""
     import scvi
 
     from spacrd.model import SpaCRD
@@ -73,18 +75,38 @@ def fit_and_score(train, test, y_test, architecture: str, seed: int, quick: bool
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.train(**epochs, enable_progress_bar=False)
-    train_s = time.perf_counter() - t0
+    return model, time.perf_counter() - t0
+
+
+def score(models: dict, test, y_test) -> list[dict]:
+    """Metrics on ``test`` of every trained architecture for every (propagation, call) option.
+
+    With both ``"wide"`` and ``"wide-unscaled"`` trained, the unscaled ranking also gets the
+    ``"paired"`` call: the default model's probabilities and Bayes call, in the order of the unscaled
+    model (``predict(ranking_model=...)``); its training time is that of both.
+    """
     rows = []
-    for alpha, call in itertools.product(PROPAGATION, CALLS):
-        scored = test.copy()
-        prob = model.predict(scored, expression_propagation=alpha, **CALLS[call])
-        mask = y_test >= 0
-        metrics = section_metrics(
-            y_test[mask], prob[mask], call=(scored.obs["ctr"] == "cancer").to_numpy()[mask]
-        )
-        rows.append(
-            {"architecture": architecture, "propagation": alpha, "call": call, "train_s": train_s, **metrics}
-        )
+    mask = y_test >= 0
+    for architecture, (model, train_s) in models.items():
+        options = [(model, call, CALLS[call], None, train_s) for call in CALLS]
+        if architecture == "wide-unscaled" and "wide" in models:
+            level, level_s = models["wide"]
+            options.append((level, "paired", CALLS["bayes"], model, train_s + level_s))
+        for alpha, (predictor, call, kwargs, ranker, seconds) in itertools.product(PROPAGATION, options):
+            scored = test.copy()
+            prob = predictor.predict(scored, expression_propagation=alpha, ranking_model=ranker, **kwargs)
+            metrics = section_metrics(
+                y_test[mask], prob[mask], call=(scored.obs["ctr"] == "cancer").to_numpy()[mask]
+            )
+            rows.append(
+                {
+                    "architecture": architecture,
+                    "propagation": alpha,
+                    "call": call,
+                    "train_s": seconds,
+                    **metrics,
+                }
+            )
     return rows
 
 
@@ -160,20 +182,18 @@ def main(argv: list[str] | None = None) -> None:
         for inner_held in training_sections:
             inner_train, inner_test = split(pool, inner_held, training_sections)
             y_inner = _labels(pool[(pool.obs["section"].astype(str) == inner_held).to_numpy()])
-            for architecture in args.architectures:
-                for row in fit_and_score(
-                    inner_train, inner_test, y_inner, architecture, args.seed, args.quick
-                ):
-                    inner_rows.append({"outer": held_out, "section": inner_held, **row})
-                print(f"outer {held_out} inner {inner_held} {architecture} done", flush=True)
+            models = {a: fit(inner_train, a, args.seed, args.quick) for a in args.architectures}
+            for row in score(models, inner_test, y_inner):
+                inner_rows.append({"outer": held_out, "section": inner_held, **row})
+            print(f"outer {held_out} inner {inner_held} done", flush=True)
         inner = pd.DataFrame([r for r in inner_rows if r["outer"] == held_out])
         architecture, alpha, call = select(inner)
         chosen_rows.append(
             {"section": held_out, "architecture": architecture, "propagation": alpha, "call": call}
         )
-        for arch in args.architectures:
-            for row in fit_and_score(pool, test, y_outer, arch, args.seed, args.quick):
-                outer_rows.append({"section": held_out, **row})
+        models = {a: fit(pool, a, args.seed, args.quick) for a in args.architectures}
+        for row in score(models, test, y_outer):
+            outer_rows.append({"section": held_out, **row})
         picked = next(
             r
             for r in outer_rows
