@@ -404,14 +404,22 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
         "from spots whose call is right; 0.5 means it says nothing about errors.",
         "",
     ]
-    sp_rows = df[df["method"] == "spacrd"]
-    if "spacrd_digest" in df and sp_rows["spacrd_digest"].nunique() > 1:
-        lines += [
-            "**Warning**: the SpaCRD runs used different versions of the package source (digests "
-            + ", ".join(sorted(sp_rows["spacrd_digest"].astype(str).unique()))
-            + "); they are not one experiment.",
-            "",
-        ]
+    if "spacrd_digest" in df:
+        digests = df.groupby("method")["spacrd_digest"].unique()
+        for method, values in digests.items():
+            if method.startswith("spacrd") and len(values) > 1:
+                lines += [
+                    f"**Warning**: the {method} runs used different versions of the package source "
+                    f"(digests {', '.join(sorted(map(str, values)))}); they are not one experiment.",
+                    "",
+                ]
+        spacrd_digests = {m: str(v[0]) for m, v in digests.items() if m.startswith("spacrd") and len(v) == 1}
+        if len(set(spacrd_digests.values())) > 1:
+            lines += [
+                "Package source digest per method (runs added with `--resume` on a later source): "
+                + "; ".join(f"{m} {d}" for m, d in spacrd_digests.items()),
+                "",
+            ]
     if notes:
         lines += [f"{k}: {v}" for k, v in notes.items()]
         lines.append("")
