@@ -196,7 +196,8 @@ class PredictionMixin:
             its own probabilities and call are unreliable. Within each section the spots
             keep this model's probabilities, call share and threshold, re-assigned in the order of the
             ranking model's post-processed logits (:func:`spacrd.tl.quantile_match`); the uncertainty is
-            the spread of the ranking model's members matched the same way. ``None``: this model ranks.
+            the spread over member pairs, member ``i`` of this model's probabilities ordered by member
+            ``i`` of the ranking model. ``None``: this model ranks.
 
         Returns
         -------
@@ -310,16 +311,33 @@ def _ranked_by(
     graph = ranking_model._expression_graph(inputs) if settings.expression_propagation else None
     logits = label_free_logits(outputs[MODULE_KEYS.LOGITS], inputs.neighbors, inputs.padding, settings, graph)
     probabilities = quantile_match(logits, result.probabilities, sections)
-    uncertainty = result.uncertainty
-    members = outputs[MODULE_KEYS.MEMBER_LOGITS]
-    if members.shape[1] > 1:
-        members = label_free_logits(members, inputs.neighbors, inputs.padding, settings, graph)
-        uncertainty = quantile_match(members, result.probabilities, sections).std(axis=1).astype(np.float32)
+    # member i of the ranking model orders member i of this model's probabilities (cycling when the
+    # two have different numbers of members), so the spread covers both the order and the level
+    uncertainty = member_p = None
+    rank_members, level_members = outputs[MODULE_KEYS.MEMBER_LOGITS], result.member_probabilities
+    if level_members is None:
+        level_members = result.probabilities[:, None]
+    n_pairs = max(rank_members.shape[1], level_members.shape[1])
+    if n_pairs > 1:
+        rank_members = label_free_logits(rank_members, inputs.neighbors, inputs.padding, settings, graph)
+        member_p = np.stack(
+            [
+                quantile_match(
+                    rank_members[:, i % rank_members.shape[1]],
+                    level_members[:, i % level_members.shape[1]],
+                    sections,
+                )
+                for i in range(n_pairs)
+            ],
+            axis=1,
+        )
+        uncertainty = member_p.astype(np.float64).std(axis=1).astype(np.float32)
     return replace(
         result,
         probabilities=probabilities,
         called=probabilities >= result.threshold,
         uncertainty=uncertainty,
+        member_probabilities=member_p,
     )
 
 

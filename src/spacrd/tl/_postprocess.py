@@ -84,6 +84,9 @@ class PostprocessResult:
     uncertainty
         ``(n,)`` float32 standard deviation of the ensemble members' probabilities (each member's
         logits through the same steps), in ``[0, 0.5]``; ``None`` for a model of one member.
+    member_probabilities
+        ``(n, m)`` float32 probabilities of the members whose spread ``uncertainty`` is; ``None`` for
+        a model of one member.
 
     """
 
@@ -93,6 +96,7 @@ class PostprocessResult:
     threshold_method: str
     cancer_share: dict[str, float]
     uncertainty: np.ndarray | None = None
+    member_probabilities: np.ndarray | None = None
 
 
 def label_free_logits(
@@ -181,13 +185,20 @@ def postprocess(
         method, threshold = "gmm", gmm_threshold(probabilities)
     else:
         method, threshold = "fixed", float(settings.threshold)
-    uncertainty = None
+    uncertainty = member_p = None
     if member_logits is not None and np.ndim(member_logits) == 2 and member_logits.shape[1] > 1:
         members = label_free_logits(member_logits, neighbors, padding, settings, expression_graph)
         member_p = 1.0 / (1.0 + np.exp(-(calibration or Calibration()).apply(members)))
         if settings.prior_shift:
             member_p = shift_to_priors(member_p, source_cancer_share, cancer_share, sections)
-        uncertainty = np.asarray(member_p, dtype=np.float64).std(axis=1).astype(np.float32)
+        member_p = np.asarray(member_p, dtype=np.float32)
+        uncertainty = member_p.astype(np.float64).std(axis=1).astype(np.float32)
     return PostprocessResult(
-        probabilities, probabilities >= threshold, float(threshold), method, cancer_share, uncertainty
+        probabilities,
+        probabilities >= threshold,
+        float(threshold),
+        method,
+        cancer_share,
+        uncertainty,
+        member_p,
     )
