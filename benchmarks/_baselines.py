@@ -16,6 +16,7 @@ as prediction.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -309,10 +310,16 @@ def spacrd(
     quick: bool = False,
     image_key: str | None = None,
     train_kwargs: dict | None = None,
+    ranking_kwargs: dict | None = None,
     **_,
 ) -> np.ndarray:
-    """SpaCRD with default settings (``train_kwargs`` override training arguments)."""
-    return _spacrd_run(train, test, seed, timer, quick, image_key, {}, dict(train_kwargs or {}), {})
+    """SpaCRD with default settings (``train_kwargs`` override training arguments).
+
+    ``ranking_kwargs``: model arguments of a second SpaCRD that orders the spots (see :func:`_spacrd_run`).
+    """
+    return _spacrd_run(
+        train, test, seed, timer, quick, image_key, {}, dict(train_kwargs or {}), {}, ranking_kwargs
+    )
 
 
 def spacrd_paper(
@@ -333,34 +340,10 @@ def spacrd_paper(
     )
 
 
-def spacrd_ranked(
-    train: ad.AnnData,
-    test: ad.AnnData,
-    seed: int,
-    *,
-    timer: Timer | None = None,
-    quick: bool = False,
-    image_key: str | None = None,
-    train_kwargs: dict | None = None,
-    **_,
-) -> np.ndarray:
-    """Default SpaCRD whose spots are ordered by a second one trained on unscaled expression.
-
-    The pair of ``section_scaling="none"`` for the ranking (chosen by the nested selection on inner
-    ROC AUC in every fold) and the default model's per-section probabilities and Bayes call.
-    """
-    return _spacrd_run(
-        train,
-        test,
-        seed,
-        timer,
-        quick,
-        image_key,
-        {},
-        dict(train_kwargs or {}),
-        {},
-        ranking_kwargs={"section_scaling": "none"},
-    )
+#: Default SpaCRD whose spots are ordered by a second one trained on unscaled expression: the
+#: ``section_scaling="none"`` ranking that the nested selection chose in every fold, with the default
+#: model's per-section probabilities and Bayes call (``predict(ranking_model=...)``).
+spacrd_ranked = functools.partial(spacrd, ranking_kwargs={"section_scaling": "none"})
 
 
 METHODS: dict[str, Callable[..., np.ndarray]] = {
