@@ -1,8 +1,10 @@
-"""Build the pretrained model ``SpaCRD.load_pretrained("her2st")`` and the numbers of its model card.
+"""Build the pretrained models ``SpaCRD.load_pretrained("her2st")`` and ``"her2st-ranker"`` and their model cards' numbers.
 
-Run from the repository root (about 25 minutes on 2 CPU cores: seven trainings)::
+Run from the repository root (a few minutes on 2 CPU cores: seven trainings for ``her2st``, nineteen
+for ``her2st-ranker``, whose card scores the pair)::
 
-    python scripts/build_pretrained.py
+    python scripts/build_pretrained.py                        # her2st
+    python scripts/build_pretrained.py --name her2st-ranker   # its unscaled companion
 
 How the shipped model is trained, exactly:
 
@@ -18,10 +20,14 @@ How the shipped model is trained, exactly:
 - saved with ``model.save()`` (weights and JSON, no pickle) into
   ``src/spacrd/datasets/data/pretrained/her2st/``, next to ``training.json`` (this recipe, versions).
 
+``her2st-ranker`` is the same recipe with ``SpaCRD(adata, section_scaling="none")`` (log-normalised
+expression without per-section z-scores), meant as ``ranking_model=`` of ``her2st``.
+
 The model card's leave-one-section-out numbers come from the same recipe trained six more times, each
 time on five sections, and scored on the held-out one with :meth:`~spacrd.model.SpaCRD.predict`'s
-defaults (no labels of the held-out section are used). They go to ``docs/_static/pretrained_her2st_loso.csv``
-and, as the card's table, ``docs/_static/pretrained_her2st_loso.md``. ``--skip-loso`` rebuilds only the
+defaults (no labels of the held-out section are used). For ``her2st-ranker`` each fold trains both
+recipes and scores ``her2st``'s prediction ordered by the ranker (``predict(ranking_model=...)``). They go to ``docs/_static/pretrained_<name>_loso.csv``
+and, as the card's table, ``docs/_static/pretrained_<name>_loso.md``. ``--skip-loso`` rebuilds only the
 model; ``--loso-only`` only the numbers.
 """
 
@@ -47,29 +53,34 @@ from spacrd.model import SpaCRD
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "docs" / "_static"
-NAME = "her2st"
 SETUP = {"labels_key": "cancer", "batch_key": "section"}
+#: SpaCRD keyword arguments of each shipped model; a ranker's card scores it with the model it orders
+RECIPES = {"her2st": {}, "her2st-ranker": {"section_scaling": "none"}}
+RANKS_FOR = {"her2st-ranker": "her2st"}
 
 
-def train(adata, seed: int) -> SpaCRD:
-    """The shipped recipe on ``adata`` (which must hold labelled sections only)."""
+def train(adata, seed: int, name: str = "her2st") -> SpaCRD:
+    """The shipped recipe ``name`` on ``adata`` (which must hold labelled sections only)."""
     adata = adata.copy()
     scvi.settings.seed = seed
     SpaCRD.setup_anndata(adata, **SETUP)
-    model = SpaCRD(adata)
+    model = SpaCRD(adata, **RECIPES[name])
     model.train(accelerator="cpu", enable_progress_bar=False, callbacks=[StageProgress()])
     return model
 
 
-def fold(adata, held_out: str, seed: int) -> dict:
+def fold(adata, held_out: str, seed: int, name: str) -> dict:
     """Train on every section but ``held_out``, predict it without its labels, score it."""
     is_target = (adata.obs["section"] == held_out).to_numpy()
     target = adata[is_target].copy()
     truth = target.obs["cancer"].astype(bool).to_numpy()
     target.obs = target.obs.drop(columns=["label", "cancer"])
     start = time.perf_counter()
-    model = train(adata[~is_target], seed)
-    prob = model.predict(target)
+    if name in RANKS_FOR:
+        model = train(adata[~is_target], seed, RANKS_FOR[name])
+        prob = model.predict(target, ranking_model=train(adata[~is_target], seed, name))
+    else:
+        prob = train(adata[~is_target], seed, name).predict(target)
     called = (target.obs[OBS_KEYS.CALL] == CANCER).to_numpy()
     p = float(truth.mean())
     return {
@@ -89,11 +100,11 @@ def fold(adata, held_out: str, seed: int) -> dict:
     }
 
 
-def loso(adata, seed: int) -> pd.DataFrame:
+def loso(adata, seed: int, name: str) -> pd.DataFrame:
     rows = []
     for section in adata.obs["section"].cat.categories:
         print(f"--- held out: {section}", flush=True)
-        rows.append(fold(adata, section, seed))
+        rows.append(fold(adata, section, seed, name))
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
     table = pd.DataFrame(rows)
     mean = table.drop(columns=["held_out"]).mean().to_dict()
@@ -101,7 +112,7 @@ def loso(adata, seed: int) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([{"held_out": "mean", **mean}])], ignore_index=True)
 
 
-def markdown(table: pd.DataFrame, seed: int) -> str:
+def markdown(table: pd.DataFrame, seed: int, name: str) -> str:
     head = (
         "| held out | spots | cancer share (estimated) | ROC AUC | average precision (baseline) "
         "| F1 of the call (all-cancer baseline) | Brier |\n|---|---|---|---|---|---|---|\n"
@@ -113,7 +124,7 @@ def markdown(table: pd.DataFrame, seed: int) -> str:
         for r in table.itertuples()
     ]
     note = (
-        f"\n\nWritten by `python scripts/build_pretrained.py` (seed {seed}, spacrd {spacrd.__version__}, "
+        f"\n\nWritten by `python scripts/build_pretrained.py --name {name}` (seed {seed}, spacrd {spacrd.__version__}, "
         f"torch {torch.__version__}, CPU). Baselines: a constant score (average precision = the section's "
         "cancer share p) and calling every spot cancer (F1 = 2p / (1 + p)). The mean row averages the six "
         "sections.\n"
@@ -123,6 +134,7 @@ def markdown(table: pd.DataFrame, seed: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", choices=list(RECIPES), default="her2st", help="which shipped model")
     parser.add_argument("--seed", type=int, default=0)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--skip-loso", action="store_true", help="build the model only")
@@ -131,11 +143,11 @@ def main() -> None:
     adata = spacrd.datasets.her2st_ctr()
     with quiet_libraries():
         if not args.loso_only:
-            out = pretrained_path(NAME)
-            model = train(adata, args.seed)
+            out = pretrained_path(args.name)
+            model = train(adata, args.seed, args.name)
             model.save(str(out), overwrite=True)
             recipe = {
-                "name": NAME,
+                "name": args.name,
                 "built_by": "scripts/build_pretrained.py",
                 "data": "spacrd.datasets.her2st_ctr()",
                 "sections": list(adata.obs["section"].cat.categories),
@@ -143,6 +155,7 @@ def main() -> None:
                 "n_genes": len(model.gene_names),
                 "cancer_share": float(adata.obs["cancer"].astype(bool).mean()),
                 "setup_anndata": SETUP,
+                "model": RECIPES[args.name] or "defaults (SpaCRD(adata))",
                 "train": "defaults (SpaCRD.train()), accelerator='cpu'",
                 "modalities": "expression",
                 "seed": args.seed,
@@ -155,9 +168,10 @@ def main() -> None:
             size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
             print(f"Wrote {out} ({size:.2f} MB)")
         if not args.skip_loso:
-            table = loso(adata, args.seed)
-            table.to_csv(STATIC / f"pretrained_{NAME}_loso.csv", index=False, float_format="%.4f")
-            (STATIC / f"pretrained_{NAME}_loso.md").write_text(markdown(table, args.seed))
+            table = loso(adata, args.seed, args.name)
+            stem = f"pretrained_{args.name.replace('-', '_')}_loso"
+            table.to_csv(STATIC / f"{stem}.csv", index=False, float_format="%.4f")
+            (STATIC / f"{stem}.md").write_text(markdown(table, args.seed, args.name))
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

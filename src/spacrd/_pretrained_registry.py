@@ -39,6 +39,12 @@ PRETRAINED_MODELS: dict[str, PretrainedModel] = {
         "HER2-positive breast cancer, legacy ST: the six labelled HER2ST sections A1-F1 (2,401 spots, "
         "2,000 gene symbols), expression only",
     ),
+    "her2st-ranker": PretrainedModel(
+        "her2st-ranker",
+        "her2st_ranker",
+        "the her2st recipe on unscaled expression (section_scaling='none'), to order the spots of her2st: "
+        "predict(ranking_model=...) or spacrd predict --ranking-model her2st-ranker",
+    ),
 }
 
 

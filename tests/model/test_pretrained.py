@@ -57,8 +57,25 @@ def test_load_pretrained_her2st_offline_and_predict_a1(offline):
     assert np.isfinite(uncertainty).all() and (uncertainty >= 0).all() and uncertainty.max() > 0
 
 
+def test_her2st_ranker_orders_the_spots_of_her2st(offline):
+    model = SpaCRD.load_pretrained("her2st", accelerator="cpu")
+    ranker = SpaCRD.load_pretrained("her2st-ranker", accelerator="cpu")
+    assert ranker.section_scaling_ == "none" and list(ranker.gene_names) == list(model.gene_names)
+    adata = spacrd.datasets.her2st_ctr()
+    e1 = adata[adata.obs["section"] == "E1"].copy()
+    e1.obs = e1.obs.drop(columns=["label", "cancer"])
+    alone, paired = e1.copy(), e1.copy()
+    model.predict(alone)
+    model.predict(paired, ranking_model=ranker)
+    np.testing.assert_allclose(np.sort(paired.obs["ctr_prob"]), np.sort(alone.obs["ctr_prob"]), atol=0.01)
+    assert (paired.obs["ctr"] == "cancer").sum() == (alone.obs["ctr"] == "cancer").sum()
+    assert not np.allclose(paired.obs["ctr_prob"], alone.obs["ctr_prob"])
+
+
 def test_unknown_pretrained_name_lists_the_available_ones():
-    with pytest.raises(ValueError, match=r"'mouse_brain'.*available: \['her2st'\].*SpaCRD.load"):
+    with pytest.raises(
+        ValueError, match=r"'mouse_brain'.*available: \['her2st', 'her2st-ranker'\].*SpaCRD.load"
+    ):
         SpaCRD.load_pretrained("mouse_brain")
 
 
