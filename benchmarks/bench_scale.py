@@ -19,10 +19,12 @@ Columns: wall and CPU seconds (``time.perf_counter`` / ``time.process_time``, al
 second of wall time, and peak RSS growth (``VmHWM`` after the call minus ``VmRSS`` just before it).
 ``--old-src`` adds the prediction of a model of the same recipe, trained and run by another spacrd
 source tree (e.g. the release before the streamed input path) on the same machine, in the same run,
-for a within-run ratio.
+for a within-run ratio. ``--ranked`` adds ``model.predict(target, ranking_model=ranker)`` with a
+second model of the same recipe on unscaled expression (``section_scaling="none"``).
 
     python benchmarks/bench_scale.py                                  # all sizes, 1 and 4 sections
     python benchmarks/bench_scale.py --sizes 100000 --old-src /tmp/spacrd_old/src
+    python benchmarks/bench_scale.py --sizes 100000 1000000 --sections 1 --ranked --skip-train --skip-image
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ def _quiet():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def child_model(out: str) -> dict:
-    """Train and save the model every prediction case loads."""
+def child_model(out: str, section_scaling: str = "zscore") -> dict:
+    """Train and save the model every prediction case loads (or, ``section_scaling="none"``, its ranker)."""
     import scvi
     from _scale_data import scale_section
 
@@ -88,13 +90,13 @@ def child_model(out: str) -> dict:
     scvi.settings.seed = 0
     source = scale_section(SOURCE_SPOTS, n_sections=4, seed=1)
     spacrd.model.SpaCRD.setup_anndata(source, labels_key="cancer", batch_key="section")
-    model = spacrd.model.SpaCRD(source)
+    model = spacrd.model.SpaCRD(source, section_scaling=section_scaling)
     model.train(fuse_epochs=2, classify_epochs=3, enable_progress_bar=False)
     model.save(out, overwrite=True)
     return {"genes": len(model.gene_names)}
 
 
-def child_predict(model_dir: str, n_spots: int, n_sections: int) -> dict:
+def child_predict(model_dir: str, n_spots: int, n_sections: int, ranker_dir: str | None = None) -> dict:
     import torch
     from _scale_data import scale_section
 
@@ -103,9 +105,10 @@ def child_predict(model_dir: str, n_spots: int, n_sections: int) -> dict:
     _quiet()
     target = scale_section(n_spots, n_sections=n_sections, seed=2)
     model = spacrd.model.SpaCRD.load(model_dir)
-    model.predict(scale_section(2_000, n_sections=1, seed=3))  # warm-up: lazy imports, first calls
+    ranker = None if ranker_dir is None else spacrd.model.SpaCRD.load(ranker_dir)
+    model.predict(scale_section(2_000, n_sections=1, seed=3), ranking_model=ranker)  # warm-up: first calls
     with _Measure() as m:
-        prob = model.predict(target)
+        prob = model.predict(target, ranking_model=ranker)
     assert prob.shape == (n_spots,)
     return {"wall_s": m.wall, "cpu_s": m.cpu, "rss_growth_mb": m.growth, "threads": torch.get_num_threads()}
 
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-train", action="store_true", help="only prediction")
     p.add_argument("--skip-image", action="store_true", help="leave out the whole-slide image cases")
     p.add_argument("--old-src", help="another spacrd source tree (its src/) to predict 100,000 spots with")
+    p.add_argument("--ranked", action="store_true", help="also predict with a ranker on unscaled expression")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_scale")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -223,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(Path(tmp) / "model")
         run_child("model", args.threads, out=model_dir)
+        ranker_dir = str(Path(tmp) / "ranker")
+        if args.ranked:
+            run_child("model", args.threads, out=ranker_dir, section_scaling="none")
         if args.old_src:  # the other tree trains its own model: saved models need not load across versions
             old_model_dir = str(Path(tmp) / "model_old")
             run_child("model", args.threads, src=args.old_src, out=old_model_dir)
@@ -237,6 +244,16 @@ def main(argv: list[str] | None = None) -> None:
                         run_child("predict", args.threads, model_dir=model_dir, n_spots=n, n_sections=s),
                     )
                 )
+                if args.ranked:
+                    r = run_child(
+                        "predict",
+                        args.threads,
+                        model_dir=model_dir,
+                        n_spots=n,
+                        n_sections=s,
+                        ranker_dir=ranker_dir,
+                    )
+                    report(_row("predict, ranked", n, s, {**r, "note": "ranking_model: unscaled"}))
             if args.old_src and n == 100_000:
                 old = run_child(
                     "predict",
