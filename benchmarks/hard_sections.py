@@ -23,6 +23,7 @@ Nothing here feeds back into a model: it is a reading of held-out results, run a
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -31,6 +32,10 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse
 from scipy.spatial import cKDTree
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_benchmark import read_predictions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "her2st"
@@ -55,11 +60,8 @@ def load_sections(data: Path):
 
 
 def mean_predictions(predictions: pd.DataFrame, method: str) -> pd.DataFrame:
-    """Per spot: the method's probability and call, averaged over its seeds."""
-    rows = predictions[predictions["method"] == method].copy()
-    # calls are stored as 1.0/0.0 or True/False; methods without a call of their own leave them empty
-    calls = {"1.0": 1.0, "0.0": 0.0, "1": 1.0, "0": 0.0, "True": 1.0, "False": 0.0}
-    rows["call"] = rows["call"].astype(str).map(calls)
+    """Per spot: the method's probability and call (1.0/0.0, see ``read_predictions``), averaged over its seeds."""
+    rows = predictions[predictions["method"] == method]
     return rows.groupby("spot")[["prob", "call"]].mean()
 
 
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     adata, logn = load_sections(args.data)
-    predictions = pd.read_csv(args.predictions)
+    predictions = read_predictions(args.predictions)
     obs = adata.obs[["section", "label", "cancer"]].copy()
     obs["section"] = obs["section"].astype(str)
     text = "\n\n".join(

@@ -41,7 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _baselines import Timer, labelled
 from _baselines import spacrd as fit_spacrd
 from _metrics import section_metrics
-from run_benchmark import DEFAULT_DATA, REPO_ROOT, _hardware, _provenance, load_data, write_summary
+from run_benchmark import (
+    DEFAULT_DATA,
+    REPO_ROOT,
+    _hardware,
+    _provenance,
+    load_data,
+    metric_table_head,
+    write_summary,
+)
 
 IMAGE_SECTION = "A1"
 BACKBONES = ("histology_stats", "efficientnet_lite0")
@@ -167,15 +175,9 @@ def summarise(runs: pd.DataFrame, pred: pd.DataFrame, notes: dict[str, str]) -> 
     for col, title in METRICS.items():
         # F1 of calling every spot cancer, 2p / (1 + p): on blocks this cancer-rich, F1 is high for free
         f1_ref = col.startswith("f1")
-        lines += [
-            f"## {title}",
-            "",
-            "| held-out block | spots (non-cancer) | "
-            + ("all spots called cancer | " if f1_ref else "")
-            + " | ".join(head[m] for m in models)
-            + " |",
-        ]
-        lines.append("|---|---|" + "---|" * (len(models) + f1_ref))
+        lines += metric_table_head(
+            title, ["held-out block", "spots (non-cancer)"], [head[m] for m in models], f1_ref
+        )
         for block in [*blocks, "mean over blocks", "pooled", "image − expression"]:
             cells, centres = [], []
             for m in models:

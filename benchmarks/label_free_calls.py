@@ -25,7 +25,7 @@ from sklearn.mixture import GaussianMixture
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _metrics import gmm_threshold
-from run_benchmark import DEFAULT_OUT
+from run_benchmark import DEFAULT_OUT, read_predictions
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -51,7 +51,7 @@ def calls(prob: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    predictions = pd.read_csv(DEFAULT_OUT / "predictions.csv.gz")
+    predictions = read_predictions(DEFAULT_OUT / "predictions.csv.gz")
     rows = predictions[(predictions["method"] == "spacrd") & predictions["cancer"].notna()]
     scores = []
     for (section, seed), d in rows.groupby(["section", "seed"]):

@@ -301,15 +301,7 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
         shown = [m for m in methods if df.loc[df["method"] == m, col].notna().any()]  # e.g. uncertainty
         # F1 of calling every spot cancer, 2p / (1 + p): what F1 gives for free on cancer-rich sections
         f1_ref = col.startswith("f1")
-        lines += [
-            f"## {title}",
-            "",
-            "| held-out section | spots (cancer share) | "
-            + ("all spots called cancer | " if f1_ref else "")
-            + " | ".join(shown)
-            + " |",
-        ]
-        lines.append("|---|---|" + "---|" * (len(shown) + f1_ref))
+        lines += metric_table_head(title, ["held-out section", "spots (cancer share)"], shown, f1_ref)
         rows = [*sections, "mean"]
         for sec in rows:
             cells, centres = [], []
@@ -600,6 +592,24 @@ def _write_summary(df: pd.DataFrame, args: argparse.Namespace, notes: dict[str, 
     if args.quick or ("quick" in df and df["quick"].astype(bool).any()):
         notes["Quick run"] = "reduced epochs and one seed; not the reference numbers"
     write_summary(summarise(df, notes), args.out, DOCS_TABLE if args.docs_table else None)
+
+
+def metric_table_head(title: str, keys: list[str], columns: list[str], all_cancer: bool) -> list[str]:
+    """Heading and header rows of one metric's table; ``all_cancer`` adds the all-spots-cancer F1 column."""
+    names = [*keys, *(["all spots called cancer"] if all_cancer else []), *columns]
+    return [f"## {title}", "", "| " + " | ".join(names) + " |", "|---" * len(names) + "|"]
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """``predictions.csv.gz`` with ``call`` as 1.0 / 0.0 (NaN for methods without a call of their own).
+
+    Files written by earlier runs hold the calls as 1.0/0.0, later ones as True/False, and a file
+    extended with ``--resume`` holds both.
+    """
+    predictions = pd.read_csv(path)
+    calls = {"1.0": 1.0, "0.0": 0.0, "1": 1.0, "0": 0.0, "True": 1.0, "False": 0.0}
+    predictions["call"] = predictions["call"].astype(str).map(calls)
+    return predictions
 
 
 def write_summary(text: str, out: Path, docs_table: Path | None) -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _metrics import _error_auroc
-from run_benchmark import DEFAULT_OUT
+from run_benchmark import DEFAULT_OUT, read_predictions
 
 SCORES = {
     "members' spread (obs['ctr_uncertainty'])": lambda d: d["uncertainty"].to_numpy(dtype=float),
@@ -34,7 +34,7 @@ def error_aurocs(predictions: pd.DataFrame) -> pd.DataFrame:
     rows = []
     labelled = predictions[predictions["cancer"].notna() & predictions["uncertainty"].notna()]
     for (method, section, seed), d in labelled.groupby(["method", "section", "seed"]):
-        call = d["call"].astype(str).isin(["True", "1.0", "1"]).to_numpy()  # bools and 0/1 floats in the file
+        call = d["call"].to_numpy() == 1.0
         if not np.array_equal(call, d["prob"].to_numpy(dtype=float) >= 0.5):
             continue  # the margin is only the reference for a call at probability 0.5
         y = d["cancer"].to_numpy().astype(bool)
@@ -52,7 +52,7 @@ def error_aurocs(predictions: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
-    scores = error_aurocs(pd.read_csv(DEFAULT_OUT / "predictions.csv.gz"))
+    scores = error_aurocs(read_predictions(DEFAULT_OUT / "predictions.csv.gz"))
     keys = ["method", "score"]
     table = scores.pivot_table(index=keys, columns="section", values="auroc", aggfunc="mean", sort=False)
     per_seed = scores.groupby([*keys, "seed"], sort=False)["auroc"].mean()

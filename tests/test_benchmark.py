@@ -386,7 +386,7 @@ def test_hard_sections_tables_on_a_constructed_case():
     )  # (2, 0) on the boundary; (3, 3) not
     call[wrong] = 1 - call[wrong]
     predictions = pd.DataFrame(
-        {"method": "spacrd", "spot": obs.index, "prob": call * 0.8 + 0.1, "call": call.astype(str)}
+        {"method": "spacrd", "spot": obs.index, "prob": call * 0.8 + 0.1, "call": call}
     )
 
     class Sections:
