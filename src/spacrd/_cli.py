@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from spacrd._cli_io import FORMATS_HELP, InputError
+from spacrd._constants import SECTION_SCALINGS
 
 MAIN_EPILOG = """\
 examples:
@@ -194,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
     train.add_argument(
         "--section-scaling",
-        choices=["zscore", "minmax", "none"],
-        default="zscore",
+        choices=list(SECTION_SCALINGS),
+        default=SECTION_SCALINGS[0],
         help="per-section expression scaling (default zscore); 'none' trains a model to pass to "
         "spacrd predict --ranking-model",
     )

@@ -68,7 +68,7 @@ def predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace) -> str | No
     setup = model.setup_args
     section_key = _section_key(loaded, args.section_key, setup["batch_key"])
     options = {"min_gene_overlap": args.min_gene_overlap, "threshold": _threshold(args.threshold)}
-    if getattr(args, "ranking_model", None):
+    if args.ranking_model:
         options["ranking_model"] = load_model(args.ranking_model, args.accelerator)
     with quiet_libraries():
         if loaded.kind == "zarr":

@@ -133,3 +133,6 @@ DEFAULT_LIBRARY_KEY = OBS_KEYS.SECTION
 DEFAULT_BACKBONE = "histology_stats"
 #: Default neighbourhood size ``k`` (the spot itself included), as in the SpaCRD paper.
 DEFAULT_N_NEIGHBORS = 7
+#: Per-section expression scalings of ``SpaCRD(section_scaling=...)``: z-scores (default), min-max
+#: (the paper's) or none (log-normalised only).
+SECTION_SCALINGS: tuple[str, ...] = ("zscore", "minmax", "none")

@@ -17,12 +17,11 @@ import pandas as pd
 import torch
 from scipy import sparse
 
-from spacrd._constants import UNLABELLED
+from spacrd._constants import SECTION_SCALINGS, UNLABELLED
 from spacrd._matrix import READ_CHUNK, row_chunks
 from spacrd.nn import ShiftedSparse
 
 SectionScaling = Literal["zscore", "minmax", "none"]
-SECTION_SCALINGS: tuple[str, ...] = ("zscore", "minmax", "none")
 #: Library sizes are scaled to this many counts before ``log1p`` (``normalize_total(1e4)``).
 TARGET_SUM = 1e4
 #: Features whose spread within a section is below this are constant there and scaled to 0.
