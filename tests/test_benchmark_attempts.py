@@ -97,7 +97,7 @@ def test_level_summary_lists_variants_in_order_with_the_true_share():
     )
     assert "| true share | 0.75 | 0.25 |" in lines
     # mean absolute share error: |0.6 - 0.75| and |0.6 - 0.25| averaged
-    assert "| default | 0 | 0.900 | 0.900 | 0.800 | 0.500 | 0.100 | 0.250 |" in lines
+    assert "| default | 0 | 0.900 | 0.900 | 0.800 | 0.500 | 0.100 | 0.250 | 1.0 |" in lines
     assert "| default | 0 | -0.70 to +0.70 |" in lines
     assert "| thinning | 0 | +0.20 | 0.50 |" in lines  # B1's shift and called share, fold by fold
 
