@@ -112,3 +112,14 @@ def test_undoing_the_prior_shift_recovers_the_unshifted_call():
     agree = (rules["before the prior shift: p ≥ 0.5"] == (raw >= 0.5)).mean()
     assert agree > 0.99  # the EM's fixed point is the mean shifted probability, up to its tolerance
     assert rules["prevalence threshold (uses labels)"].sum() == pytest.approx(y.sum(), abs=1)
+
+
+def test_unshifted_calibration_keeps_the_scale_and_drops_the_shift():
+    from types import SimpleNamespace
+
+    from spacrd.tl import Calibration
+
+    model = SimpleNamespace(calibration_=Calibration(scale=0.7, shift=-0.7, n_spots=250))
+    la.BEFORE_PREDICTION["unshifted_calibration"](model)
+    assert model.calibration_ == Calibration(scale=0.7, shift=0.0, n_spots=250)
+    assert set(la.BEFORE_PREDICTION) <= set(la.VARIANTS)
