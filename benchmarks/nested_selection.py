@@ -11,7 +11,8 @@ Two kinds of settings are chosen, each on its own inner metric:
 * the ranking settings (network architecture, whether expression is scaled per section, and label
   propagation over the target's expression graph), by mean inner ROC AUC;
 * the call (Bayes call on probabilities adapted to the section's cancer share, or a GMM threshold on
-  unadapted probabilities; for the unscaled model, when the default one is trained too, also
+  unadapted probabilities; with ``--calls``, also ``"bayes-unshifted"``: the Bayes call with the
+  calibration's shift set to 0; for the unscaled model, when the default one is trained too, also
   ``"paired"``: the default model's probabilities and call in the unscaled model's order), by mean
   inner F1 of the label-free call, given the chosen ranking settings.
 
@@ -25,6 +26,8 @@ Writes ``results/nested/inner.csv``, ``results/nested/outer.csv`` and ``results/
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import itertools
 import logging
 import sys
@@ -52,7 +55,12 @@ PROPAGATION = (0.5, 0.0)  # predict(expression_propagation=...)
 CALLS: dict[str, dict] = {  # predict keyword arguments of each label-free call
     "bayes": {"prior_shift": True, "threshold": None},
     "gmm": {"prior_shift": False, "threshold": "gmm"},
+    "bayes-unshifted": {"prior_shift": True, "threshold": None},
 }
+#: Calls that predict with the calibration's fitted shift set to 0 (its scale kept).
+UNSHIFTED_CALLS = frozenset({"bayes-unshifted"})
+#: The calls offered unless ``--calls`` says otherwise (those of the runs quoted in the docs).
+DEFAULT_CALLS = ("bayes", "gmm")
 DEFAULT = ("wide", 0.5, "bayes")
 DEFAULT_OUT = REPO_ROOT / "results" / "nested"
 
@@ -78,7 +86,26 @@ def fit(train, architecture: str, seed: int, quick: bool):
     return model, time.perf_counter() - t0
 
 
-def score(models: dict, test, y_test) -> list[dict]:
+@contextlib.contextmanager
+def _unshifted_calibration(model, unshifted: bool):
+    """Within the block, ``model`` predicts with its calibration's shift set to 0 (the scale kept)."""
+    if not unshifted:
+        yield
+        return
+    fitted = model._calibration_for  # the stored calibration, or the one refitted for other settings
+
+    def without_shift(settings):
+        calibration = fitted(settings)
+        return None if calibration is None else dataclasses.replace(calibration, shift=0.0)
+
+    model._calibration_for = without_shift
+    try:
+        yield
+    finally:
+        del model._calibration_for  # back to the class's method
+
+
+def score(models: dict, test, y_test, calls: tuple[str, ...] = DEFAULT_CALLS) -> list[dict]:
     """Metrics on ``test`` of every trained architecture for every (propagation, call) option.
 
     With both ``"wide"`` and ``"wide-unscaled"`` trained, the unscaled ranking also gets the
@@ -88,13 +115,14 @@ def score(models: dict, test, y_test) -> list[dict]:
     rows = []
     mask = y_test >= 0
     for architecture, (model, train_s) in models.items():
-        options = [(model, call, CALLS[call], None, train_s) for call in CALLS]
+        options = [(model, call, CALLS[call], None, train_s) for call in calls]
         if architecture == "wide-unscaled" and "wide" in models:
             level, level_s = models["wide"]
             options.append((level, "paired", CALLS["bayes"], model, train_s + level_s))
         for alpha, (predictor, call, kwargs, ranker, seconds) in itertools.product(PROPAGATION, options):
             scored = test.copy()
-            prob = predictor.predict(scored, expression_propagation=alpha, ranking_model=ranker, **kwargs)
+            with _unshifted_calibration(predictor, call in UNSHIFTED_CALLS):
+                prob = predictor.predict(scored, expression_propagation=alpha, ranking_model=ranker, **kwargs)
             metrics = section_metrics(
                 y_test[mask], prob[mask], call=(scored.obs["ctr"] == "cancer").to_numpy()[mask]
             )
@@ -168,7 +196,15 @@ def main(argv: list[str] | None = None) -> None:
         choices=list(ARCHITECTURES),
         help="model settings to choose among (default all)",
     )
+    p.add_argument(
+        "--calls",
+        nargs="+",
+        default=list(DEFAULT_CALLS),
+        choices=list(CALLS),
+        help="label-free calls to choose among (default bayes gmm)",
+    )
     args = p.parse_args(argv)
+    calls = tuple(args.calls)
 
     adata, _ = load_data(args.data, [], with_image=False)
     sections = list(HER2ST_LABELLED)
@@ -183,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             inner_train, inner_test = split(pool, inner_held, training_sections)
             y_inner = _labels(pool[(pool.obs["section"].astype(str) == inner_held).to_numpy()])
             models = {a: fit(inner_train, a, args.seed, args.quick) for a in args.architectures}
-            for row in score(models, inner_test, y_inner):
+            for row in score(models, inner_test, y_inner, calls):
                 inner_rows.append({"outer": held_out, "section": inner_held, **row})
             print(f"outer {held_out} inner {inner_held} done", flush=True)
         inner = pd.DataFrame([r for r in inner_rows if r["outer"] == held_out])
@@ -192,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             {"section": held_out, "architecture": architecture, "propagation": alpha, "call": call}
         )
         models = {a: fit(pool, a, args.seed, args.quick) for a in args.architectures}
-        for row in score(models, test, y_outer):
+        for row in score(models, test, y_outer, calls):
             outer_rows.append({"section": held_out, **row})
         picked = next(
             r

@@ -123,3 +123,23 @@ def test_unshifted_calibration_keeps_the_scale_and_drops_the_shift():
     la.BEFORE_PREDICTION["unshifted_calibration"](model)
     assert model.calibration_ == Calibration(scale=0.7, shift=0.0, n_spots=250)
     assert set(la.BEFORE_PREDICTION) <= set(la.VARIANTS)
+
+
+def test_nested_unshifted_call_drops_the_shift_only_inside_the_block():
+    import nested_selection as ns
+
+    from spacrd.tl import Calibration
+
+    class Model:
+        calibration_ = Calibration(scale=0.8, shift=0.9)
+
+        def _calibration_for(self, settings):
+            return self.calibration_
+
+    model = Model()
+    with ns._unshifted_calibration(model, True):
+        assert model._calibration_for(None) == Calibration(scale=0.8, shift=0.0)
+    assert model._calibration_for(None) == Calibration(scale=0.8, shift=0.9)  # restored
+    with ns._unshifted_calibration(model, False):
+        assert model._calibration_for(None).shift == 0.9
+    assert ns.UNSHIFTED_CALLS <= set(ns.CALLS) and set(ns.DEFAULT_CALLS) <= set(ns.CALLS)
