@@ -189,20 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--quick", action="store_true", help="few epochs, two outer sections (smoke test)")
-    p.add_argument(
-        "--architectures",
-        nargs="+",
-        default=list(ARCHITECTURES),
-        choices=list(ARCHITECTURES),
-        help="model settings to choose among (default all)",
-    )
-    p.add_argument(
-        "--calls",
-        nargs="+",
-        default=list(DEFAULT_CALLS),
-        choices=list(CALLS),
-        help="label-free calls to choose among (default bayes gmm)",
-    )
+    for flag, choices, default, what in (
+        (
+            "--architectures",
+            ARCHITECTURES,
+            list(ARCHITECTURES),
+            "model settings to choose among (default all)",
+        ),
+        ("--calls", CALLS, list(DEFAULT_CALLS), "label-free calls to choose among (default bayes gmm)"),
+    ):
+        p.add_argument(
+            flag, nargs="+", default=default, choices=list(choices), help=f"{what} to choose among"
+        )
     args = p.parse_args(argv)
     calls = tuple(args.calls)
 
