@@ -198,9 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         ("--calls", CALLS, list(DEFAULT_CALLS), "label-free calls to choose among (default bayes gmm)"),
     ):
-        p.add_argument(
-            flag, nargs="+", default=default, choices=list(choices), help=f"{what} to choose among"
-        )
+        p.add_argument(flag, nargs="+", default=default, choices=list(choices), help=what)
     args = p.parse_args(argv)
     calls = tuple(args.calls)
 
