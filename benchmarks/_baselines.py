@@ -16,6 +16,7 @@ as prediction.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -245,6 +246,25 @@ def scanvi(
         test_idx = np.arange(train.n_obs, both.n_obs)
         soft = model.predict(both, indices=test_idx, soft=True)
         return soft["cancer"].to_numpy(dtype=float)
+
+
+@contextmanager
+def unshifted_calibration(model) -> Iterator[None]:
+    """Within the block, ``model`` predicts with its calibration's shift set to 0 (the scale kept).
+
+    Covers the stored calibration and one refitted for other post-processing settings alike.
+    """
+    fitted = model._calibration_for
+
+    def without_shift(settings):
+        calibration = fitted(settings)
+        return None if calibration is None else dataclasses.replace(calibration, shift=0.0)
+
+    model._calibration_for = without_shift
+    try:
+        yield
+    finally:
+        del model._calibration_for  # back to the class's method
 
 
 def _trained_spacrd(

@@ -37,7 +37,7 @@ and not repeated, so the second command above adds two seeds of two variants to 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -50,7 +50,7 @@ from scipy import sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _baselines import _trained_spacrd
+from _baselines import _trained_spacrd, unshifted_calibration
 from _metrics import section_metrics
 from run_benchmark import DEFAULT_DATA, HER2ST_LABELLED, REPO_ROOT, load_data, split
 
@@ -148,12 +148,8 @@ VARIANTS: dict[str, Callable] = {
 }
 
 
-#: Changes to the trained model before it predicts, by variant (the data of these variants is the default's).
-BEFORE_PREDICTION: dict[str, Callable] = {
-    "unshifted_calibration": lambda model: setattr(
-        model, "calibration_", dataclasses.replace(model.calibration_, shift=0.0)
-    ),
-}
+#: Variants whose model predicts with its calibration's shift set to 0 (their data is the default's).
+UNSHIFTED_VARIANTS = frozenset({"unshifted_calibration"})
 
 
 def run(adata: ad.AnnData, variant: str, section: str, seed: int, quick: bool = False) -> dict:
@@ -163,10 +159,9 @@ def run(adata: ad.AnnData, variant: str, section: str, seed: int, quick: bool = 
     start = time.process_time()
     model = _trained_spacrd(train, seed, quick, image_key, {}, {})
     train_cpu = time.process_time() - start
-    calibration = model.calibration_  # as fitted, before any change below
-    if variant in BEFORE_PREDICTION:
-        BEFORE_PREDICTION[variant](model)
-    prob = np.asarray(model.predict(test), dtype=float)
+    calibration = model.calibration_  # as fitted
+    with unshifted_calibration(model) if variant in UNSHIFTED_VARIANTS else contextlib.nullcontext():
+        prob = np.asarray(model.predict(test), dtype=float)
     call = (test.obs["ctr"].astype(str) == "cancer").to_numpy()
     keep = ~np.isnan(y)
     metrics = section_metrics(y[keep].astype(bool), prob[keep], call[keep], seed)

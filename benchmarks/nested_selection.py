@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import itertools
 import logging
 import sys
@@ -40,7 +39,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _baselines import N_NEIGHBORS, labelled
+from _baselines import N_NEIGHBORS, labelled, unshifted_calibration
 from _metrics import section_metrics
 from run_benchmark import DEFAULT_DATA, HER2ST_LABELLED, REPO_ROOT, load_data, split
 
@@ -86,25 +85,6 @@ def fit(train, architecture: str, seed: int, quick: bool):
     return model, time.perf_counter() - t0
 
 
-@contextlib.contextmanager
-def _unshifted_calibration(model, unshifted: bool):
-    """Within the block, ``model`` predicts with its calibration's shift set to 0 (the scale kept)."""
-    if not unshifted:
-        yield
-        return
-    fitted = model._calibration_for  # the stored calibration, or the one refitted for other settings
-
-    def without_shift(settings):
-        calibration = fitted(settings)
-        return None if calibration is None else dataclasses.replace(calibration, shift=0.0)
-
-    model._calibration_for = without_shift
-    try:
-        yield
-    finally:
-        del model._calibration_for  # back to the class's method
-
-
 def score(models: dict, test, y_test, calls: tuple[str, ...] = DEFAULT_CALLS) -> list[dict]:
     """Metrics on ``test`` of every trained architecture for every (propagation, call) option.
 
@@ -121,7 +101,8 @@ def score(models: dict, test, y_test, calls: tuple[str, ...] = DEFAULT_CALLS) ->
             options.append((level, "paired", CALLS["bayes"], model, train_s + level_s))
         for alpha, (predictor, call, kwargs, ranker, seconds) in itertools.product(PROPAGATION, options):
             scored = test.copy()
-            with _unshifted_calibration(predictor, call in UNSHIFTED_CALLS):
+            unshifted = call in UNSHIFTED_CALLS
+            with unshifted_calibration(predictor) if unshifted else contextlib.nullcontext():
                 prob = predictor.predict(scored, expression_propagation=alpha, ranking_model=ranker, **kwargs)
             metrics = section_metrics(
                 y_test[mask], prob[mask], call=(scored.obs["ctr"] == "cancer").to_numpy()[mask]

@@ -114,18 +114,8 @@ def test_undoing_the_prior_shift_recovers_the_unshifted_call():
     assert rules["prevalence threshold (uses labels)"].sum() == pytest.approx(y.sum(), abs=1)
 
 
-def test_unshifted_calibration_keeps_the_scale_and_drops_the_shift():
-    from types import SimpleNamespace
-
-    from spacrd.tl import Calibration
-
-    model = SimpleNamespace(calibration_=Calibration(scale=0.7, shift=-0.7, n_spots=250))
-    la.BEFORE_PREDICTION["unshifted_calibration"](model)
-    assert model.calibration_ == Calibration(scale=0.7, shift=0.0, n_spots=250)
-    assert set(la.BEFORE_PREDICTION) <= set(la.VARIANTS)
-
-
-def test_nested_unshifted_call_drops_the_shift_only_inside_the_block():
+def test_unshifted_calibration_drops_the_shift_only_inside_the_block():
+    import _baselines as bl
     import nested_selection as ns
 
     from spacrd.tl import Calibration
@@ -137,9 +127,8 @@ def test_nested_unshifted_call_drops_the_shift_only_inside_the_block():
             return self.calibration_
 
     model = Model()
-    with ns._unshifted_calibration(model, True):
-        assert model._calibration_for(None) == Calibration(scale=0.8, shift=0.0)
+    with bl.unshifted_calibration(model):
+        assert model._calibration_for(None) == Calibration(scale=0.8, shift=0.0)  # the scale kept
     assert model._calibration_for(None) == Calibration(scale=0.8, shift=0.9)  # restored
-    with ns._unshifted_calibration(model, False):
-        assert model._calibration_for(None).shift == 0.9
     assert ns.UNSHIFTED_CALLS <= set(ns.CALLS) and set(ns.DEFAULT_CALLS) <= set(ns.CALLS)
+    assert la.UNSHIFTED_VARIANTS <= set(la.VARIANTS)
