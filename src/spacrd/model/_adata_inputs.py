@@ -15,6 +15,7 @@ from spacrd.pp._neighbors import section_neighbors, stored_neighbors
 
 from ._inputs import SpotInputs, build_inputs, gene_selector
 from ._labels import label_codes
+from ._thinning import DepthThinning
 
 if TYPE_CHECKING:
     from ._model import SpaCRD
@@ -50,6 +51,21 @@ def source_inputs(model: SpaCRD) -> SpotInputs:
         model._usable_image(image),
         model.section_scaling_,
         check_coordinates(adata, args["spatial_key"]),
+    )
+
+
+def source_thinning(model: SpaCRD, inputs: SpotInputs, lowest_rate: float, seed: int) -> DepthThinning:
+    """Depth augmentation of the registered source's training minibatches (``train(depth_augmentation=...)``)."""
+    selector, in_universe, _ = gene_selector(model.var_names, model.gene_names, model.var_names)
+    return DepthThinning.build(
+        model.adata_manager.get_from_registry("X"),
+        selector,
+        in_universe,
+        inputs.codes,
+        len(inputs.section_names),
+        model.section_scaling_,
+        lowest_rate,
+        seed,
     )
 
 

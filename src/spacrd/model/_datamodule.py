@@ -12,6 +12,7 @@ import torch
 from spacrd._constants import TENSOR_KEYS, UNLABELLED
 
 from ._inputs import SpotInputs
+from ._thinning import DepthThinning
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
     ``(B,)``. Spots in ``hidden`` (``(n,)`` bool) are left out of every neighbourhood but their own, as
     padding: training batches hide the validation spots this way. Dense arrays exist only for these
     ``U`` spots; with ``sparse_genes`` (prediction) not even
-    those: ``spot_genes`` is a :class:`~spacrd.nn.ShiftedSparse`.
+    those: ``spot_genes`` is a :class:`~spacrd.nn.ShiftedSparse`. With ``thinning`` (training only), the
+    genes of every item are thinned at a depth drawn for it (:class:`~spacrd.model._thinning.DepthThinning`).
     """
 
     def __init__(
@@ -42,11 +44,15 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
         use_image: bool,
         sparse_genes: bool = False,
         hidden: np.ndarray | None = None,
+        thinning: DepthThinning | None = None,
     ):
+        if thinning is not None and sparse_genes:
+            raise ValueError("Depth thinning serves dense training minibatches, not sparse ones.")
         self.inputs = inputs
         self.use_image = use_image
         self.sparse_genes = sparse_genes
         self.hidden = hidden
+        self.thinning = thinning
 
     def __len__(self) -> int:
         return self.inputs.n_obs
@@ -55,7 +61,11 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
         centres = np.asarray(centres, dtype=np.int64).reshape(-1)
         inputs = self.inputs
         spots, local = np.unique(inputs.neighbors[centres], return_inverse=True)
-        genes = inputs.shifted_genes(spots) if self.sparse_genes else torch.from_numpy(inputs.genes(spots))
+        if self.sparse_genes:
+            genes = inputs.shifted_genes(spots)
+        else:
+            source = inputs if self.thinning is None else self.thinning
+            genes = torch.from_numpy(source.genes(spots))
         batch = {
             TENSOR_KEYS.SPOT_GENES: genes,
             TENSOR_KEYS.NEIGHBORS: torch.from_numpy(local.reshape(len(centres), -1).astype(np.int64)),
@@ -264,14 +274,19 @@ class NeighbourhoodDataModule(pl.LightningDataModule):
         spots_per_epoch: int | None = None,
         seed: int = 0,
         hide_validation: bool = True,
+        thinning: DepthThinning | None = None,
     ):
         super().__init__()
         self.dataset = dataset
         self.train_dataset = dataset
+        hidden = None
         if hide_validation and len(val_idx):
             hidden = np.zeros(len(dataset), dtype=bool)
             hidden[np.asarray(val_idx, dtype=np.int64)] = True
-            self.train_dataset = NeighbourhoodDataset(dataset.inputs, dataset.use_image, hidden=hidden)
+        if hidden is not None or thinning is not None:
+            self.train_dataset = NeighbourhoodDataset(
+                dataset.inputs, dataset.use_image, hidden=hidden, thinning=thinning
+            )
         self.train_idx = np.asarray(train_idx, dtype=np.int64)
         self.val_idx = np.asarray(val_idx, dtype=np.int64)
         self.test_idx = np.array([], dtype=np.int64)

@@ -24,7 +24,7 @@ from spacrd._validation import check_bool, check_choice, check_device, check_num
 from spacrd.module import SpaCRDModule
 from spacrd.tl import PostprocessSettings
 
-from ._adata_inputs import label_summary, source_inputs
+from ._adata_inputs import label_summary, source_inputs, source_thinning
 from ._datamodule import (
     AUTO_SPOTS_PER_EPOCH,
     VALIDATIONS,
@@ -32,6 +32,7 @@ from ._datamodule import (
     Validation,
     validation_split,
 )
+from ._thinning import check_thinning
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class StagedTrainingMixin:
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         early_stopping: bool = False,
+        depth_augmentation: float | None = None,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
     ):
@@ -175,6 +177,14 @@ class StagedTrainingMixin:
         early_stopping
             Stop each stage when ``validation_loss`` stops improving (``early_stopping_patience`` and
             friends go through ``trainer_kwargs``).
+        depth_augmentation
+            Lowest rate of binomial thinning of the training minibatches, in ``(0, 1)``; ``None``: off.
+            Each minibatch keeps every UMI of its spots with one probability drawn from 7 rates
+            log-spaced from this one to 1 (full depth), is log-normalised with its thinned library sizes
+            and scaled with the statistics of the sections thinned at that rate, so the network learns
+            expression at the depths of sparser platforms (a Visium HD bin or a Xenium cell has about a
+            tenth of a legacy-ST spot's UMIs) without copies of the source. Validation spots, and so
+            the calibration, stay at full depth.
         plan_kwargs
             Extra arguments of :class:`~spacrd.model.SpaCRDTrainingPlan`.
         **trainer_kwargs
@@ -204,6 +214,7 @@ class StagedTrainingMixin:
         lrs = {"align": align_lr, "fuse": fuse_lr, "classify": classify_lr}
         _check_train_arguments(epochs, lrs, weight_decay, batch_size, train_size, validation, spots_per_epoch)
         _check_trainer_kwargs(trainer_kwargs, accelerator, early_stopping)
+        depth_augmentation = check_thinning(depth_augmentation)
         inputs = source_inputs(self)
         labelled = inputs.labels[inputs.labels != UNLABELLED]
         if np.unique(labelled).size < 2:
@@ -239,6 +250,9 @@ class StagedTrainingMixin:
             spots_per_epoch=spots_per_epoch,
             seed=seed,
             hide_validation=how != "random",  # "random" keeps the behaviour of spacrd 0.1
+            thinning=None
+            if depth_augmentation is None
+            else source_thinning(self, inputs, depth_augmentation, seed),
         )
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         if datamodule.n_train < 2:
