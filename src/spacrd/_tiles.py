@@ -27,8 +27,10 @@ from ._constants import SCANPY_IMAGE_KEYS
 DISC_QUAD_SEGS = 16
 #: Shift of the spots, in spacings, for the Voronoi diagram only (see :func:`section_tiles`).
 JITTER = 1e-6
-#: Islands smaller than this many median tiles are dropped by default (a lone spot is one tile).
-DEFAULT_MIN_TILES = 1.5
+#: Islands smaller than this many median tiles are dropped by default. A lone spot is one tile inside
+#: the tissue and up to about two at its edge (edge tiles reach one spacing out), a pair inside is two:
+#: both are dropped, three neighbouring spots are kept.
+DEFAULT_MIN_TILES = 2.5
 
 
 def spot_spacing(centres: np.ndarray, fallback: float = 1.0) -> float:

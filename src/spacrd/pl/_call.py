@@ -100,35 +100,58 @@ def call_legend_handle(
     )
 
 
-#: Artist label of the called-region contour (leading underscore: kept out of legends).
+#: Artist label of the called-region outline (leading underscore: kept out of legends).
 CALL_REGION_LABEL = "_call_region"
 
-#: Largest side, in grid points, of the raster the called region is traced on.
-REGION_GRID_MAX = 1500
+
+def library_region(
+    adata: AnnData,
+    library: str,
+    library_key: str | None,
+    spatial_key: str,
+    called: np.ndarray,
+    min_area: float | None,
+    min_tiles: float,
+):
+    """The called region of one library, in ``obsm[spatial_key]`` units, as :func:`spacrd.tl.ctr_regions` builds it."""
+    from spacrd.tl._regions import _anndata_sections, region_of
+
+    (section,) = _anndata_sections(adata, library_key, [library], spatial_key, None)
+    return region_of(
+        section.centres,
+        called[section.rows],
+        min_area=min_area,
+        min_tiles=min_tiles,
+        um_per_unit=section.um_per_unit,
+        fallback_reach=section.spot_diameter,
+        section=library,
+    )
 
 
-def call_region(ax, centres: np.ndarray, called: np.ndarray, color: str, linewidth: float):
-    """Draw the outline of the region of the spots called cancer, as one contour.
+def call_region(ax, region, scale: float, origin: np.ndarray, color: str, linewidth: float):
+    """Draw the outline of a called region (full-resolution units) on ``ax``, at ``xy * scale - origin``.
 
-    Every point of the panel belongs to its nearest spot (within one spot spacing of it, so gaps in
-    the tissue stay open); the contour separates the points of called spots from the others, so it
-    runs half-way between a called spot and its uncalled neighbours. ``centres`` ``(n, 2)`` are the
-    panel's spot centres in axes coordinates, ``called`` ``(n,)`` bool. Returns the contour set, or
-    ``None`` when no spot is called.
+    Each polygon is one path, its holes wound against its outside, so that the path contains a point
+    exactly when the polygon does. Returns the collection (label :data:`CALL_REGION_LABEL`), or ``None``
+    for an empty region.
     """
-    from scipy.spatial import cKDTree
+    import shapely
+    from matplotlib.collections import PathCollection
+    from matplotlib.path import Path
 
-    if len(centres) == 0 or not called.any():
+    if region is None or region.is_empty:
         return None
-    tree = cKDTree(centres)
-    spacing = float(np.median(tree.query(centres, k=2)[0][:, 1])) if len(centres) > 1 else 1.0
-    reach = spacing if spacing > 0 else 1.0  # fills the centre of a square of four spots, too
-    lo, hi = centres.min(axis=0) - 2 * reach, centres.max(axis=0) + 2 * reach
-    step = max(reach / 4, float((hi - lo).max()) / REGION_GRID_MAX)
-    xs, ys = np.arange(lo[0], hi[0], step), np.arange(lo[1], hi[1], step)
-    grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-    distance, nearest = tree.query(grid, k=1)
-    inside = ((distance <= reach) & called[nearest]).reshape(len(ys), len(xs)).astype(float)
-    contour = ax.contour(xs, ys, inside, levels=[0.5], colors=[color], linewidths=linewidth, zorder=4)
-    contour.set_label(CALL_REGION_LABEL)
-    return contour
+    paths = []
+    for polygon in shapely.get_parts(shapely.orient_polygons(region)):
+        rings = [polygon.exterior, *polygon.interiors]
+        vertices = np.vstack([np.asarray(r.coords) * scale - origin for r in rings])
+        codes = np.concatenate(
+            [[Path.MOVETO, *[Path.LINETO] * (len(r.coords) - 2), Path.CLOSEPOLY] for r in rings]
+        )
+        paths.append(Path(vertices, codes))
+    collection = PathCollection(
+        paths, facecolors="none", edgecolors=color, linewidths=linewidth, zorder=4, transform=ax.transData
+    )
+    collection.set_label(CALL_REGION_LABEL)
+    ax.add_collection(collection)
+    return collection

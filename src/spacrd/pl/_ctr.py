@@ -14,8 +14,9 @@ from matplotlib.patches import Circle, RegularPolygon
 from spacrd._constants import OBS_KEYS, OBSM_KEYS, SCANPY_IMAGE_KEYS, UNS_KEYS
 from spacrd._optional import import_optional
 from spacrd._spatial import is_spatialdata
+from spacrd._tiles import DEFAULT_MIN_TILES
 
-from ._call import call_legend_handle, call_mask, call_region
+from ._call import call_legend_handle, call_mask, call_region, library_region
 from ._scale import add_scale_bars, spot_extents
 from ._utils import (
     as_axes_list,
@@ -48,6 +49,8 @@ def ctr(
     call_linewidth: float = 1.5,
     *,
     call_style: str = "region",
+    min_area: float | None = None,
+    min_tiles: float = DEFAULT_MIN_TILES,
     scale_bar: bool = True,
     spot_diameter_um: float | None = None,
     crop: bool = True,
@@ -103,8 +106,12 @@ def ctr(
     call_linewidth
         Width of that outline, in points.
     call_style
-        ``"region"``: one contour around the spots called cancer (the boundary runs half-way to their
-        uncalled neighbours); ``"spots"``: a ring around each called spot.
+        ``"region"``: the outline of the called region of :func:`spacrd.tl.ctr_regions` (the union of the
+        called spots' tiles: it runs half-way to their uncalled neighbours, keeps holes and drops islands
+        below ``min_area`` / ``min_tiles``), the polygons an export of the regions holds; ``"spots"``: a
+        ring around each called spot.
+    min_area, min_tiles
+        Smallest island of the region outline, as in :func:`spacrd.tl.ctr_regions` (µm², or tiles).
     scale_bar
         Draw a scale bar (AnnData only). The pixel size comes from ``microns_per_pixel`` in
         ``uns["spatial"][library]["scalefactors"]`` (written by Space Ranger for Visium HD) or
@@ -150,6 +157,9 @@ def ctr(
     >>> spacrd.pl.ctr(target, labels_key="cancer")  # doctest: +SKIP
 
     """
+    if call_style not in ("region", "spots"):
+        raise ValueError(f"`call_style` must be 'region' or 'spots', got {call_style!r}.")
+    islands = {"min_area": min_area, "min_tiles": min_tiles}
     if isinstance(data, AnnData):
         axes = _ctr_anndata(
             data,
@@ -163,6 +173,7 @@ def ctr(
             call_color=call_color,
             call_linewidth=call_linewidth,
             call_style=call_style,
+            islands=islands,
             scale_bar=scale_bar,
             spot_diameter_um=spot_diameter_um,
             crop=crop,
@@ -185,6 +196,8 @@ def ctr(
             cmap=cmap,
             call_color=call_color,
             call_linewidth=call_linewidth,
+            call_style=call_style,
+            islands=islands,
             uns_key=uns_key,
             table_name=table_name,
             image_key=image_key,
@@ -276,12 +289,13 @@ def spot_geometry(
     size: float | list[float] | None = None,
     scale_factor: float | list[float] | None = None,
     crop_coord: tuple[float, float, float, float] | list[tuple[float, float, float, float]] | None = None,
-) -> list[tuple[np.ndarray, np.ndarray, float]]:
+) -> list[tuple[np.ndarray, np.ndarray, float, float, np.ndarray]]:
     """Spot centres and radius in the axes coordinates :func:`squidpy.pl.spatial_scatter` draws in.
 
-    Returns, per library, ``(mask, centres, radius)``: which rows of ``adata`` are in the panel
-    (``(n_obs,)`` bool), their centres (``(n, 2)``, image pixels at ``img_res_key`` resolution, shifted by
-    the crop) and the spot radius in the same pixels.
+    Returns, per library, ``(mask, centres, radius, scale, origin)``: which rows of ``adata`` are in the
+    panel (``(n_obs,)`` bool), their centres (``(n, 2)``, image pixels at ``img_res_key`` resolution,
+    shifted by the crop), the spot radius in the same pixels, and the map from ``obsm`` units to axes
+    units, ``xy * scale - origin``.
     """
     spatial = adata.uns[UNS_KEYS.SPATIAL]
     n = len(libraries)
@@ -302,13 +316,15 @@ def spot_geometry(
             mask &= np.asarray(adata.obs[library_key].astype(str) == lib)
         centres = np.asarray(adata.obsm[spatial_key], dtype=float)[:, :2] * float(sf)
         crop = _per_library(crop_coord, i, n, "crop_coord")
+        origin = np.zeros(2)
         if crop is not None:
             x0, y0, x1, y1 = (float(c) * float(sf) for c in crop)
             mask &= (
                 (centres[:, 0] >= x0) & (centres[:, 0] <= x1) & (centres[:, 1] >= y0) & (centres[:, 1] <= y1)
             )
-            centres = centres - np.array([x0, y0])
-        out.append((mask, centres[mask], radius))
+            origin = np.array([x0, y0])
+            centres = centres - origin
+        out.append((mask, centres[mask], radius, float(sf), origin))
     return out
 
 
@@ -344,6 +360,7 @@ def _ctr_anndata(
     call_color: str,
     call_linewidth: float,
     call_style: str,
+    islands: dict[str, Any],
     scale_bar: bool,
     spot_diameter_um: float | None,
     crop: bool,
@@ -352,8 +369,6 @@ def _ctr_anndata(
     **kwargs: Any,
 ) -> list[Axes]:
     sq = import_optional("squidpy", "spacrd.pl.ctr on an AnnData")
-    if call_style not in ("region", "spots"):
-        raise ValueError(f"`call_style` must be 'region' or 'spots', got {call_style!r}.")
 
     prob = check_prob_key(adata.obs, prob_key)
     called = call_mask(adata.obs, call_key) if show_call else None
@@ -419,16 +434,19 @@ def _ctr_anndata(
     geometry = spot_geometry(plot_adata, libraries, library_key, spatial_key=spatial_key, **geometry_args)
     if called is not None:
         handle = call_legend_handle(adata, prob_key, call_key, call_color, uns_key, style=call_style)
-        for prob_ax, (mask, centres, radius) in zip(prob_axes, geometry, strict=True):
+        for lib, prob_ax, (mask, centres, radius, scale, origin) in zip(
+            libraries, prob_axes, geometry, strict=True
+        ):
             if call_style == "region":
-                call_region(prob_ax, centres, called[mask], call_color, call_linewidth)
+                region = library_region(adata, lib, library_key, spatial_key, called, **islands)
+                call_region(prob_ax, region, scale, origin, call_color, call_linewidth)
             else:
                 _outline(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
             # Inside the panel: below it the legend would collide with the axis label or the next row.
             prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
     if scale_bar:
         for i, lib in enumerate(libraries):
-            _, _, radius = geometry[i]
+            radius = geometry[i][2]
             panels = axes[i * len(colors) : (i + 1) * len(colors)]
             add_scale_bars(panels, adata.uns[UNS_KEYS.SPATIAL][lib], 2 * radius, spot_diameter_um)
     return axes

@@ -204,8 +204,9 @@ def ctr_regions(
     min_area
         Smallest island kept, in µm²; needs the pixel size (below). ``None``: ``min_tiles`` instead.
     min_tiles
-        Smallest island kept when ``min_area`` is ``None``, in median tiles of the section (a lone spot is
-        one tile, its edge version somewhat more); 0 keeps every island.
+        Smallest island kept when ``min_area`` is ``None``, in median tiles of the section. The default,
+        2.5, drops a lone called spot (one tile inside the tissue, up to about two at its edge, whose
+        tiles reach one spacing out) and a pair inside the tissue; 0 keeps every island.
     microns_per_unit
         µm per coordinate unit, one number or one per section. Default: AnnData reads
         ``microns_per_pixel`` from ``uns["spatial"][section]["scalefactors"]`` or ``["metadata"]``;
