@@ -15,6 +15,8 @@ from ._utils import check_obs_key
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.collections import PatchCollection
 
 _RECORD_KEYS = ("threshold", "prob_key")
 
@@ -155,3 +157,24 @@ def call_region(ax, region, scale: float, origin: np.ndarray, color: str, linewi
     collection.set_label(CALL_REGION_LABEL)
     ax.add_collection(collection)
     return collection
+
+
+def spot_rings(
+    ax: Axes, centres: np.ndarray, radius: float, shape: str, color: str, linewidth: float
+) -> PatchCollection:
+    """A ring around each of ``centres`` (squidpy's spot ``shape``: circle, square or hex), in ``color``."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Circle, Rectangle, RegularPolygon
+
+    if shape == "square":
+        patches = [Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) for x, y in centres]
+    elif shape == "hex":
+        # squidpy draws a hexagon of circumradius s / (2 sin(π/6)) = s with a vertex pointing up.
+        patches = [RegularPolygon((x, y), numVertices=6, radius=radius) for x, y in centres]
+    else:
+        patches = [Circle((x, y), radius=radius) for x, y in centres]
+    outline = PatchCollection(
+        patches, facecolor="none", edgecolor=color, linewidth=linewidth, zorder=3, label="_call_outline"
+    )
+    ax.add_collection(outline)
+    return outline

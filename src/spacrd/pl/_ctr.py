@@ -7,16 +7,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from matplotlib.collections import PatchCollection
 from matplotlib.colors import Colormap, Normalize
-from matplotlib.patches import Circle, RegularPolygon
 
 from spacrd._constants import OBS_KEYS, OBSM_KEYS, SCANPY_IMAGE_KEYS, UNS_KEYS
 from spacrd._optional import import_optional
 from spacrd._spatial import is_spatialdata
 from spacrd._tiles import DEFAULT_MIN_TILES
 
-from ._call import call_legend_handle, call_mask, call_region, library_region
+from ._call import call_legend_handle, call_mask, call_region, library_region, spot_rings
 from ._scale import add_scale_bars, spot_extents
 from ._utils import (
     as_axes_list,
@@ -328,25 +326,6 @@ def spot_geometry(
     return out
 
 
-def _outline(
-    ax: Axes, centres: np.ndarray, radius: float, shape: str, color: str, linewidth: float
-) -> PatchCollection:
-    if shape == "square":
-        from matplotlib.patches import Rectangle
-
-        patches = [Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) for x, y in centres]
-    elif shape == "hex":
-        # squidpy draws a hexagon of circumradius s / (2 sin(π/6)) = s with a vertex pointing up.
-        patches = [RegularPolygon((x, y), numVertices=6, radius=radius) for x, y in centres]
-    else:
-        patches = [Circle((x, y), radius=radius) for x, y in centres]
-    outline = PatchCollection(
-        patches, facecolor="none", edgecolor=color, linewidth=linewidth, zorder=3, label="_call_outline"
-    )
-    ax.add_collection(outline)
-    return outline
-
-
 def _ctr_anndata(
     adata: AnnData,
     *,
@@ -441,7 +420,9 @@ def _ctr_anndata(
                 region = library_region(adata, lib, library_key, spatial_key, called, **islands)
                 call_region(prob_ax, region, scale, origin, call_color, call_linewidth)
             else:
-                _outline(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
+                spot_rings(
+                    prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth
+                )
             # Inside the panel: below it the legend would collide with the axis label or the next row.
             prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
     if scale_bar:
