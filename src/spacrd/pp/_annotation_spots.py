@@ -106,10 +106,20 @@ def anndata_spots(
                 f"min_overlap= needs the spot diameter, adata.uns['spatial'][{library_id!r}]['scalefactors']"
                 f"[{SCANPY_IMAGE_KEYS.SPOT_DIAMETER!r}] (full-resolution pixels); it is missing."
             )
-        radius = float(diameter) * scale / 2
-        return shapely.buffer(shapely.points(centres), radius, quad_segs=DISC_QUAD_SEGS)
+        return discs(centres, float(diameter) * scale / 2)
 
     return SpotsIn(adata, rows, centres, footprint, library_id)
+
+
+def discs(centres: np.ndarray, radius: float | np.ndarray) -> np.ndarray:
+    """``(n,)`` Polygons: discs of ``radius`` around ``centres`` ``(n, 2)``, one template ring moved to each.
+
+    The same polygon as :func:`shapely.buffer` of a point, built from coordinates in one call (buffering
+    a million points one by one takes ten times longer).
+    """
+    ring = shapely.get_coordinates(shapely.buffer(shapely.Point(0, 0), 1.0, quad_segs=DISC_QUAD_SEGS))
+    radius = np.broadcast_to(np.asarray(radius, dtype=np.float64), (len(centres),))
+    return shapely.polygons(centres[:, None, :] + ring[None] * radius[:, None, None])
 
 
 def _affine(element: Any, system: str, name: str) -> np.ndarray:
@@ -184,7 +194,7 @@ def spatialdata_spots(
             geometry = np.asarray(shapes.geometry.to_numpy(), dtype=object)[positions]
             if spots.kind == "circle":
                 radius = shapes[SPATIALDATA_KEYS.RADIUS].to_numpy(dtype=np.float64)[positions]
-                geometry = shapely.buffer(geometry, radius, quad_segs=DISC_QUAD_SEGS)
+                geometry = discs(shapely.get_coordinates(geometry), radius)
             out.append(to_system(geometry, affine))
         return np.concatenate(out) if out else np.zeros(0, dtype=object)
 

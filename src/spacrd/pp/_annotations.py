@@ -113,23 +113,46 @@ def _memberships(
         for code in (0, 1):
             inside[np.unique(spot[codes[polygon] == code]), code] = True
         return inside
-    # Areas add up only over disjoint pieces, so each class is dissolved first.
-    parts, part_codes = [], []
-    for code in (0, 1):
-        if (codes == code).any():
-            pieces = shapely.get_parts(shapely.union_all(geometry[codes == code]))
-            parts.append(pieces)
-            part_codes.append(np.full(len(pieces), code))
-    parts, part_codes = np.concatenate(parts), np.concatenate(part_codes)
+    # Areas add up only over disjoint pieces, so each class is dissolved first; the dissolved outlines
+    # are cut along a grid of a few footprints a side, so that each intersection below is with a small piece.
     footprints = spots.footprint()
     area = shapely.area(footprints)
+    parts, part_codes = _pieces(geometry, codes, cell=PIECE_FOOTPRINTS * float(np.sqrt(np.median(area))))
     spot, part = shapely.STRtree(parts).query(footprints, predicate="intersects")
-    overlap = shapely.area(shapely.intersection(footprints[spot], parts[part]))
+    whole = shapely.contains_properly(parts[part], footprints[spot])
+    overlap = area[spot]
+    cut = ~whole
+    overlap[cut] = shapely.area(shapely.intersection(footprints[spot[cut]], parts[part[cut]]))
     for code in (0, 1):
         chosen = part_codes[part] == code
         share = np.bincount(spot[chosen], weights=overlap[chosen], minlength=n) / np.where(area > 0, area, 1)
         inside[:, code] = share >= min_overlap * (1 - 1e-9)
     return inside
+
+
+#: Side of the grid cells that dissolved annotations are cut into, in footprint widths.
+PIECE_FOOTPRINTS = 16
+
+
+def _pieces(geometry: np.ndarray, codes: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's annotations dissolved and cut along a grid of ``cell``: disjoint pieces and their class."""
+    parts, part_codes = [], []
+    for code in (0, 1):
+        if not (codes == code).any():
+            continue
+        dissolved = shapely.get_parts(shapely.union_all(geometry[codes == code]))
+        x0, y0, x1, y1 = shapely.total_bounds(dissolved)
+        xs, ys = np.arange(x0, x1 + cell, cell), np.arange(y0, y1 + cell, cell)
+        gx, gy = (
+            np.meshgrid(xs[:-1], ys[:-1]) if len(xs) > 1 and len(ys) > 1 else (np.array([x0]), np.array([y0]))
+        )
+        grid = shapely.box(gx.ravel(), gy.ravel(), gx.ravel() + cell, gy.ravel() + cell)
+        piece, box = shapely.STRtree(grid).query(dissolved, predicate="intersects")
+        cut = shapely.get_parts(shapely.intersection(dissolved[piece], grid[box]))
+        cut = cut[(shapely.get_type_id(cut) == 3) & (shapely.area(cut) > 0)]
+        parts.append(cut)
+        part_codes.append(np.full(len(cut), code))
+    return np.concatenate(parts), np.concatenate(part_codes)
 
 
 def _existing_labels(table: AnnData, key_added: str, rows: np.ndarray) -> np.ndarray:
