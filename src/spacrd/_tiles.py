@@ -4,7 +4,7 @@ A spot's tile is its Voronoi cell among the section's spots, cut to the disc of 
 median distance to the nearest other spot) around it: every point of the section belongs to its nearest
 spot, within one spacing of it, so that a region of spots runs half-way to the spots outside it and
 gaps in the tissue wider than two spacings stay open. Tiles cover the section without overlaps, so a
-region is a coverage union (fast, exact) and every spot's centre lies inside its own tile only. On a
+region is a coverage union (fast) and every spot's centre lies inside its own tile only. On a
 square grid of bins the tiles are the bins; on the hexagonal grid of Visium and legacy ST they are
 hexagons touching their six neighbours.
 
@@ -42,6 +42,10 @@ def spot_spacing(centres: np.ndarray, fallback: float = 1.0) -> float:
     return float(np.median(distance)) if len(distance) else float(fallback)
 
 
+#: Grid, in spacings, that the tiles at the tissue's edge are snapped to when they join the others.
+SNAP = 1e-9
+
+
 @dataclass(frozen=True)
 class Tiles:
     """The tiles of one section's spots.
@@ -50,43 +54,38 @@ class Tiles:
     ----------
     centres
         ``(n, 2)`` float64 spot centres, in the section's coordinates.
-    cells
-        ``(n,)`` shapely Polygons: each spot's Voronoi cell (spots at the same position share one).
-    outside
-        ``(n,)`` shapely geometries: the part of each cell farther than ``reach`` from its spot, which
-        the tile leaves out (empty for all but the spots at the tissue's edge).
+    tiles
+        ``(n,)`` shapely Polygons: each spot's Voronoi cell, cut to the disc of ``reach`` around it
+        (spots at the same position share one).
+    cut
+        ``(n,)`` bool: whether the tile was cut (the spot is at the tissue's edge); the others are whole
+        Voronoi cells, which share their edges exactly.
     reach
         Radius of the discs tiles are cut to: the spot spacing, in the same units.
 
     """
 
     centres: np.ndarray
-    cells: np.ndarray
-    outside: np.ndarray
+    tiles: np.ndarray
+    cut: np.ndarray
     reach: float
-
-    @property
-    def tiles(self) -> np.ndarray:
-        """``(n,)`` shapely Polygons: each spot's tile (its cell without the part outside its disc)."""
-        return shapely.difference(self.cells, self.outside)
 
     @property
     def median_area(self) -> float:
         """Median tile area, in squared units (``reach²`` without spots)."""
-        if not len(self.cells):
-            return self.reach**2
-        return float(np.median(shapely.area(self.cells) - shapely.area(self.outside)))
+        return float(np.median(shapely.area(self.tiles))) if len(self.tiles) else self.reach**2
 
     def region(self, members: np.ndarray) -> shapely.Geometry:
         """The union of the tiles of the spots where ``members`` (``(n,)`` bool) is true, holes kept."""
         members = np.asarray(members, dtype=bool)
         if not members.any():
             return shapely.Polygon()
-        union = shapely.coverage_union_all(self.cells[members])
-        cut = self.outside[members]
-        cut = cut[~shapely.is_empty(cut)]
-        if len(cut):
-            union = shapely.difference(union, shapely.union_all(cut))
+        # whole cells form an exact coverage (fast union); cut ones join it on a fine grid, so that
+        # their edges, recomputed by the cut, meet the cells' without slivers
+        union = shapely.coverage_union_all(self.tiles[members & ~self.cut])
+        edge = self.tiles[members & self.cut]
+        if len(edge):
+            union = shapely.union_all([union, *edge], grid_size=self.reach * SNAP)
         return shapely.make_valid(union) if not shapely.is_valid(union) else union
 
 
@@ -97,33 +96,29 @@ def section_tiles(centres: np.ndarray, fallback_reach: float = 1.0) -> Tiles:
     """
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
     reach = spot_spacing(centres, fallback_reach)
-    empty = np.array([shapely.Polygon()] * len(centres), dtype=object)
     if not len(centres):
-        return Tiles(centres, empty, empty, reach)
+        return Tiles(centres, np.zeros(0, dtype=object), np.zeros(0, dtype=bool), reach)
     unique, inverse = np.unique(centres, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
-    points = shapely.points(unique)
-    discs = shapely.buffer(points, reach, quad_segs=DISC_QUAD_SEGS)
+    discs = shapely.buffer(shapely.points(unique), reach, quad_segs=DISC_QUAD_SEGS)
     if len(unique) == 1:
-        cells = discs
-    else:
-        lo, hi = unique.min(axis=0) - 2 * reach, unique.max(axis=0) + 2 * reach
-        # GEOS builds wrong, overlapping cells where four spots lie on one circle, as on square grids of
-        # bins in floating point; a shift of a millionth of a spacing breaks those ties.
-        jitter = np.random.default_rng(0).uniform(-1, 1, unique.shape) * reach * JITTER
-        diagram = shapely.voronoi_polygons(
-            shapely.multipoints(unique + jitter), extend_to=shapely.box(*lo, *hi), ordered=True
-        )
-        cells = _in_point_order(np.asarray(shapely.get_parts(diagram), dtype=object), unique)
+        return Tiles(centres, discs[inverse], np.ones(len(centres), dtype=bool), reach)
+    lo, hi = unique.min(axis=0) - 2 * reach, unique.max(axis=0) + 2 * reach
+    # GEOS builds wrong, overlapping cells where four spots lie on one circle, as on square grids of
+    # bins in floating point; a shift of a millionth of a spacing breaks those ties.
+    jitter = np.random.default_rng(0).uniform(-1, 1, unique.shape) * reach * JITTER
+    diagram = shapely.voronoi_polygons(
+        shapely.multipoints(unique + jitter), extend_to=shapely.box(*lo, *hi), ordered=True
+    )
+    cells = _in_point_order(np.asarray(shapely.get_parts(diagram), dtype=object), unique)
     # only cells reaching farther than the disc need cutting: spots at the tissue's edge
     coords, owner = shapely.get_coordinates(cells, return_index=True)
     farthest = np.zeros(len(unique))
     np.maximum.at(farthest, owner, np.hypot(*(coords - unique[owner]).T))
-    outside = np.array([shapely.Polygon()] * len(unique), dtype=object)
     cut = farthest > reach * (1 + 1e-9)
-    if cut.any():
-        outside[cut] = shapely.difference(cells[cut], discs[cut])
-    return Tiles(centres, cells[inverse], outside[inverse], reach)
+    tiles = cells.copy()
+    tiles[cut] = shapely.intersection(cells[cut], discs[cut])
+    return Tiles(centres, tiles[inverse], cut[inverse], reach)
 
 
 def _in_point_order(cells: np.ndarray, points: np.ndarray) -> np.ndarray:

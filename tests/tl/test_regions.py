@@ -143,3 +143,19 @@ def test_spatialdata_regions_stored_with_the_spots_transformations():
     assert _same(regions.geometry.iloc[0], shapely.union_all(squares))
     with pytest.raises(ValueError, match="AnnData gets only"):
         spacrd.tl.ctr_regions(table, key_added="x")
+
+
+def test_regions_stay_within_one_spacing_of_their_spots(a1_called):
+    """Edge tiles are cut to a disc of one spacing: no sliver of a long Voronoi cell may survive the cut."""
+    from spacrd._tiles import spot_spacing
+
+    a1 = a1_called[a1_called.obs["section"] == "A1"]
+    spacing = spot_spacing(a1.obsm["spatial"])
+    for label in a1.obs["label"].unique():
+        (region,) = spacrd.tl.ctr_regions(a1, call_key="label", category=label, min_tiles=0).geometry
+        members = a1.obsm["spatial"][(a1.obs["label"] == label).to_numpy()]
+        assert region.is_valid
+        farthest = shapely.distance(
+            shapely.points(shapely.get_coordinates(region)), shapely.multipoints(members)
+        )
+        assert farthest.max() <= spacing * (1 + 1e-6), label

@@ -130,7 +130,16 @@ def library_region(
     )
 
 
-def call_region(ax, region, scale: float, origin: np.ndarray, color: str, linewidth: float):
+def call_region(
+    ax,
+    region,
+    scale: float,
+    origin: np.ndarray,
+    color: str,
+    linewidth: float,
+    label: str = CALL_REGION_LABEL,
+    **style,
+):
     """Draw the outline of a called region (full-resolution units) on ``ax``, at ``xy * scale - origin``.
 
     Each polygon is one path, its holes wound against its outside, so that the path contains a point
@@ -141,10 +150,12 @@ def call_region(ax, region, scale: float, origin: np.ndarray, color: str, linewi
     from matplotlib.collections import PathCollection
     from matplotlib.path import Path
 
-    if region is None or region.is_empty:
+    parts = shapely.get_parts(shapely.orient_polygons(np.atleast_1d(np.asarray(region, dtype=object))))
+    parts = parts[~shapely.is_empty(parts)]
+    if not len(parts):
         return None
     paths = []
-    for polygon in shapely.get_parts(shapely.orient_polygons(region)):
+    for polygon in parts:
         rings = [polygon.exterior, *polygon.interiors]
         vertices = np.vstack([np.asarray(r.coords) * scale - origin for r in rings])
         codes = np.concatenate(
@@ -152,11 +163,39 @@ def call_region(ax, region, scale: float, origin: np.ndarray, color: str, linewi
         )
         paths.append(Path(vertices, codes))
     collection = PathCollection(
-        paths, facecolors="none", edgecolors=color, linewidths=linewidth, zorder=4, transform=ax.transData
+        paths,
+        facecolors="none",
+        edgecolors=color,
+        linewidths=linewidth,
+        zorder=4,
+        transform=ax.transData,
+        **style,
     )
-    collection.set_label(CALL_REGION_LABEL)
+    collection.set_label(label)
     ax.add_collection(collection)
     return collection
+
+
+def annotation_outlines(
+    ax, outlines, library: str, scale: float, origin, color: str, linewidth: float
+) -> list:
+    """Dashed outlines of ``outlines`` (a GeoDataFrame; its ``section`` column, if any, picks the rows of
+    ``library``) on ``ax``; returns the legend entry, or nothing when no row has an area.
+    """
+    rows = outlines if "section" not in outlines else outlines[outlines["section"].astype(str) == library]
+    drawn = call_region(
+        ax,
+        rows.geometry.to_numpy(),
+        scale,
+        origin,
+        color,
+        linewidth,
+        label="_annotation_outline",
+        linestyles="--",
+    )
+    if drawn is None:
+        return []
+    return [Line2D([], [], color=color, linewidth=linewidth, linestyle="--", label="annotations")]
 
 
 def spot_rings(

@@ -14,7 +14,7 @@ from spacrd._optional import import_optional
 from spacrd._spatial import is_spatialdata
 from spacrd._tiles import DEFAULT_MIN_TILES
 
-from ._call import call_legend_handle, call_mask, call_region, library_region, spot_rings
+from ._call import annotation_outlines, call_legend_handle, call_mask, call_region, library_region, spot_rings
 from ._scale import add_scale_bars, spot_extents
 from ._utils import (
     as_axes_list,
@@ -24,9 +24,11 @@ from ._utils import (
     check_prob_key,
     class_palette,
     finish,
+    per_library,
 )
 
 if TYPE_CHECKING:
+    from geopandas import GeoDataFrame
     from matplotlib.axes import Axes
     from spatialdata import SpatialData
 
@@ -49,6 +51,8 @@ def ctr(
     call_style: str = "region",
     min_area: float | None = None,
     min_tiles: float = DEFAULT_MIN_TILES,
+    outlines: GeoDataFrame | None = None,
+    outline_color: str = "white",
     scale_bar: bool = True,
     spot_diameter_um: float | None = None,
     crop: bool = True,
@@ -110,6 +114,9 @@ def ctr(
         ring around each called spot.
     min_area, min_tiles
         Smallest island of the region outline, as in :func:`spacrd.tl.ctr_regions` (µm², or tiles).
+    outlines, outline_color
+        AnnData: polygons (e.g. :func:`spacrd.io.read_annotations`) in ``obsm["spatial"]`` units, dashed
+        on the probability panels; a ``section`` column puts each on its own section's panel.
     scale_bar
         Draw a scale bar (AnnData only). The pixel size comes from ``microns_per_pixel`` in
         ``uns["spatial"][library]["scalefactors"]`` (written by Space Ranger for Visium HD) or
@@ -159,6 +166,7 @@ def ctr(
         raise ValueError(f"`call_style` must be 'region' or 'spots', got {call_style!r}.")
     islands = {"min_area": min_area, "min_tiles": min_tiles}
     if isinstance(data, AnnData):
+        kwargs |= {"outlines": outlines, "outline_color": outline_color}
         axes = _ctr_anndata(
             data,
             prob_key=prob_key,
@@ -182,6 +190,10 @@ def ctr(
     else:
         if not is_spatialdata(data):
             raise TypeError(f"`data` must be an AnnData or a SpatialData object, got {type(data).__name__}.")
+        if outlines is not None:
+            raise ValueError(
+                "outlines= is for AnnData; add them to the SpatialData as shapes and render them."
+            )
         from ._ctr_spatialdata import ctr_spatialdata  # draws with spatialdata-plot: import it only here
 
         axes = ctr_spatialdata(
@@ -268,14 +280,6 @@ def _plot_adata(
     return AnnData(obs=obs, obsm={spatial_key: np.asarray(adata.obsm[spatial_key], dtype=float)}, uns=uns)
 
 
-def _per_library(value: Any, i: int, n: int, name: str) -> Any:
-    if isinstance(value, list):
-        if len(value) != n:
-            raise ValueError(f"`{name}` has {len(value)} entries for {n} sections.")
-        return value[i]
-    return value
-
-
 def spot_geometry(
     adata: AnnData,
     libraries: list[str],
@@ -301,19 +305,19 @@ def spot_geometry(
     out = []
     for i, lib in enumerate(libraries):
         factors = spatial[lib][SCANPY_IMAGE_KEYS.SCALEFACTORS]
-        sf = _per_library(scale_factor, i, n, "scale_factor")
+        sf = per_library(scale_factor, i, n, "scale_factor")
         if sf is None:
             matching = [k for k in keys if img_res_key in k]
             if not matching:
                 raise KeyError(f"No scale factor matching `img_res_key={img_res_key!r}` for section {lib!r}.")
             sf = factors[matching[0]]
-        s = _per_library(size, i, n, "size")
+        s = per_library(size, i, n, "size")
         radius = float(factors[size_key]) * (1.0 if s is None else float(s)) * float(sf) * 0.5
         mask = np.ones(adata.n_obs, dtype=bool)
         if library_key is not None:
             mask &= np.asarray(adata.obs[library_key].astype(str) == lib)
         centres = np.asarray(adata.obsm[spatial_key], dtype=float)[:, :2] * float(sf)
-        crop = _per_library(crop_coord, i, n, "crop_coord")
+        crop = per_library(crop_coord, i, n, "crop_coord")
         origin = np.zeros(2)
         if crop is not None:
             x0, y0, x1, y1 = (float(c) * float(sf) for c in crop)
@@ -340,6 +344,8 @@ def _ctr_anndata(
     call_linewidth: float,
     call_style: str,
     islands: dict[str, Any],
+    outlines: GeoDataFrame | None,
+    outline_color: str,
     scale_bar: bool,
     spot_diameter_um: float | None,
     crop: bool,
@@ -411,20 +417,26 @@ def _ctr_anndata(
 
     geometry_args.setdefault("crop_coord", kwargs.get("crop_coord"))
     geometry = spot_geometry(plot_adata, libraries, library_key, spatial_key=spatial_key, **geometry_args)
-    if called is not None:
-        handle = call_legend_handle(adata, prob_key, call_key, call_color, uns_key, style=call_style)
-        for lib, prob_ax, (mask, centres, radius, scale, origin) in zip(
-            libraries, prob_axes, geometry, strict=True
-        ):
-            if call_style == "region":
-                region = library_region(adata, lib, library_key, spatial_key, called, **islands)
-                call_region(prob_ax, region, scale, origin, call_color, call_linewidth)
-            else:
-                spot_rings(
-                    prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth
-                )
-            # Inside the panel: below it the legend would collide with the axis label or the next row.
-            prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
+    handle = (
+        call_legend_handle(adata, prob_key, call_key, call_color, uns_key, style=call_style)
+        if called is not None
+        else None
+    )
+    for lib, prob_ax, (mask, centres, radius, scale, origin) in zip(
+        libraries, prob_axes, geometry, strict=True
+    ):
+        legend = [] if handle is None else [handle]
+        if handle is not None and call_style == "region":
+            region = library_region(adata, lib, library_key, spatial_key, called, **islands)
+            call_region(prob_ax, region, scale, origin, call_color, call_linewidth)
+        elif handle is not None:
+            spot_rings(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
+        if outlines is not None:
+            legend += annotation_outlines(
+                prob_ax, outlines, lib, scale, origin, outline_color, call_linewidth
+            )
+        if legend:  # inside the panel: below it the legend would collide with the axis label or the next row
+            prob_ax.legend(handles=legend, loc="lower right", fontsize="small", framealpha=0.8)
     if scale_bar:
         for i, lib in enumerate(libraries):
             radius = geometry[i][2]
