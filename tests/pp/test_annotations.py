@@ -4,6 +4,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+import shapely
 from anndata import AnnData
 from matplotlib.path import Path as MplPath
 from shapely.geometry import MultiPolygon, Point, Polygon, box
@@ -273,3 +274,30 @@ def test_visium_hd_annotation_element_and_bin_squares(hd):
     )
     with pytest.raises(ValueError, match="share"):
         spacrd.pp.labels_from_annotations(sdata, "elsewhere", classes=CLASSES)
+
+
+def test_xenium_cell_circles_in_microns_are_mapped_to_global_pixels():
+    from _layouts import XENIUM_PIXEL_SIZE, xenium_sdata
+
+    sdata = xenium_sdata(200, n_genes=20)
+    table = sdata.tables["table"]
+    # cells are in µm with Scale(1 / pixel_size) to "global" (morphology pixels): annotate in pixels
+    tumour = Polygon([(200, 200), (1100, 250), (900, 1000), (250, 900)])
+    spacrd.pp.labels_from_annotations(sdata, _frame(["Tumor"], [tumour]), classes=CLASSES)
+    circles = sdata.shapes["cell_circles"]
+    centres_px = np.c_[circles.geometry.x, circles.geometry.y] / XENIUM_PIXEL_SIZE
+    expected = MplPath(np.asarray(tumour.exterior.coords)).contains_points(centres_px)
+    order = circles.index.get_indexer(table.obs["cell_id"])
+    assert 20 < expected.sum() < len(expected) - 20
+    np.testing.assert_array_equal(table.obs["cancer"].eq("cancer").to_numpy(), expected[order])
+    # footprints: each cell's disc (radius in µm, scaled like the centres); full cover is stricter
+    spacrd.pp.labels_from_annotations(
+        sdata, _frame(["Tumor"], [tumour]), classes=CLASSES, key_added="full", min_overlap=1.0
+    )
+    full = table.obs["full"].eq("cancer").to_numpy()
+    radius_px = circles["radius"].to_numpy()[order] / XENIUM_PIXEL_SIZE
+    distance = shapely.distance(shapely.points(centres_px[order]), tumour.exterior)
+    np.testing.assert_array_equal(
+        full[distance > radius_px * 1.01], expected[order][distance > radius_px * 1.01]
+    )
+    assert not (full & ~expected[order]).any() and full.sum() < expected.sum()
