@@ -232,7 +232,8 @@ def write_geojson(
 
     Returns
     -------
-    The path written.
+    pathlib.Path
+        The path written.
 
     """
     from geopandas import GeoDataFrame

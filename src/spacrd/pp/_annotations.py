@@ -252,11 +252,16 @@ def labels_from_annotations(
 
     Returns
     -------
-    ``None``. Writes, in the AnnData or the SpatialData table, ``obs[key_added]`` and
-    ``uns[uns_key][key_added][section]`` (``section``: ``library_id`` or the coordinate system):
-    ``{"source", "classes" (class -> "cancer" / "non-cancer" / "ignored"), "assignment" ("centre" or
-    "footprint"), "min_overlap" (0 for "centre"), "coordinates", "n_annotations", "n_cancer",
-    "n_non_cancer", "n_unlabelled", "n_conflicting", "n_repaired" (self-crossing outlines made valid)}``.
+    ``None``. Writes, in the AnnData or the SpatialData table,
+
+    ``obs[key_added]``
+        The labels (categorical).
+    ``uns[uns_key][key_added][section]``
+        Provenance per section (``library_id``, or the SpatialData coordinate system): ``source``,
+        ``classes`` (class to ``"cancer"``, ``"non-cancer"`` or ``"ignored"``), ``assignment``
+        (``"centre"`` or ``"footprint"``), ``min_overlap`` (0 for ``"centre"``), ``coordinates``,
+        ``n_annotations``, ``n_cancer``, ``n_non_cancer``, ``n_unlabelled``, ``n_conflicting`` and
+        ``n_repaired`` (self-crossing outlines made valid).
 
     Examples
     --------
