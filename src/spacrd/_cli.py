@@ -21,6 +21,9 @@ examples:
   spacrd predict --model her2st spaceranger_run/outs --out results/
   spacrd predict --model my_model/ sample.zarr --table table --out results/
   spacrd train labelled.h5ad --labels-key cancer --section-key section --out my_model/
+  spacrd train section.h5ad --annotations regions.geojson --classes Tumor=cancer,Stroma=non-cancer \
+      --out my_model/
+  spacrd predict --model my_model/ other.h5ad --regions --out results/
   spacrd demo
 
 exit codes: 0 success, 2 bad usage or input, 1 unexpected error (--debug shows the traceback)
@@ -32,12 +35,16 @@ outputs (under --out):
   annotated.h5ad   the input with obs["ctr_prob"], obs["ctr"] and uns["spacrd"] (.h5ad and Space Ranger
                    inputs); a SpatialData .zarr instead gets its table rewritten in place, with the
                    same entries, and nothing else of it is copied or changed
+  regions.geojson  with --regions: the called region of each section (spacrd.tl.ctr_regions) as QuPath
+                   annotations, in the coordinates of the spots (full-resolution pixels for .h5ad and
+                   Space Ranger inputs); a .zarr also gets them as shapes element(s) "ctr_regions"
 
 examples:
   spacrd predict --model her2st section.h5ad --out results/
   spacrd predict --model her2st spaceranger_run/outs --out results/ --min-gene-overlap 0.3
   spacrd predict --model my_model/ normalised.h5ad --layer counts --section-key sample --out results/
   spacrd predict --model my_model/ sample.zarr --table table --out results/
+  spacrd predict --model my_model/ section.h5ad --regions --out results/
 """
 TRAIN_EPILOG = """\
 The model folder (model.pt, model.json; SpaCRD.save) is what `spacrd predict --model DIR` and
@@ -50,6 +57,8 @@ examples:
   spacrd train spaceranger_run/outs --labels-file pathology.csv --labels-key Pathology \\
       --cancer-categories Tumor --histology --out my_model/
   spacrd train sample.zarr --table table --image he_image --labels-key cancer --out my_model/
+  spacrd train section.h5ad --annotations A1.geojson --classes "Tumor=cancer,Stroma=non-cancer,Ignore*=none" \
+      --annotations-section A1 --out my_model/
 """
 DEMO_EPILOG = """\
 Writes ctr.png, metrics.csv and spots.csv under --out; a few minutes on 2 CPU cores, offline.
@@ -93,6 +102,35 @@ def _input_options(parser: argparse.ArgumentParser) -> None:
         "--image", metavar="NAME", help="SpatialData image element, for models with histology"
     )
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+
+
+def _annotation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--annotations",
+        metavar="GEOJSON|ELEMENT",
+        help="label the spots from annotated regions (spacrd.pp.labels_from_annotations): a QuPath GeoJSON "
+        "export in full-resolution pixels, or a shapes element of a .zarr INPUT",
+    )
+    parser.add_argument(
+        "--classes",
+        metavar="NAME=cancer,...",
+        help="what each annotation class means: cancer, non-cancer or none (ignored), e.g. "
+        "Tumor=cancer,Stroma=non-cancer; every class in the file must be named",
+    )
+    parser.add_argument(
+        "--annotations-section", metavar="NAME", help="the section the annotations were drawn on"
+    )
+    parser.add_argument(
+        "--min-overlap",
+        type=float,
+        metavar="SHARE",
+        help="assign a spot by the share of its footprint inside a class (default: by its centre)",
+    )
+    parser.add_argument(
+        "--coordinate-system",
+        metavar="NAME",
+        help="for a .zarr INPUT: the coordinate system of the annotations (default 'global' or the only one)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model keeps its probabilities and call share per section (SpaCRD.predict(ranking_model=...))",
     )
     predict.add_argument("--no-plot", action="store_true", help="do not draw ctr.png")
+    predict.add_argument(
+        "--regions",
+        action="store_true",
+        help="also write the called regions as regions.geojson (QuPath annotations), and for a .zarr as "
+        "shapes element(s) 'ctr_regions'",
+    )
     _common(predict)
     predict.set_defaults(func=_predict)
 
@@ -163,7 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_formatter,
     )
     _input_options(train)
-    train.add_argument("--labels-key", required=True, metavar="COLUMN", help="column with the labels")
+    train.add_argument(
+        "--labels-key",
+        metavar="COLUMN",
+        help="column with the labels (required without --annotations; with it, the column written, "
+        "default 'cancer')",
+    )
+    _annotation_options(train)
     train.add_argument(
         "--labels-file",
         type=Path,
@@ -281,6 +331,8 @@ def _predict(args: argparse.Namespace) -> None:
             written.append(args.out / "ctr.png")
         except (KeyError, ValueError, ImportError) as err:  # results stand without a figure
             print(f"warning: no ctr.png: {_cli_io._first_line(err)}", file=sys.stderr)
+    if args.regions:
+        written += _cli_io.write_regions(loaded, section_key, args.out)
     called = int((spots.iloc[:, 2] == "cancer").sum())
     print(f"{len(spots)} spots, {called} called cancer ({called / max(len(spots), 1):.0%}).")
     print("Wrote " + ", ".join(map(str, written)))

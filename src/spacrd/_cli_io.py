@@ -234,3 +234,42 @@ def write_annotated(loaded: Loaded, out: Path) -> Path:
     target = out / "annotated.h5ad"
     loaded.data.write_h5ad(target)
     return target
+
+
+#: Name of the shapes element(s) that ``spacrd predict --regions`` writes into a ``.zarr``.
+REGIONS_ELEMENT = "ctr_regions"
+#: File of the called regions under ``--out``.
+REGIONS_FILE = "regions.geojson"
+
+
+def write_regions(loaded: Loaded, section_key: str | None, out: Path) -> list[Path]:
+    """``OUT/regions.geojson`` of :func:`spacrd.tl.ctr_regions`; a ``.zarr`` also gets them as shapes.
+
+    One feature per section with a called region, named after the section. For a ``.zarr``, the shapes
+    (``ctr_regions``, or ``ctr_regions_<element>`` per spots element) are written into the store, each with
+    its spots element's transformations, replacing earlier ones.
+    """
+    from spacrd.io import write_geojson
+    from spacrd.tl import ctr_regions
+
+    if loaded.kind == "zarr":
+        from spacrd._spatial import table_keys
+        from spacrd.tl._regions import shapes_key
+
+        sdata = loaded.data
+        regions = ctr_regions(sdata, table_key=loaded.table_key, key_added=REGIONS_ELEMENT)
+        elements = table_keys(loaded.table, loaded.table_key).regions
+        on_disk = set(sdata.elements_paths_on_disk())
+        for element in elements:
+            name = shapes_key(REGIONS_ELEMENT, element, len(elements))
+            if f"shapes/{name}" in on_disk:  # an earlier run's regions
+                sdata.delete_element_from_disk(name)
+            if name in sdata.shapes:
+                sdata.write_element(name)
+    else:
+        key = section_key if section_key is not None and section_key in loaded.table.obs else None
+        regions = ctr_regions(loaded.table, library_key=key)
+    regions["name"] = regions["section"].astype(str)
+    path = write_geojson(regions, out / REGIONS_FILE)
+    print(f"{len(regions)} section(s) with a called region.")
+    return [path] + ([loaded.path] if loaded.kind == "zarr" else [])

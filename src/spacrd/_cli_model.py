@@ -113,6 +113,47 @@ def _join_labels(table, path: Path, key: str) -> None:
     table.obs[key] = labels[key].reindex(table.obs_names).to_numpy()
 
 
+#: What ``--classes`` values may say, and what they mean for :func:`spacrd.pp.labels_from_annotations`.
+CLASS_TARGETS = {"cancer": "cancer", "non-cancer": "non-cancer", "none": None}
+
+
+def parse_classes(text: str | None) -> dict[str, str | None]:
+    """``--classes "Tumor=cancer,Stroma=non-cancer,Ignore*=none"`` as the ``classes`` mapping."""
+    if not text:
+        raise InputError(
+            "--annotations needs --classes saying what each annotation class means, e.g. "
+            "--classes Tumor=cancer,Stroma=non-cancer"
+        )
+    classes = {}
+    for item in text.split(","):
+        name, sep, target = item.rpartition("=")
+        if not sep or not name.strip() or target.strip().lower() not in CLASS_TARGETS:
+            raise InputError(
+                f"--classes entry {item!r} must be NAME=cancer, NAME=non-cancer or NAME=none "
+                "(e.g. Tumor=cancer,Stroma=non-cancer)."
+            )
+        classes[name.strip()] = CLASS_TARGETS[target.strip().lower()]
+    return classes
+
+
+def _labels_from_annotations(loaded: Loaded, args: argparse.Namespace, section_key: str | None) -> str:
+    """Write ``obs[labels key]`` from ``--annotations``; returns the column written."""
+    from spacrd.pp import labels_from_annotations
+
+    key = args.labels_key or "cancer"
+    annotations = args.annotations
+    in_store = loaded.kind == "zarr" and annotations in loaded.data.shapes
+    if not in_store and not Path(annotations).is_file():
+        raise InputError(f"--annotations {annotations}: no such file (or shapes element of INPUT).")
+    options = {"classes": parse_classes(args.classes), "key_added": key, "min_overlap": args.min_overlap}
+    if loaded.kind == "zarr":
+        options |= {"table_key": loaded.table_key, "coordinate_system": args.coordinate_system}
+    else:
+        options |= {"library_key": section_key, "library_id": args.annotations_section}
+    labels_from_annotations(loaded.data, annotations, **options)
+    return key
+
+
 def train(args: argparse.Namespace) -> SpaCRD:
     """Set up INPUT's labelled spots, train with the command's epochs and seed, return the model."""
     import scvi
@@ -121,14 +162,21 @@ def train(args: argparse.Namespace) -> SpaCRD:
 
     loaded = read_input(args.input, args.table)
     table = loaded.table
-    if args.labels_file is not None:
-        _join_labels(table, args.labels_file, args.labels_key)
-    if args.labels_key not in table.obs:
-        raise InputError(
-            f"--labels-key {args.labels_key!r} is not a column of INPUT; its columns: {list(table.obs)}."
-        )
     section_key = _section_key(loaded, args.section_key, OBS_KEYS.SECTION)
-    labels = {"labels_key": args.labels_key, "cancer_categories": args.cancer_categories}
+    labels_key = args.labels_key
+    if args.annotations is not None:
+        if args.labels_file is not None:
+            raise InputError("Give the labels either as --annotations or as --labels-file, not both.")
+        labels_key = _labels_from_annotations(loaded, args, section_key)
+    elif labels_key is None:
+        raise InputError("Say where the labels are: --labels-key COLUMN, or --annotations FILE --classes ...")
+    if args.labels_file is not None:
+        _join_labels(table, args.labels_file, labels_key)
+    if labels_key not in table.obs:
+        raise InputError(
+            f"--labels-key {labels_key!r} is not a column of INPUT; its columns: {list(table.obs)}."
+        )
+    labels = {"labels_key": labels_key, "cancer_categories": args.cancer_categories}
     with quiet_libraries():
         scvi.settings.seed = args.seed
         if loaded.kind == "zarr":

@@ -151,3 +151,12 @@ def as_list(value: Any) -> list[Any]:
     if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray | pd.Index):
         return [value]
     return list(value)
+
+
+def per_library(value: Any, i: int, n: int, name: str) -> Any:
+    """``value[i]`` of a per-section list (checked to hold ``n`` entries), or ``value`` itself."""
+    if isinstance(value, list):
+        if len(value) != n:
+            raise ValueError(f"`{name}` has {len(value)} entries for {n} sections.")
+        return value[i]
+    return value
