@@ -16,6 +16,8 @@ from spacrd._spatial import is_spatialdata
 if TYPE_CHECKING:
     from anndata import AnnData
 
+    from spacrd._atomic import AtomicFiles
+
 #: Index column of the spot table the command writes.
 SPOT_COLUMN = "spot"
 #: Column of the spot table with each spot's section.
@@ -48,7 +50,7 @@ class Loaded:
 
 
 def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or any((path / name).exists() for name in ("zarr.json", ".zgroup"))
+    return path.suffix.lower() == ".zarr" or any((path / name).exists() for name in ("zarr.json", ".zgroup"))
 
 
 def _spaceranger_root(path: Path) -> Path | None:
@@ -59,6 +61,20 @@ def _spaceranger_root(path: Path) -> Path | None:
     return None
 
 
+def input_kind(path: str | Path) -> Literal["h5ad", "zarr", "spaceranger"]:
+    """What INPUT is, from its name and layout alone (nothing is read): checked before any work starts."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder.")
+    if path.is_file() and path.suffix.lower() == ".h5ad":
+        return "h5ad"
+    if path.is_dir() and _is_zarr(path):
+        return "zarr"
+    if path.is_dir() and _spaceranger_root(path) is not None:
+        return "spaceranger"
+    raise InputError(f"{path}: not {FORMATS_HELP}.")
+
+
 def read_input(path: str | Path, table_key: str | None = None) -> Loaded:
     """Read INPUT by what it is: ``.h5ad`` (anndata), ``.zarr`` (spatialdata) or a Space Ranger folder (squidpy).
 
@@ -66,39 +82,60 @@ def read_input(path: str | Path, table_key: str | None = None) -> Loaded:
     ``table_key`` picks a SpatialData table (default ``"table"``, or the only table).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder.")
+    kind = input_kind(path)
     try:
-        if path.is_file() and path.suffix == ".h5ad":
+        if kind == "h5ad":
             import anndata
 
             return Loaded(anndata.read_h5ad(path), "h5ad", path)
-        if path.is_dir() and _is_zarr(path):
+        if kind == "zarr":
             from spatialdata import read_zarr
 
             sdata = read_zarr(path)
             return Loaded(sdata, "zarr", path, _table_key(sdata, table_key, path))
-        if path.is_dir() and (root := _spaceranger_root(path)) is not None:
-            import squidpy as sq
+        import squidpy as sq
 
-            adata = sq.read.visium(root)
-            adata.var_names_make_unique()
-            return Loaded(adata, "spaceranger", root)
+        root = _spaceranger_root(path)
+        adata = sq.read.visium(root)
+        adata.var_names_make_unique()
+        return Loaded(adata, "spaceranger", root)
     except InputError:
         raise
     except (OSError, ValueError, KeyError) as err:
         raise InputError(f"{path}: could not be read ({type(err).__name__}: {_first_line(err)}).") from err
-    raise InputError(f"{path}: not {FORMATS_HELP}.")
+
+
+def input_stem(path: Path) -> str:
+    """INPUT's name without ``.h5ad`` or ``.zarr`` (any case): the section name of a one-section input."""
+    name = Path(path).name
+    for suffix in (".h5ad", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _table_key(sdata, table_key: str | None, path: Path) -> str:
-    tables = list(sdata.tables)
+    from spacrd._atomic import is_spare_table
+
+    tables = [name for name in sdata.tables if not is_spare_table(name)]
+    spares = [name for name in sdata.tables if is_spare_table(name)]
+    if table_key is not None and is_spare_table(table_key):
+        raise InputError(
+            f"--table {table_key!r} is a temporary copy that an interrupted spacrd run left in {path}, not a "
+            "table of spots; name the original table."
+        )
     if table_key is not None and table_key in tables:
         return table_key
     if table_key is None and SPATIALDATA_KEYS.TABLE in tables:
         return SPATIALDATA_KEYS.TABLE
     if table_key is None and len(tables) == 1:
         return tables[0]
+    if not tables:
+        left = f" (only {spares}, temporary copies an interrupted spacrd run left)" if spares else ""
+        raise InputError(
+            f"{path} holds no SpatialData table{left}; spacrd needs a table of spot counts annotating the "
+            "spot shapes (spatialdata.models.TableModel)."
+        )
     wanted = f"has no table {table_key!r}" if table_key is not None else "has several tables"
     raise InputError(f"{path} {wanted}; its tables: {tables}. Choose one with --table.")
 
@@ -203,34 +240,12 @@ def draw(loaded: Loaded, section_key: str | None, path: Path) -> None:
         plt.close("all")
 
 
-def _rewrite_table(sdata, name: str) -> None:
-    """Replace table ``name`` in the zarr that ``sdata`` was read from.
+def write_annotated(loaded: Loaded, files: AtomicFiles, out: Path) -> Path:
+    """Write the annotated data: ``OUT/annotated.h5ad`` for AnnData inputs, through ``files``.
 
-    spatialdata refuses to overwrite an element inside the store it reads from, so the table is first
-    written under a temporary name: if the final write fails, that copy is still on disk.
+    A SpatialData zarr gets its table rewritten in place instead (:func:`spacrd._atomic.replace_table`),
+    so images and shapes are not copied; call that last, after the other outputs are written.
     """
-    spare = f"{name}_spacrd_tmp"
-    sdata.tables[spare] = sdata.tables[name]
-    try:
-        if f"tables/{spare}" in sdata.elements_paths_on_disk():  # left behind by an interrupted run
-            sdata.delete_element_from_disk(spare)
-        sdata.write_element(spare)
-        sdata.delete_element_from_disk(name)
-        sdata.write_element(name)
-        sdata.delete_element_from_disk(spare)
-    finally:
-        del sdata.tables[spare]
+    from spacrd._atomic import write_h5ad
 
-
-def write_annotated(loaded: Loaded, out: Path) -> Path:
-    """Write the annotated data: ``OUT/annotated.h5ad`` for AnnData inputs; SpatialData: its table, in place.
-
-    A SpatialData zarr gets only its table rewritten (``sdata.write_element(table, overwrite=True)``),
-    so images and shapes are not copied; the spot table and the figure go to ``out`` either way.
-    """
-    if loaded.kind == "zarr":
-        _rewrite_table(loaded.data, loaded.table_key)
-        return loaded.path
-    target = out / "annotated.h5ad"
-    loaded.data.write_h5ad(target)
-    return target
+    return files.write(out / "annotated.h5ad", lambda tmp: write_h5ad(loaded.data, tmp))

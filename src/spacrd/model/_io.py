@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from scvi.model._utils import parse_device_args
 
+from spacrd._atomic import AtomicFiles, write_h5ad
 from spacrd._validation import check_bool, check_number
 from spacrd.tl import Calibration
 
@@ -90,12 +91,9 @@ def save_model(
         )
     if os.path.exists(dir_path) and not overwrite:
         raise ValueError(f"{dir_path} already exists; pass `overwrite=True` or choose another directory.")
+    if save_anndata and model.adata is None:
+        raise ValueError("`save_anndata=True` but this model has no registered AnnData.")
     os.makedirs(dir_path, exist_ok=True)
-    # an older save may have left files this one does not write (adata.h5ad): a reader must not mix them
-    for name in MODEL_FILES:
-        stale = os.path.join(dir_path, name)
-        if os.path.isfile(stale) or os.path.islink(stale):
-            os.remove(stale)
     init = model.init_params_
     kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
     non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k not in ("genes", "registry")}
@@ -114,13 +112,23 @@ def save_model(
         "validation_split": getattr(model, "validation_split_", None),
         "history": {k: v.reset_index().to_dict(orient="list") for k, v in (model.history_ or {}).items()},
     }
-    torch.save(model.module.state_dict(), os.path.join(dir_path, MODEL_FILE))
-    with open(os.path.join(dir_path, META_FILE), "w") as f:
-        json.dump(_to_json(meta), f)
-    if save_anndata:
-        if model.adata is None:
-            raise ValueError("`save_anndata=True` but this model has no registered AnnData.")
-        model.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE), **anndata_write_kwargs)
+    text = json.dumps(_to_json(meta))
+    # every file is complete under a temporary name before any is renamed into place, so a failed save
+    # (a full disk) leaves a previous model in dir_path as it was
+    with AtomicFiles() as files:
+        files.write(
+            os.path.join(dir_path, MODEL_FILE), lambda tmp: torch.save(model.module.state_dict(), tmp)
+        )
+        files.write(os.path.join(dir_path, META_FILE), lambda tmp: tmp.write_text(text))
+        if save_anndata:
+            files.write(
+                os.path.join(dir_path, ADATA_FILE),
+                lambda tmp: write_h5ad(model.adata, tmp, **anndata_write_kwargs),
+            )
+    # an older save may have left files this one does not write (adata.h5ad): a reader must not mix them
+    stale = os.path.join(dir_path, ADATA_FILE)
+    if not save_anndata and (os.path.isfile(stale) or os.path.islink(stale)):
+        os.remove(stale)
 
 
 def load_model(
