@@ -337,6 +337,8 @@ def _train(args: argparse.Namespace) -> None:
     from spacrd._cli_outputs import check_out, created_folder
     from spacrd.model._io import MODEL_FILES
 
+    if not 0 <= args.seed < 2**32:  # numpy's range of seeds
+        raise InputError(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}.")
     input_kind(args.input)
     check_out(args.out, {"INPUT": args.input, "--labels-file": args.labels_file}, MODEL_FILES)
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:

@@ -145,13 +145,14 @@ def _first_line(err: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
-def with_counts_in(adata: AnnData, layer: str | None, model_layer: str | None) -> AnnData:
-    """``adata`` with the counts of ``layer`` (``None``: ``X``) where the model reads them (``model_layer``).
+def with_counts_in(adata: AnnData, layer: str | None, *model_layers: str | None) -> AnnData:
+    """``adata`` with the counts of ``layer`` (``None``: ``X``) where the models read them (``model_layers``).
 
     Returns ``adata`` itself when nothing moves; otherwise a light AnnData sharing ``obs``, ``obsm`` and
-    ``uns`` (the prediction's columns are copied back by :func:`copy_prediction`).
+    ``uns`` (the prediction's columns are copied back by :func:`copy_prediction`). Several layers serve
+    a model and its ranking model set up on different layers.
     """
-    if layer == model_layer:
+    if all(model_layer == layer for model_layer in model_layers):
         return adata
     from anndata import AnnData
 
@@ -161,7 +162,7 @@ def with_counts_in(adata: AnnData, layer: str | None, model_layer: str | None) -
     light = AnnData(
         X=counts, obs=adata.obs.copy(), var=adata.var[[]], obsm=dict(adata.obsm), uns=dict(adata.uns)
     )
-    if model_layer is not None:
+    for model_layer in {m for m in model_layers if m is not None}:
         light.layers[model_layer] = counts
     return light
 
@@ -173,6 +174,9 @@ def copy_prediction(light: AnnData, adata: AnnData, prob_key: str, call_key: str
     adata.obs[prob_key] = light.obs[prob_key].to_numpy()
     adata.obs[call_key] = light.obs[call_key].values  # keeps the categories
     adata.uns[uns_key] = light.uns[uns_key]
+    uncertainty_key = light.uns[uns_key].get("uncertainty_key")
+    if uncertainty_key is not None:  # every column uns names is copied, the uncertainty too
+        adata.obs[uncertainty_key] = light.obs[uncertainty_key].to_numpy()
 
 
 def spot_table(table: AnnData, section_key: str | None, default_section: str) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import torch
 from scvi.model._utils import parse_device_args
 
 from spacrd._atomic import AtomicFiles, write_h5ad
-from spacrd._validation import check_bool, check_number
+from spacrd._validation import check_bool, check_device, check_n_neighbors, check_number
 from spacrd.tl import Calibration
 
 if TYPE_CHECKING:
@@ -134,6 +134,7 @@ def save_model(
 def load_model(
     cls: type[SpaCRD], dir_path: str, adata: AnnData | None, accelerator: str, device: int | str
 ) -> SpaCRD:
+    check_device(accelerator)  # before Lightning's own error, which names no fix
     meta_path, weights_path = os.path.join(dir_path, META_FILE), os.path.join(dir_path, MODEL_FILE)
     for path in (meta_path, weights_path):
         if not os.path.isfile(path):
@@ -170,6 +171,8 @@ def load_model(
     if not isinstance(registry, dict) or registry.get("model_name") not in (None, cls.__name__):
         raise ValueError(f"{dir_path} holds a {registry.get('model_name')} model, not {cls.__name__}.")
     params = _checked_init_params(cls, meta, meta_path)
+    _check_setup_args(registry, meta_path)
+    _check_declared_size(cls, registry, meta["genes"], params, weights_path, meta_path)
     if adata is not None:
         saved_genes = registry["field_registries"]["X"]["state_registry"]["column_names"]
         if not np.array_equal(adata.var_names.to_numpy(dtype=str), np.asarray(saved_genes, dtype=str)):
@@ -210,8 +213,56 @@ def load_model(
     model.source_cancer_share_ = share
     model.calibration_ = Calibration.from_dict(meta.get("calibration"))
     model.validation_split_ = meta.get("validation_split")
-    model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
+    try:
+        model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{meta_path}: history is damaged ({type(err).__name__}: {err}); save the model again."
+        ) from err
     return model
+
+
+#: Set-up arguments of model.json that hold a column, layer or key name (or ``None``).
+_NAME_ARGS = ("layer", "labels_key", "batch_key", "image_key", "spatial_key", "neighbors_key")
+
+
+def _check_setup_args(registry: dict, meta_path: str) -> None:
+    """The saved set-up arguments, checked before they size anything (``n_neighbors`` sizes every graph)."""
+    args = registry.get("setup_args")
+    if not isinstance(args, dict):
+        raise ValueError(f"{meta_path}: registry.setup_args must be a mapping (edited or damaged).")
+    for name in _NAME_ARGS:
+        value = args.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{meta_path}: setup_args.{name} must be a name or null, got {value!r}.")
+    check_n_neighbors(args.get("n_neighbors"), f"setup_args.n_neighbors in {meta_path}")
+    categories = args.get("cancer_categories")
+    if categories is not None and (
+        not isinstance(categories, list) or not all(isinstance(c, str | int | float) for c in categories)
+    ):
+        raise ValueError(f"{meta_path}: setup_args.cancer_categories must be a list of values or null.")
+
+
+def _check_declared_size(
+    cls: type[SpaCRD], registry: dict, genes: list, params: dict, weights_path: str, meta_path: str
+) -> None:
+    """Refuse an architecture far larger than the weights file before any of it is allocated.
+
+    The model is built on PyTorch's ``meta`` device, which records shapes without memory, so hostile
+    sizes in an edited model.json (``n_hidden``, ``n_members``...) cost nothing to measure.
+    """
+    try:
+        with torch.device("meta"):
+            probe = cls(None, registry=registry, genes=genes, **params)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{meta_path} describes an architecture that cannot be built: {err}") from err
+    declared = sum(t.numel() * t.element_size() for t in probe.module.state_dict().values())
+    actual = os.path.getsize(weights_path)
+    if declared > 2 * actual + 1_000_000:
+        raise ValueError(
+            f"{meta_path} declares {declared:,} bytes of weights but {weights_path} holds {actual:,}; the "
+            "architecture was edited or the files belong to different models. Save the model again."
+        )
 
 
 def _checked_init_params(cls: type[SpaCRD], meta: dict, meta_path: str) -> dict[str, Any]:

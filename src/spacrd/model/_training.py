@@ -229,6 +229,7 @@ class StagedTrainingMixin:
 
         seed = default_seed()
         train_idx, val_idx, how = validation_split(inputs, inputs.coordinates, validation, train_size, seed)
+        _check_training_labels(inputs.labels[train_idx], len(val_idx), how)
         if spots_per_epoch == "auto":
             spots_per_epoch = AUTO_SPOTS_PER_EPOCH if len(train_idx) > AUTO_SPOTS_PER_EPOCH else None
         datamodule = NeighbourhoodDataModule(
@@ -419,6 +420,17 @@ def _check_stage_stepped(stage_history: dict, stage: StageSpec) -> None:
             f"{stage.title} ran no optimisation step (no training batch: too few training spots for "
             "`batch_size`, or `spots_per_epoch` too small); the model is not trained. Use more training spots, "
             "a smaller `batch_size` or a larger `train_size`."
+        )
+
+
+def _check_training_labels(labels: np.ndarray, n_val: int, how: str) -> None:
+    """The labelled spots left for training after the split must hold both classes (not one spot)."""
+    counts = np.bincount(labels[labels != UNLABELLED], minlength=2)
+    if (counts > 0).sum() < 2:
+        raise ValueError(
+            f"After holding out {n_val} validation spots (`validation={how!r}`), the training spots hold "
+            f"{counts[1]} cancer and {counts[0]} non-cancer labels; the classifier needs both. Label more "
+            "spots, or pass `train_size=1.0` to train on all of them."
         )
 
 

@@ -114,6 +114,10 @@ def expression_neighbors(
     """
     n = features.shape[0]
     codes = np.zeros(n, dtype=np.int64) if sections is None else pd.factorize(np.asarray(sections))[0]
+    if (codes < 0).any():
+        raise ValueError(
+            f"`sections` has missing values ({int((codes < 0).sum())} spots); every spot needs one."
+        )
     if not sparse.issparse(features):
         features = np.asarray(features, dtype=np.float32)
     embedding = section_pca(
