@@ -167,8 +167,8 @@ def check_sections(sections: Any, where: str) -> None:
     missing = pd.isna(pd.Series(np.asarray(sections, dtype=object)))
     if missing.any():
         raise ValueError(
-            f"{where} has missing values ({int(missing.sum())} spots); every spot needs its section. Fill "
-            "them in, or drop those spots."
+            f"{where} has missing values; every spot needs its section ({int(missing.sum())} have none). "
+            "Fill them in, or drop those spots."
         )
 
 

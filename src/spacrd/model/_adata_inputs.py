@@ -115,7 +115,7 @@ def target_inputs(
             stacklevel=4,
         )
     sections, _ = target_sections(model, adata, batch_key)
-    check_spread(coordinates, sections, f"obsm[{args['spatial_key']!r}]")
+    check_spread(coordinates, sections, args["n_neighbors"], f"obsm[{args['spatial_key']!r}]")
     neighbors, padding = section_neighbors(coordinates, sections, args["n_neighbors"])
     neighbors[padding] = -1
     return build_inputs(

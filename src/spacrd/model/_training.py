@@ -229,7 +229,6 @@ class StagedTrainingMixin:
 
         seed = default_seed()
         train_idx, val_idx, how = validation_split(inputs, inputs.coordinates, validation, train_size, seed)
-        _check_training_labels(inputs.labels[train_idx], len(val_idx), how)
         if spots_per_epoch == "auto":
             spots_per_epoch = AUTO_SPOTS_PER_EPOCH if len(train_idx) > AUTO_SPOTS_PER_EPOCH else None
         datamodule = NeighbourhoodDataModule(
@@ -247,6 +246,7 @@ class StagedTrainingMixin:
                 f"Only {datamodule.n_train} training spot(s) after holding out {datamodule.n_val} for validation; "
                 "training needs at least 2 (one minibatch). Use more spots or `train_size=1.0`."
             )
+        _check_training_labels(inputs.labels[train_idx], len(val_idx), how)
         self._run_stages(
             datamodule,
             epochs,

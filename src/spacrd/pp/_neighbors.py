@@ -79,8 +79,14 @@ def section_neighbors(
     return indices, padding
 
 
-def check_spread(coordinates: np.ndarray, sections: np.ndarray | pd.Series | None, where: str) -> None:
-    """Refuse a section whose spots all share one position: its neighbourhoods would be arbitrary."""
+def check_spread(
+    coordinates: np.ndarray, sections: np.ndarray | pd.Series | None, n_neighbors: int, where: str
+) -> None:
+    """Refuse a section of more than ``n_neighbors`` spots that all share one position.
+
+    Which ``k`` of them would be each spot's neighbours is then arbitrary. A section of at most ``k``
+    spots is fine anywhere: all its spots are neighbours of each other.
+    """
     codes, names = (
         (np.zeros(len(coordinates), dtype=np.int64), ["all spots"])
         if sections is None
@@ -88,10 +94,11 @@ def check_spread(coordinates: np.ndarray, sections: np.ndarray | pd.Series | Non
     )
     for code in np.unique(codes):
         points = coordinates[codes == code]
-        if len(points) > 1 and np.ptp(points, axis=0).max() == 0:
+        if len(points) > n_neighbors and np.ptp(points, axis=0).max() == 0:
             raise ValueError(
                 f"All {len(points)} spots of section {str(names[code])!r} lie at one position in {where} "
-                f"({points[0, 0]:g}, {points[0, 1]:g}); their neighbourhoods would be arbitrary. Pass each "
+                f"({points[0, 0]:g}, {points[0, 1]:g}); which {n_neighbors} of them are each spot's neighbours "
+                "would be arbitrary. Pass each "
                 "spot's own centre, or the column that tells the sections apart."
             )
 
@@ -178,7 +185,7 @@ def spatial_neighbors(
     if library_key is not None:
         check_obs_key(adata, library_key, "library_key")
         sections = adata.obs[library_key].to_numpy()
-    check_spread(coordinates, sections, f"obsm[{spatial_key!r}]")
+    check_spread(coordinates, sections, n_neighbors, f"obsm[{spatial_key!r}]")
     indices, padding = section_neighbors(coordinates, sections, n_neighbors)
     indices[padding] = -1
     target = adata.copy() if copy else adata
