@@ -90,7 +90,9 @@ def _input_options(parser: argparse.ArgumentParser) -> None:
         "train, when INPUT has it; else one section per SpatialData shapes element, or one section)",
     )
     parser.add_argument(
-        "--layer", metavar="NAME", help="layer with the raw counts (default: the model's; X for a new model)"
+        "--layer",
+        metavar="NAME",
+        help="layer with the raw counts, or X for adata.X (default: the model's; X for a new model)",
     )
     parser.add_argument(
         "--table", metavar="NAME", help="SpatialData table of spots (default: 'table', or the only one)"

@@ -93,10 +93,8 @@ def read_input(path: str | Path, table_key: str | None = None) -> Loaded:
 
             sdata = read_zarr(path)
             return Loaded(sdata, "zarr", path, _table_key(sdata, table_key, path))
-        import squidpy as sq
-
         root = _spaceranger_root(path)
-        adata = sq.read.visium(root)
+        adata = read_spaceranger(root)
         adata.var_names_make_unique()
         return Loaded(adata, "spaceranger", root)
     except InputError:
@@ -112,6 +110,63 @@ def input_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+#: The H&E images of a Space Ranger ``spatial/`` folder; squidpy's reader needs both.
+SPACERANGER_IMAGES = {"hires": "tissue_hires_image.png", "lowres": "tissue_lowres_image.png"}
+#: Columns of Space Ranger's spot positions (``tissue_positions.csv`` has them as a header from 2.0).
+POSITION_COLUMNS = ["in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+
+
+def read_spaceranger(root: Path) -> AnnData:
+    """``squidpy.read.visium(root)``, also when an H&E PNG is missing (a model without histology needs none).
+
+    squidpy reads the spot positions only together with both images; without one of them the counts
+    are read alone and the positions, scale factors and the image that is there are added as squidpy
+    would (``obsm["spatial"]`` in full-resolution pixels, ``uns["spatial"][library]``), with a warning.
+    """
+    import squidpy as sq
+
+    spatial = root / "spatial"
+    missing = [name for name in SPACERANGER_IMAGES.values() if not (spatial / name).is_file()]
+    if not missing:
+        return sq.read.visium(root)
+    import json
+    import warnings
+
+    from PIL import Image
+
+    adata = sq.read.visium(root, load_images=False)
+    positions = spatial / "tissue_positions.csv"
+    if positions.is_file():
+        frame = pd.read_csv(positions, index_col=0)
+    else:
+        frame = pd.read_csv(spatial / "tissue_positions_list.csv", header=None, index_col=0)
+    frame.columns = POSITION_COLUMNS
+    frame = frame.reindex(adata.obs_names)
+    if frame.isna().any(axis=None):
+        raise InputError(
+            f"{spatial}: the spot positions lack {int(frame.isna().any(axis=1).sum())} barcodes."
+        )
+    for column in POSITION_COLUMNS[:3]:
+        adata.obs[column] = frame[column].to_numpy()
+    xy = ["pxl_col_in_fullres", "pxl_row_in_fullres"]  # (x, y), as squidpy stores them
+    adata.obsm[UNS_KEYS.SPATIAL] = frame[xy].to_numpy(dtype=np.float64)
+    spatial_uns = adata.uns.setdefault(UNS_KEYS.SPATIAL, {})
+    library = spatial_uns.setdefault(next(iter(spatial_uns), root.parent.name or "1"), {})
+    library[SCANPY_IMAGE_KEYS.SCALEFACTORS] = json.loads((spatial / "scalefactors_json.json").read_text())
+    library[SCANPY_IMAGE_KEYS.IMAGES] = {
+        key: np.asarray(Image.open(spatial / name))
+        for key, name in SPACERANGER_IMAGES.items()
+        if (spatial / name).is_file()
+    }
+    warnings.warn(
+        f"{spatial} lacks {', '.join(missing)}; read without it (a model with histology and the figure use the "
+        "images that are there).",
+        UserWarning,
+        stacklevel=2,
+    )
+    return adata
 
 
 def _table_key(sdata, table_key: str | None, path: Path) -> str:
@@ -152,6 +207,8 @@ def with_counts_in(adata: AnnData, layer: str | None, *model_layers: str | None)
     ``uns`` (the prediction's columns are copied back by :func:`copy_prediction`). Several layers serve
     a model and its ranking model set up on different layers.
     """
+    if layer == "X" and "X" not in adata.layers:  # --layer X: the counts are adata.X
+        layer = None
     if all(model_layer == layer for model_layer in model_layers):
         return adata
     from anndata import AnnData

@@ -124,6 +124,13 @@ def _predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace, section_ke
         layers = [setup["layer"]]
         if "ranking_model" in options:
             layers.append(options["ranking_model"].setup_args["layer"])
+        absent = [layer for layer in layers if layer is not None and layer not in adata.layers]
+        if args.layer is None and absent:
+            raise InputError(
+                f"INPUT has no layer {absent[0]!r}, where the model reads raw counts (its layers: "
+                f"{list(adata.layers)}); name the layer with the counts with --layer NAME, or --layer X "
+                "for adata.X."
+            )
         target = with_counts_in(adata, args.layer, *layers) if args.layer is not None else adata
         model.predict(target, batch_key=section_key, **options)
         copy_prediction(target, adata, OBS_KEYS.PROB, OBS_KEYS.CALL, UNS_KEYS.PREDICTION)
