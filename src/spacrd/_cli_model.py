@@ -121,16 +121,20 @@ def _predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace, section_ke
         has_images = bool(adata.uns.get(UNS_KEYS.SPATIAL))
         if model.module.image_encoder is not None and image_key not in adata.obsm and has_images:
             _histology(adata, section_key, image_key)
-        layers = [setup["layer"]]
+        readers = {"--model": setup["layer"]}
         if "ranking_model" in options:
-            layers.append(options["ranking_model"].setup_args["layer"])
-        absent = [layer for layer in layers if layer is not None and layer not in adata.layers]
+            readers["--ranking-model"] = options["ranking_model"].setup_args["layer"]
+        absent = [
+            (o, layer) for o, layer in readers.items() if layer is not None and layer not in adata.layers
+        ]
         if args.layer is None and absent:
+            option, layer = absent[0]
             raise InputError(
-                f"INPUT has no layer {absent[0]!r}, where the model reads raw counts (its layers: "
-                f"{list(adata.layers)}); name the layer with the counts with --layer NAME, or --layer X "
-                "for adata.X."
+                f"INPUT has no layer {layer!r}, where {option} {getattr(args, option[2:].replace('-', '_'))} "
+                f"reads raw counts (its layers: {list(adata.layers)}); name the layer with the counts with "
+                "--layer NAME, or --layer X for adata.X."
             )
+        layers = list(readers.values())
         target = with_counts_in(adata, args.layer, *layers) if args.layer is not None else adata
         model.predict(target, batch_key=section_key, **options)
         copy_prediction(target, adata, OBS_KEYS.PROB, OBS_KEYS.CALL, UNS_KEYS.PREDICTION)
