@@ -53,6 +53,15 @@ def source_inputs(model: SpaCRD) -> SpotInputs:
     )
 
 
+def check_target(model: SpaCRD, adata) -> None:
+    """``predict()`` without a target predicts the registered AnnData, which a loaded model lacks."""
+    if adata is None and model.adata is None:
+        raise ValueError(
+            "This model has no registered AnnData (it was loaded or built without one), so `adata` is "
+            "needed: pass the target, `model.predict(adata)`."
+        )
+
+
 def target_sections(
     model: SpaCRD, adata: AnnData, batch_key: str | None
 ) -> tuple[np.ndarray | None, str | None]:

@@ -187,7 +187,7 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
             ``obsm`` key of the spot coordinates (one unit per section, e.g. pixels).
         n_neighbors
             Neighbourhood size ``k``, the spot itself included (default 7, or the ``k`` of a graph
-            already in ``obsm[neighbors_key]``).
+            already in ``obsm[neighbors_key]``); an integer from 1 to 1,024.
         cancer_categories
             Values of ``labels_key`` that mean cancer (e.g. ``["invasive cancer", "cancer in situ"]``);
             each must be one of the column's values.

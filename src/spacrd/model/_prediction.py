@@ -29,7 +29,7 @@ from spacrd.tl._calibration import warn_if_not_fitted_for
 from spacrd.tl._postprocess import DEFAULT_PROPAGATION, label_free_logits
 
 from . import _io
-from ._adata_inputs import source_inputs
+from ._adata_inputs import check_target, source_inputs
 from ._datamodule import inference_loader
 from ._inputs import SpotInputs, locality_order
 from ._spatialdata import target_batch_key, target_table
@@ -184,7 +184,8 @@ class PredictionMixin:
         batch_key
             ``obs`` column with each target spot's section; default: the set-up ``batch_key`` when the
             target has it. A target without it is one section, unless it looks like several (then it
-            is an error naming the candidate columns).
+            is an error naming the candidate columns); a SpatialData table without it has one section
+            per shapes element it annotates (its ``region_key``), as in :meth:`setup_spatialdata`.
         table_key, image_key
             For a SpatialData ``adata``: the results go into ``sdata.tables[table_key]``, which gets
             spot centres and, for a model with histology whose table lacks the embeddings, the
@@ -210,7 +211,7 @@ class PredictionMixin:
         if batch_size is not None:
             check_number("batch_size", batch_size, integer=True, low=1)
         check_number("min_gene_overlap", min_gene_overlap, low=0, high=1)
-        _check_target(self, adata)
+        check_target(self, adata)
         data, adata = adata, target_table(self, adata, table_key, image_key)
         batch_key = target_batch_key(self, data, adata, batch_key)
         if adata is not None and not isinstance(adata, AnnData):
@@ -262,7 +263,7 @@ class PredictionMixin:
     ) -> np.ndarray:
         """Posterior mean of the fused VAE latent, ``(n_spots, n_latent)``; arguments as in :meth:`~spacrd.model.SpaCRD.predict`."""
         self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
-        _check_target(self, adata)
+        check_target(self, adata)
         data, adata = adata, target_table(self, adata, table_key, image_key)
         inputs = self._inputs(adata, batch_key=target_batch_key(self, data, adata, batch_key))
         return self._network_outputs(inputs, batch_size)[MODULE_KEYS.QZ_MEAN]
@@ -288,25 +289,16 @@ class PredictionMixin:
         if rows.size < MIN_CALIBRATION_SPOTS or np.unique(inputs.labels[rows]).size < 2:
             rows, how = np.flatnonzero(inputs.labels != UNLABELLED), "training"
         if rows.size < MIN_CALIBRATION_SPOTS:
+            message = "its scale and shift are barely constrained: probabilities may be pushed to 0 or 1"
             warnings.warn(
-                f"The calibration is fitted on {rows.size} labelled spots, fewer than {MIN_CALIBRATION_SPOTS}: "
-                "its scale and shift are barely constrained and the probabilities may be pushed to 0 or 1. "
-                "Label more spots.",
+                f"The calibration is fitted on {rows.size} labelled spots, fewer than {MIN_CALIBRATION_SPOTS}; "
+                f"{message}. Label more spots.",
                 UserWarning,
                 stacklevel=3,
             )
         scale, shift = fit_calibration(logits[rows], inputs.labels[rows])
         return Calibration(
             scale, shift, int(rows.size), settings.expression_propagation, settings.spatial_smoothing, how
-        )
-
-
-def _check_target(model: SpaCRD, adata) -> None:
-    """``predict()`` without a target predicts the registered AnnData, which a loaded model lacks."""
-    if adata is None and model.adata is None:
-        raise ValueError(
-            "This model has no registered AnnData (it was loaded or built without one), so `adata` is "
-            "needed: pass the target, `model.predict(adata)`."
         )
 
 

@@ -190,7 +190,9 @@ class StagedTrainingMixin:
         labelled validation spots (on all labelled spots when there are fewer than 20 or only one
         class among them, e.g. with ``train_size=1.0``) for :meth:`predict`'s default post-processing,
         and ``model.source_cancer_share_`` is the share of cancer among the labelled training spots,
-        the prior that ``predict(prior_shift=True)`` adapts from.
+        the prior that ``predict(prior_shift=True)`` adapts from. A calibration fitted on fewer than 20
+        labelled spots in all warns (its scale is barely constrained); a split that leaves the training
+        spots without labels of both classes is an error.
 
         Interrupting training (Ctrl+C, or :class:`KeyboardInterrupt` raised in a callback passed as
         ``callbacks=[...]``) stops the running stage and raises :class:`KeyboardInterrupt` naming it;
