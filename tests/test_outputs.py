@@ -146,6 +146,30 @@ def test_a_failed_model_save_keeps_the_previous_model(tmp_path, monkeypatch):
     assert SpaCRD.load(str(folder)).gene_names.equals(model.gene_names)
 
 
+def test_a_figure_saved_by_a_plot_function_is_complete_or_absent(tmp_path, a1_data, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    model = SpaCRD.load_pretrained("her2st")
+    adata = a1_data.copy()
+    model.predict(adata)
+    spacrd.pl.ctr(adata, img=False, show=False, save=tmp_path / "figure")  # no suffix: matplotlib's default
+    assert (tmp_path / "figure.png").stat().st_size > 1000
+    real = Figure.savefig
+
+    def half(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half)
+    with pytest.raises(OSError, match=r"could not write .*ctr\.png \(No space left on device\)"):
+        spacrd.pl.ctr(adata, img=False, show=False, save=tmp_path / "ctr.png")
+    monkeypatch.setattr(Figure, "savefig", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]
+
+
 # ------------------------------------------------------------------------------------ inputs spared
 
 

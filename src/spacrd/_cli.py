@@ -335,10 +335,11 @@ def _write_results(loaded, spots, section_key: str | None, args: argparse.Namesp
 def _train(args: argparse.Namespace) -> None:
     from spacrd._atomic import WriteError
     from spacrd._cli_io import input_kind
-    from spacrd._cli_model import train
+    from spacrd._cli_model import check_accelerator, train
     from spacrd._cli_outputs import check_out, created_folder
     from spacrd.model._io import MODEL_FILES
 
+    check_accelerator(args.accelerator)
     if not 0 <= args.seed < 2**32:  # numpy's range of seeds
         raise InputError(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}.")
     input_kind(args.input)
