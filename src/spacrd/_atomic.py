@@ -109,7 +109,13 @@ def write_h5ad(adata, path: str | os.PathLike, **kwargs) -> None:
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory or process slot for a child: write here
+        os.close(read_end)
+        os.close(write_end)
+        adata.write_h5ad(path, **kwargs)
+        return
     if pid == 0:  # the child: write, report, and leave without running any exit handler
         os.close(read_end)
         code = 0
