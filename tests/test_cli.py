@@ -329,7 +329,10 @@ def test_predict_spatialdata_zarr_writes_the_table_back(capsys, tmp_path, her2st
     assert not (out / "annotated.h5ad").exists()  # the zarr itself holds the annotated table
     _png(out / "ctr.png")
     _one_line_error(
-        capsys, 2, ["predict", str(zarr), "--table", "cells", "--out", str(out)], "no table 'cells'"
+        capsys,
+        2,
+        ["predict", str(zarr), "--table", "cells", "--out", str(tmp_path / "o2")],
+        "no table 'cells'",
     )
 
 

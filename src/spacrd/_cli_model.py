@@ -7,25 +7,44 @@ from pathlib import Path
 
 import pandas as pd
 
-from spacrd._cli_io import InputError, Loaded, copy_prediction, with_counts_in
+from spacrd._cli_io import InputError, Loaded, _first_line, copy_prediction, with_counts_in
 from spacrd._console import StageProgress, quiet_libraries
 from spacrd._constants import OBS_KEYS, OBSM_KEYS, UNS_KEYS
 from spacrd._pretrained_registry import PRETRAINED_MODELS, available
+from spacrd._validation import check_device
 from spacrd.model import SpaCRD
 from spacrd.model._spatialdata import table_region_key
 
 
-def load_model(spec: str, accelerator: str) -> SpaCRD:
-    """``--model``: a folder written by :meth:`SpaCRD.save`, else the name of a shipped model."""
+def load_model(spec: str, accelerator: str, option: str = "--model") -> SpaCRD:
+    """``--model`` (or ``option``): a folder written by :meth:`SpaCRD.save`, else a shipped model's name."""
+    check_accelerator(accelerator)
     path = Path(spec)
-    if path.is_dir():
-        return SpaCRD.load(str(path), accelerator=accelerator)
-    if spec in PRETRAINED_MODELS:
-        return SpaCRD.load_pretrained(spec, accelerator=accelerator)
+    try:
+        if path.is_dir():
+            return SpaCRD.load(str(path), accelerator=accelerator)
+        if spec in PRETRAINED_MODELS:
+            return SpaCRD.load_pretrained(spec, accelerator=accelerator)
+    except (ValueError, OSError) as err:
+        raise InputError(f"{option} {spec}: {_first_line(err)}") from err
     raise InputError(
-        f"--model {spec!r} is neither a pretrained model (available: {', '.join(available())}) nor a "
+        f"{option} {spec!r} is neither a pretrained model (available: {', '.join(available())}) nor a "
         "folder written by SpaCRD.save or spacrd train."
     )
+
+
+#: Values of ``--accelerator``; others are refused before any model is loaded.
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def check_accelerator(value: str) -> None:
+    """``--accelerator``: one of :data:`ACCELERATORS`, and a GPU only where torch sees one."""
+    if value not in ACCELERATORS:
+        raise InputError(f"--accelerator must be one of {', '.join(ACCELERATORS)}, got {value!r}.")
+    try:
+        check_device(value)
+    except ValueError as err:
+        raise InputError(f"--accelerator {value}: {_first_line(err)}") from err
 
 
 def _threshold(value: str | None) -> float | str | None:
@@ -69,7 +88,20 @@ def predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace) -> str | No
     section_key = _section_key(loaded, args.section_key, setup["batch_key"])
     options = {"min_gene_overlap": args.min_gene_overlap, "threshold": _threshold(args.threshold)}
     if args.ranking_model:
-        options["ranking_model"] = load_model(args.ranking_model, args.accelerator)
+        options["ranking_model"] = load_model(args.ranking_model, args.accelerator, "--ranking-model")
+    try:
+        return _predict(model, loaded, args, section_key, options)
+    except (ValueError, KeyError, TypeError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        if text.startswith("`ranking_model`"):  # the library's name of the option
+            raise InputError(
+                f"--ranking-model {args.ranking_model}{text.removeprefix('`ranking_model`')}"
+            ) from err
+        raise
+
+
+def _predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace, section_key, options) -> str | None:
+    setup = model.setup_args
     with quiet_libraries():
         if loaded.kind == "zarr":
             if args.layer not in (None, setup["layer"]):
@@ -89,7 +121,21 @@ def predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace) -> str | No
         has_images = bool(adata.uns.get(UNS_KEYS.SPATIAL))
         if model.module.image_encoder is not None and image_key not in adata.obsm and has_images:
             _histology(adata, section_key, image_key)
-        target = with_counts_in(adata, args.layer, setup["layer"]) if args.layer is not None else adata
+        readers = {"--model": setup["layer"]}
+        if "ranking_model" in options:
+            readers["--ranking-model"] = options["ranking_model"].setup_args["layer"]
+        absent = [
+            (o, layer) for o, layer in readers.items() if layer is not None and layer not in adata.layers
+        ]
+        if args.layer is None and absent:
+            option, layer = absent[0]
+            raise InputError(
+                f"INPUT has no layer {layer!r}, where {option} {getattr(args, option[2:].replace('-', '_'))} "
+                f"reads raw counts (its layers: {list(adata.layers)}); name the layer with the counts with "
+                "--layer NAME, or --layer X for adata.X."
+            )
+        layers = list(readers.values())
+        target = with_counts_in(adata, args.layer, *layers) if args.layer is not None else adata
         model.predict(target, batch_key=section_key, **options)
         copy_prediction(target, adata, OBS_KEYS.PROB, OBS_KEYS.CALL, UNS_KEYS.PREDICTION)
     return section_key
