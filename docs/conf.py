@@ -52,6 +52,7 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(anndata|scvi|lightning|spatialdata|pandas|matplotlib|scipy\.sparse|torch)\._.*"),
     (r"py:.*", r".*\._[a-z].*\.[A-Z].*"),  # e.g. anndata._core.anndata.AnnData in signatures
+    (r"py:class", r"geopandas\.geodataframe\.GeoDataFrame"),  # documented as geopandas.GeoDataFrame
 ]
 
 # -- autodoc / autosummary / napoleon -----------------------------------------------------------------
@@ -85,6 +86,8 @@ intersphinx_mapping = {
     "spatialdata": ("https://spatialdata.scverse.org/en/stable/", None),
     "spatialdata_plot": ("https://spatialdata.scverse.org/projects/plot/en/stable/", None),
     "torch": ("https://docs.pytorch.org/docs/stable/", None),
+    "geopandas": ("https://geopandas.org/en/stable/", None),
+    "shapely": ("https://shapely.readthedocs.io/en/stable/", None),
 }
 
 
@@ -107,7 +110,7 @@ if os.environ.get("SPACRD_DOCS_OFFLINE") == "1" or not _online():
             r"py:.*",
             r"(numpy|np|pandas|pd|anndata|scanpy|squidpy|scvi|torch|torchmetrics|lightning|spatialdata|"
             r"spatialdata_plot|matplotlib|scipy|sklearn|pathlib|collections|typing|timm|pooch|PIL|xarray|"
-            r"dask|zarr|tifffile)(\..*)?",
+            r"dask|zarr|tifffile|geopandas|shapely|os)(\..*)?",
         ),
         (r"py:data", r"Ellipsis"),
     ]

@@ -179,6 +179,46 @@ def test_train_then_predict_with_the_model_folder(capsys, tmp_path, her2st):
     assert not np.allclose(ranked["ctr_prob"], spots["ctr_prob"])
 
 
+def _label_geojson(section, path):
+    """The pathologist's spot labels of one section as QuPath annotations, one per label."""
+    import geopandas as gpd
+
+    parts = [
+        spacrd.tl.ctr_regions(section, call_key="label", category=label, class_name=label, min_tiles=0)
+        for label in section.obs["label"].unique()
+    ]
+    spacrd.io.write_geojson(gpd.GeoDataFrame(pd.concat(parts, ignore_index=True)), path)
+    return path
+
+
+def test_train_from_annotations_and_predict_regions(capsys, tmp_path, her2st, a1_h5ad):
+    import geopandas as gpd
+    import shapely
+
+    geojson = _label_geojson(her2st[her2st.obs["section"] == "A1"].copy(), tmp_path / "A1.geojson")
+    model_dir = tmp_path / "model"
+    classes = "invasive cancer=cancer,cancer in situ=cancer,undetermined=none"
+    argv = ["train", str(a1_h5ad), "--annotations", str(geojson), "--out", str(model_dir), *QUICK_TRAIN]
+    _one_line_error(capsys, 2, [*argv, "--classes", classes], "'connective tissue'")  # unmapped classes
+    _one_line_error(capsys, 2, [*argv, "--classes", "Tumor:cancer"], "NAME=cancer")
+    _one_line_error(capsys, 2, argv, "--classes")
+    others = ",immune infiltrate=non-cancer,connective tissue=non-cancer,adipose tissue=non-cancer"
+    assert main([*argv, "--classes", classes + others]) == 0
+    assert "303 cancer, 38 non-cancer, 5 unlabelled" in capsys.readouterr().err
+    assert spacrd.model.SpaCRD.load(str(model_dir)).setup_args["labels_key"] == "cancer"
+
+    out = tmp_path / "out"
+    assert main(["predict", str(a1_h5ad), "--out", str(out), "--regions", "--no-plot"]) == 0
+    regions = gpd.read_file(out / "regions.geojson")
+    assert list(regions["name"]) == ["A1"] and regions.is_valid.all()
+    assert (regions["objectType"] == "annotation").all()
+    annotated = ad.read_h5ad(out / "annotated.h5ad")
+    xy = annotated.obsm["spatial"]
+    inside = shapely.intersects_xy(regions.geometry.iloc[0], xy[:, 0], xy[:, 1])
+    called = (annotated.obs["ctr"] == "cancer").to_numpy()
+    assert not (inside & ~called).any() and inside.sum() > 0.9 * called.sum()
+
+
 def test_layer_option_reads_counts_from_a_layer(tmp_path, a1_h5ad):
     adata = ad.read_h5ad(a1_h5ad)
     adata.layers["counts"] = adata.X.copy()
@@ -269,11 +309,17 @@ def _a1_sdata(her2st, path):
 
 def test_predict_spatialdata_zarr_writes_the_table_back(capsys, tmp_path, her2st):
     from spatialdata import read_zarr
+    from spatialdata.transformations import get_transformation
 
     zarr = tmp_path / "A1.zarr"
     _a1_sdata(her2st, zarr)
     out = tmp_path / "out"
-    assert main(["predict", str(zarr), "--out", str(out)]) == 0
+    assert main(["predict", str(zarr), "--out", str(out), "--regions"]) == 0
+    stored = read_zarr(zarr)
+    assert "ctr_regions" in stored.shapes and (out / "regions.geojson").is_file()
+    assert set(get_transformation(stored.shapes["ctr_regions"], get_all=True)) == set(
+        get_transformation(stored.shapes["A1_spots"], get_all=True)
+    )
     table = read_zarr(zarr).tables["table"]
     assert {"ctr_prob", "ctr"} <= set(table.obs) and table.uns["spacrd"]["call_key"] == "ctr"
     assert list(read_zarr(zarr).tables) == ["table"]  # the temporary copy is gone
@@ -283,7 +329,10 @@ def test_predict_spatialdata_zarr_writes_the_table_back(capsys, tmp_path, her2st
     assert not (out / "annotated.h5ad").exists()  # the zarr itself holds the annotated table
     _png(out / "ctr.png")
     _one_line_error(
-        capsys, 2, ["predict", str(zarr), "--table", "cells", "--out", str(out)], "no table 'cells'"
+        capsys,
+        2,
+        ["predict", str(zarr), "--table", "cells", "--out", str(tmp_path / "o2")],
+        "no table 'cells'",
     )
 
 

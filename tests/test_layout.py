@@ -79,6 +79,7 @@ def test_output_keys_are_written_once():
         '"ctr_uncertainty"',
         '"spacrd_neighbors"',
         '"X_histology"',
+        '"spacrd_annotations"',
         'uns["spacrd"]',
         'uns.get("spacrd"',
     ]

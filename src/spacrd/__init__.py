@@ -1,8 +1,8 @@
 """SpaCRD: cancer tissue region detection from H&E histology and spatial transcriptomics.
 
 The sub-packages (:mod:`~spacrd.model`, :mod:`~spacrd.pp`, :mod:`~spacrd.tl`, :mod:`~spacrd.pl`,
-:mod:`~spacrd.datasets`, :mod:`~spacrd.module`, :mod:`~spacrd.nn`) are imported on first use, so that
-``import spacrd`` does not pull in torch, Lightning, scanpy and the plotting stack until they are needed.
+:mod:`~spacrd.io`, :mod:`~spacrd.datasets`, :mod:`~spacrd.module`, :mod:`~spacrd.nn`) are imported on
+first use, so that ``import spacrd`` does not pull in torch, Lightning, scanpy and the plotting stack until they are needed.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-__all__ = ["datasets", "model", "module", "nn", "pl", "pp", "tl"]
+__all__ = ["datasets", "io", "model", "module", "nn", "pl", "pp", "tl"]
 
 if TYPE_CHECKING:
-    from . import datasets, model, module, nn, pl, pp, tl
+    from . import datasets, io, model, module, nn, pl, pp, tl
 
 
 def __getattr__(name: str):

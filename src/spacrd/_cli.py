@@ -1,7 +1,8 @@
 """The ``spacrd`` command: CTR calls for pipelines (``predict``), models from labelled data (``train``), the demo.
 
-Exit codes: 0 success; 2 bad usage or input (a one-line message on standard error); 1 an unexpected
-error. ``--debug`` adds the traceback. Progress goes to standard error, results to files under ``--out``.
+Exit codes: 0 success; 2 bad usage or input, or an output that could not be written (a one-line message
+on standard error); 1 an unexpected error. ``--debug`` adds the traceback. Progress goes to standard
+error, results to files under ``--out``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ examples:
   spacrd predict --model her2st spaceranger_run/outs --out results/
   spacrd predict --model my_model/ sample.zarr --table table --out results/
   spacrd train labelled.h5ad --labels-key cancer --section-key section --out my_model/
+  spacrd train section.h5ad --annotations regions.geojson --classes Tumor=cancer,Stroma=non-cancer \
+      --out my_model/
+  spacrd predict --model my_model/ other.h5ad --regions --out results/
   spacrd demo
 
-exit codes: 0 success, 2 bad usage or input, 1 unexpected error (--debug shows the traceback)
+exit codes: 0 success, 2 bad usage or input (also a failed write: a full disk, no permission),
+  1 unexpected error (--debug shows the traceback)
 """
 PREDICT_EPILOG = """\
 outputs (under --out):
@@ -32,12 +37,20 @@ outputs (under --out):
   annotated.h5ad   the input with obs["ctr_prob"], obs["ctr"] and uns["spacrd"] (.h5ad and Space Ranger
                    inputs); a SpatialData .zarr instead gets its table rewritten in place, with the
                    same entries, and nothing else of it is copied or changed
+  regions.geojson  with --regions: the called region of each section (spacrd.tl.ctr_regions) as QuPath
+                   annotations, in the coordinates of the spots (full-resolution pixels for .h5ad and
+                   Space Ranger inputs); a .zarr also gets them as shapes element(s) "ctr_regions"
+
+Every output is written under a temporary name and renamed into place when complete: a failed run
+(a full disk, no permission) leaves no partial file and reports what was not written. INPUT is never
+overwritten, and --out holding a previous run's outputs is refused unless --overwrite is given.
 
 examples:
   spacrd predict --model her2st section.h5ad --out results/
   spacrd predict --model her2st spaceranger_run/outs --out results/ --min-gene-overlap 0.3
   spacrd predict --model my_model/ normalised.h5ad --layer counts --section-key sample --out results/
   spacrd predict --model my_model/ sample.zarr --table table --out results/
+  spacrd predict --model my_model/ section.h5ad --regions --out results/
 """
 TRAIN_EPILOG = """\
 The model folder (model.pt, model.json; SpaCRD.save) is what `spacrd predict --model DIR` and
@@ -50,6 +63,8 @@ examples:
   spacrd train spaceranger_run/outs --labels-file pathology.csv --labels-key Pathology \\
       --cancer-categories Tumor --histology --out my_model/
   spacrd train sample.zarr --table table --image he_image --labels-key cancer --out my_model/
+  spacrd train section.h5ad --annotations A1.geojson --classes "Tumor=cancer,Stroma=non-cancer,Ignore*=none" \
+      --annotations-section A1 --out my_model/
 """
 DEMO_EPILOG = """\
 Writes ctr.png, metrics.csv and spots.csv under --out; a few minutes on 2 CPU cores, offline.
@@ -84,7 +99,9 @@ def _input_options(parser: argparse.ArgumentParser) -> None:
         "train, when INPUT has it; else one section per SpatialData shapes element, or one section)",
     )
     parser.add_argument(
-        "--layer", metavar="NAME", help="layer with the raw counts (default: the model's; X for a new model)"
+        "--layer",
+        metavar="NAME",
+        help="layer with the raw counts, or X for adata.X (default: the model's; X for a new model)",
     )
     parser.add_argument(
         "--table", metavar="NAME", help="SpatialData table of spots (default: 'table', or the only one)"
@@ -93,6 +110,35 @@ def _input_options(parser: argparse.ArgumentParser) -> None:
         "--image", metavar="NAME", help="SpatialData image element, for models with histology"
     )
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+
+
+def _annotation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--annotations",
+        metavar="GEOJSON|ELEMENT",
+        help="label the spots from annotated regions (spacrd.pp.labels_from_annotations): a QuPath GeoJSON "
+        "export in full-resolution pixels, or a shapes element of a .zarr INPUT",
+    )
+    parser.add_argument(
+        "--classes",
+        metavar="NAME=cancer,...",
+        help="what each annotation class means: cancer, non-cancer or none (ignored), e.g. "
+        "Tumor=cancer,Stroma=non-cancer; every class in the file must be named",
+    )
+    parser.add_argument(
+        "--annotations-section", metavar="NAME", help="the section the annotations were drawn on"
+    )
+    parser.add_argument(
+        "--min-overlap",
+        type=float,
+        metavar="SHARE",
+        help="assign a spot by the share of its footprint inside a class (default: by its centre)",
+    )
+    parser.add_argument(
+        "--coordinate-system",
+        metavar="NAME",
+        help="for a .zarr INPUT: the coordinate system of the annotations (default 'global' or the only one)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--model keeps its probabilities and call share per section (SpaCRD.predict(ranking_model=...))",
     )
     predict.add_argument("--no-plot", action="store_true", help="do not draw ctr.png")
+    predict.add_argument(
+        "--regions",
+        action="store_true",
+        help="also write the called regions as regions.geojson (QuPath annotations), and for a .zarr as "
+        "shapes element(s) 'ctr_regions'",
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of a previous run in --out (its spots.csv, annotated.h5ad, ctr.png and "
+        "regions.geojson, also those this run does not write); other files there are left alone",
+    )
     _common(predict)
     predict.set_defaults(func=_predict)
 
@@ -163,7 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_formatter,
     )
     _input_options(train)
-    train.add_argument("--labels-key", required=True, metavar="COLUMN", help="column with the labels")
+    train.add_argument(
+        "--labels-key",
+        metavar="COLUMN",
+        help="column with the labels (required without --annotations; with it, the column written, "
+        "default 'cancer')",
+    )
+    _annotation_options(train)
     train.add_argument(
         "--labels-file",
         type=Path,
@@ -264,35 +328,85 @@ def _report(name: str, what: str, err: BaseException, debug: bool) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from spacrd import _cli_io
     from spacrd._cli_model import load_model, predict
+    from spacrd._cli_outputs import PREDICT_OUTPUTS, check_out, created_folder, refuse_previous, remove_stale
 
-    if args.input.resolve() == args.out.resolve():
-        raise InputError("--out must differ from INPUT.")
+    kind = _cli_io.input_kind(args.input)
+    models = {"--model": Path(args.model), "--ranking-model": Path(args.ranking_model or "")}
+    check_out(args.out, {"INPUT": args.input, **models}, PREDICT_OUTPUTS)
+    previous = refuse_previous(args.out, PREDICT_OUTPUTS, args.overwrite)
     model = load_model(args.model, args.accelerator)
     loaded = _cli_io.read_input(args.input, args.table)
     section_key = predict(model, loaded, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.input.name.removesuffix(".h5ad").removesuffix(".zarr")
+    stem = _cli_io.input_stem(args.input)
     spots = _cli_io.spot_table(loaded.table, section_key, stem)
-    spots.to_csv(args.out / "spots.csv")
-    written = [_cli_io.write_annotated(loaded, args.out), args.out / "spots.csv"]
-    if not args.no_plot:
-        try:
-            _cli_io.draw(loaded, section_key, args.out / "ctr.png")
-            written.append(args.out / "ctr.png")
-        except (KeyError, ValueError, ImportError) as err:  # results stand without a figure
-            print(f"warning: no ctr.png: {_cli_io._first_line(err)}", file=sys.stderr)
+    with created_folder(args.out):
+        written = _write_results(loaded, spots, section_key, args)
+    removed = remove_stale(args.out, previous, written)
     called = int((spots.iloc[:, 2] == "cancer").sum())
     print(f"{len(spots)} spots, {called} called cancer ({called / max(len(spots), 1):.0%}).")
+    if kind == "zarr":
+        written.append(Path(f"{args.input} (table {loaded.table_key!r})"))
     print("Wrote " + ", ".join(map(str, written)))
+    if removed:
+        print(f"Removed the previous run's {', '.join(removed)} from {args.out} (--overwrite).")
+
+
+def _write_results(loaded, spots, section_key: str | None, args: argparse.Namespace) -> list[Path]:
+    """Write every output of ``predict`` or none: temporary files first, renamed together at the end.
+
+    A zarr table is replaced last (:func:`spacrd._atomic.replace_table`), once the other outputs are
+    complete, so that a failure leaves the store as it was.
+    """
+    from spacrd import _cli_io
+    from spacrd._atomic import AtomicFiles, WriteError, replace_table
+
+    files, out = AtomicFiles(), args.out
+    try:
+        files.write(out / "spots.csv", spots.to_csv)
+        if loaded.kind != "zarr":
+            _cli_io.write_annotated(loaded, files, out)
+        if not args.no_plot:
+            try:
+                files.write(out / "ctr.png", lambda tmp: _cli_io.draw(loaded, section_key, tmp))
+            except WriteError as err:
+                cause = err.__cause__
+                if isinstance(cause, OSError) or not isinstance(cause, KeyError | ValueError | ImportError):
+                    raise
+                print(f"warning: no ctr.png: {_cli_io._first_line(cause)}", file=sys.stderr)
+        regions = _cli_io.called_regions(loaded, section_key) if args.regions else None
+        if regions is not None:
+            _cli_io.write_regions_file(regions, files, out)
+        if loaded.kind == "zarr":
+            replace_table(loaded.data, loaded.table_key)
+            if regions is not None:
+                _cli_io.write_regions_shapes(loaded)
+        return files.commit()
+    except WriteError as err:
+        files.discard()
+        kept = f"; {loaded.path} is unchanged" if loaded.kind == "zarr" else ""
+        raise WriteError(f"{err}; nothing was written to {out}{kept}.") from err
 
 
 def _train(args: argparse.Namespace) -> None:
-    from spacrd._cli_model import train
+    from spacrd._atomic import WriteError
+    from spacrd._cli_io import input_kind
+    from spacrd._cli_model import check_accelerator, train
+    from spacrd._cli_outputs import check_out, created_folder
+    from spacrd.model._io import MODEL_FILES
 
+    check_accelerator(args.accelerator)
+    if not 0 <= args.seed < 2**32:  # numpy's range of seeds
+        raise InputError(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}.")
+    input_kind(args.input)
+    check_out(args.out, {"INPUT": args.input, "--labels-file": args.labels_file}, MODEL_FILES)
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise InputError(f"{args.out} exists and is not empty; pass --overwrite or choose another --out.")
     model = train(args)
-    model.save(str(args.out), overwrite=True)
+    with created_folder(args.out):
+        try:
+            model.save(str(args.out), overwrite=True)
+        except WriteError as err:
+            raise WriteError(f"{err}; the model was not saved, {args.out} is as it was.") from err
     print(f"{model}\nWrote {args.out}/model.pt, {args.out}/model.json")
 
 

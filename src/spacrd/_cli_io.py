@@ -16,6 +16,8 @@ from spacrd._spatial import is_spatialdata
 if TYPE_CHECKING:
     from anndata import AnnData
 
+    from spacrd._atomic import AtomicFiles
+
 #: Index column of the spot table the command writes.
 SPOT_COLUMN = "spot"
 #: Column of the spot table with each spot's section.
@@ -48,7 +50,7 @@ class Loaded:
 
 
 def _is_zarr(path: Path) -> bool:
-    return path.suffix == ".zarr" or any((path / name).exists() for name in ("zarr.json", ".zgroup"))
+    return path.suffix.lower() == ".zarr" or any((path / name).exists() for name in ("zarr.json", ".zgroup"))
 
 
 def _spaceranger_root(path: Path) -> Path | None:
@@ -59,6 +61,20 @@ def _spaceranger_root(path: Path) -> Path | None:
     return None
 
 
+def input_kind(path: str | Path) -> Literal["h5ad", "zarr", "spaceranger"]:
+    """What INPUT is, from its name and layout alone (nothing is read): checked before any work starts."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder.")
+    if path.is_file() and path.suffix.lower() == ".h5ad":
+        return "h5ad"
+    if path.is_dir() and _is_zarr(path):
+        return "zarr"
+    if path.is_dir() and _spaceranger_root(path) is not None:
+        return "spaceranger"
+    raise InputError(f"{path}: not {FORMATS_HELP}.")
+
+
 def read_input(path: str | Path, table_key: str | None = None) -> Loaded:
     """Read INPUT by what it is: ``.h5ad`` (anndata), ``.zarr`` (spatialdata) or a Space Ranger folder (squidpy).
 
@@ -66,39 +82,115 @@ def read_input(path: str | Path, table_key: str | None = None) -> Loaded:
     ``table_key`` picks a SpatialData table (default ``"table"``, or the only table).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder.")
+    kind = input_kind(path)
     try:
-        if path.is_file() and path.suffix == ".h5ad":
+        if kind == "h5ad":
             import anndata
 
             return Loaded(anndata.read_h5ad(path), "h5ad", path)
-        if path.is_dir() and _is_zarr(path):
+        if kind == "zarr":
             from spatialdata import read_zarr
 
             sdata = read_zarr(path)
             return Loaded(sdata, "zarr", path, _table_key(sdata, table_key, path))
-        if path.is_dir() and (root := _spaceranger_root(path)) is not None:
-            import squidpy as sq
-
-            adata = sq.read.visium(root)
-            adata.var_names_make_unique()
-            return Loaded(adata, "spaceranger", root)
+        root = _spaceranger_root(path)
+        adata = read_spaceranger(root)
+        adata.var_names_make_unique()
+        return Loaded(adata, "spaceranger", root)
     except InputError:
         raise
     except (OSError, ValueError, KeyError) as err:
         raise InputError(f"{path}: could not be read ({type(err).__name__}: {_first_line(err)}).") from err
-    raise InputError(f"{path}: not {FORMATS_HELP}.")
+
+
+def input_stem(path: Path) -> str:
+    """INPUT's name without ``.h5ad`` or ``.zarr`` (any case): the section name of a one-section input."""
+    name = Path(path).name
+    for suffix in (".h5ad", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+#: The H&E images of a Space Ranger ``spatial/`` folder; squidpy's reader needs both.
+SPACERANGER_IMAGES = {"hires": "tissue_hires_image.png", "lowres": "tissue_lowres_image.png"}
+#: Columns of Space Ranger's spot positions (``tissue_positions.csv`` has them as a header from 2.0).
+POSITION_COLUMNS = ["in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+
+
+def read_spaceranger(root: Path) -> AnnData:
+    """``squidpy.read.visium(root)``, also when an H&E PNG is missing (a model without histology needs none).
+
+    squidpy reads the spot positions only together with both images; without one of them the counts
+    are read alone and the positions, scale factors and the image that is there are added as squidpy
+    would (``obsm["spatial"]`` in full-resolution pixels, ``uns["spatial"][library]``), with a warning.
+    """
+    import squidpy as sq
+
+    spatial = root / "spatial"
+    missing = [name for name in SPACERANGER_IMAGES.values() if not (spatial / name).is_file()]
+    if not missing:
+        return sq.read.visium(root)
+    import json
+    import warnings
+
+    from PIL import Image
+
+    adata = sq.read.visium(root, load_images=False)
+    positions = spatial / "tissue_positions.csv"
+    if positions.is_file():
+        frame = pd.read_csv(positions, index_col=0)
+    else:
+        frame = pd.read_csv(spatial / "tissue_positions_list.csv", header=None, index_col=0)
+    frame.columns = POSITION_COLUMNS
+    frame = frame.reindex(adata.obs_names)
+    if frame.isna().any(axis=None):
+        raise InputError(
+            f"{spatial}: the spot positions lack {int(frame.isna().any(axis=1).sum())} barcodes."
+        )
+    for column in POSITION_COLUMNS[:3]:
+        adata.obs[column] = frame[column].to_numpy()
+    xy = ["pxl_col_in_fullres", "pxl_row_in_fullres"]  # (x, y), as squidpy stores them
+    adata.obsm[UNS_KEYS.SPATIAL] = frame[xy].to_numpy(dtype=np.float64)
+    spatial_uns = adata.uns.setdefault(UNS_KEYS.SPATIAL, {})
+    library = spatial_uns.setdefault(next(iter(spatial_uns), root.parent.name or "1"), {})
+    library[SCANPY_IMAGE_KEYS.SCALEFACTORS] = json.loads((spatial / "scalefactors_json.json").read_text())
+    library[SCANPY_IMAGE_KEYS.IMAGES] = {
+        key: np.asarray(Image.open(spatial / name))
+        for key, name in SPACERANGER_IMAGES.items()
+        if (spatial / name).is_file()
+    }
+    warnings.warn(
+        f"{spatial} lacks {', '.join(missing)}; read without it (a model with histology and the figure use the "
+        "images that are there).",
+        UserWarning,
+        stacklevel=2,
+    )
+    return adata
 
 
 def _table_key(sdata, table_key: str | None, path: Path) -> str:
-    tables = list(sdata.tables)
+    from spacrd._atomic import is_spare_table
+
+    tables = [name for name in sdata.tables if not is_spare_table(name)]
+    spares = [name for name in sdata.tables if is_spare_table(name)]
+    if table_key is not None and is_spare_table(table_key):
+        raise InputError(
+            f"--table {table_key!r} is a temporary copy that an interrupted spacrd run left in {path}, not a "
+            "table of spots; name the original table."
+        )
     if table_key is not None and table_key in tables:
         return table_key
     if table_key is None and SPATIALDATA_KEYS.TABLE in tables:
         return SPATIALDATA_KEYS.TABLE
     if table_key is None and len(tables) == 1:
         return tables[0]
+    if not tables:
+        left = f" (only {spares}, temporary copies an interrupted spacrd run left)" if spares else ""
+        raise InputError(
+            f"{path} holds no SpatialData table{left}; spacrd needs a table of spot counts annotating the "
+            "spot shapes (spatialdata.models.TableModel)."
+        )
     wanted = f"has no table {table_key!r}" if table_key is not None else "has several tables"
     raise InputError(f"{path} {wanted}; its tables: {tables}. Choose one with --table.")
 
@@ -108,13 +200,16 @@ def _first_line(err: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
-def with_counts_in(adata: AnnData, layer: str | None, model_layer: str | None) -> AnnData:
-    """``adata`` with the counts of ``layer`` (``None``: ``X``) where the model reads them (``model_layer``).
+def with_counts_in(adata: AnnData, layer: str | None, *model_layers: str | None) -> AnnData:
+    """``adata`` with the counts of ``layer`` (``None``: ``X``) where the models read them (``model_layers``).
 
     Returns ``adata`` itself when nothing moves; otherwise a light AnnData sharing ``obs``, ``obsm`` and
-    ``uns`` (the prediction's columns are copied back by :func:`copy_prediction`).
+    ``uns`` (the prediction's columns are copied back by :func:`copy_prediction`). Several layers serve
+    a model and its ranking model set up on different layers.
     """
-    if layer == model_layer:
+    if layer == "X" and "X" not in adata.layers:  # --layer X: the counts are adata.X
+        layer = None
+    if all(model_layer == layer for model_layer in model_layers):
         return adata
     from anndata import AnnData
 
@@ -124,7 +219,7 @@ def with_counts_in(adata: AnnData, layer: str | None, model_layer: str | None) -
     light = AnnData(
         X=counts, obs=adata.obs.copy(), var=adata.var[[]], obsm=dict(adata.obsm), uns=dict(adata.uns)
     )
-    if model_layer is not None:
+    for model_layer in {m for m in model_layers if m is not None}:
         light.layers[model_layer] = counts
     return light
 
@@ -136,6 +231,9 @@ def copy_prediction(light: AnnData, adata: AnnData, prob_key: str, call_key: str
     adata.obs[prob_key] = light.obs[prob_key].to_numpy()
     adata.obs[call_key] = light.obs[call_key].values  # keeps the categories
     adata.uns[uns_key] = light.uns[uns_key]
+    uncertainty_key = light.uns[uns_key].get("uncertainty_key")
+    if uncertainty_key is not None:  # every column uns names is copied, the uncertainty too
+        adata.obs[uncertainty_key] = light.obs[uncertainty_key].to_numpy()
 
 
 def spot_table(table: AnnData, section_key: str | None, default_section: str) -> pd.DataFrame:
@@ -203,34 +301,60 @@ def draw(loaded: Loaded, section_key: str | None, path: Path) -> None:
         plt.close("all")
 
 
-def _rewrite_table(sdata, name: str) -> None:
-    """Replace table ``name`` in the zarr that ``sdata`` was read from.
+def write_annotated(loaded: Loaded, files: AtomicFiles, out: Path) -> Path:
+    """Write the annotated data: ``OUT/annotated.h5ad`` for AnnData inputs, through ``files``.
 
-    spatialdata refuses to overwrite an element inside the store it reads from, so the table is first
-    written under a temporary name: if the final write fails, that copy is still on disk.
+    A SpatialData zarr gets its table rewritten in place instead (:func:`spacrd._atomic.replace_table`),
+    so images and shapes are not copied; call that last, after the other outputs are written.
     """
-    spare = f"{name}_spacrd_tmp"
-    sdata.tables[spare] = sdata.tables[name]
-    try:
-        if f"tables/{spare}" in sdata.elements_paths_on_disk():  # left behind by an interrupted run
-            sdata.delete_element_from_disk(spare)
-        sdata.write_element(spare)
-        sdata.delete_element_from_disk(name)
-        sdata.write_element(name)
-        sdata.delete_element_from_disk(spare)
-    finally:
-        del sdata.tables[spare]
+    from spacrd._atomic import write_h5ad
+
+    return files.write(out / "annotated.h5ad", lambda tmp: write_h5ad(loaded.data, tmp))
 
 
-def write_annotated(loaded: Loaded, out: Path) -> Path:
-    """Write the annotated data: ``OUT/annotated.h5ad`` for AnnData inputs; SpatialData: its table, in place.
+#: Name of the shapes element(s) that ``spacrd predict --regions`` writes into a ``.zarr``.
+REGIONS_ELEMENT = "ctr_regions"
+#: File of the called regions under ``--out``.
+REGIONS_FILE = "regions.geojson"
 
-    A SpatialData zarr gets only its table rewritten (``sdata.write_element(table, overwrite=True)``),
-    so images and shapes are not copied; the spot table and the figure go to ``out`` either way.
+
+def called_regions(loaded: Loaded, section_key: str | None):
+    """The called region of each section (:func:`spacrd.tl.ctr_regions`), one named feature per section.
+
+    For a ``.zarr`` the regions are also added, in memory, as shapes element(s) ``ctr_regions`` (or
+    ``ctr_regions_<element>`` per spots element) with each spots element's transformations;
+    :func:`write_regions_shapes` writes them into the store.
     """
+    from spacrd.tl import ctr_regions
+
     if loaded.kind == "zarr":
-        _rewrite_table(loaded.data, loaded.table_key)
-        return loaded.path
-    target = out / "annotated.h5ad"
-    loaded.data.write_h5ad(target)
-    return target
+        regions = ctr_regions(loaded.data, table_key=loaded.table_key, key_added=REGIONS_ELEMENT)
+    else:
+        key = section_key if section_key is not None and section_key in loaded.table.obs else None
+        regions = ctr_regions(loaded.table, library_key=key)
+    regions["name"] = regions["section"].astype(str)
+    print(f"{len(regions)} section(s) with a called region.")
+    return regions
+
+
+def write_regions_file(regions, files: AtomicFiles, out: Path) -> Path:
+    """``OUT/regions.geojson`` (QuPath annotations, :func:`spacrd.io.write_geojson`), through ``files``."""
+    from spacrd.io import write_geojson
+
+    return files.write(out / REGIONS_FILE, lambda tmp: write_geojson(regions, tmp))
+
+
+def write_regions_shapes(loaded: Loaded) -> None:
+    """Write the shapes :func:`called_regions` added to a ``.zarr``, replacing an earlier run's."""
+    from spacrd._spatial import table_keys
+    from spacrd.tl._regions import shapes_key
+
+    sdata = loaded.data
+    elements = table_keys(loaded.table, loaded.table_key).regions
+    on_disk = set(sdata.elements_paths_on_disk())
+    for element in elements:
+        name = shapes_key(REGIONS_ELEMENT, element, len(elements))
+        if f"shapes/{name}" in on_disk:  # an earlier run's regions
+            sdata.delete_element_from_disk(name)
+        if name in sdata.shapes:
+            sdata.write_element(name)

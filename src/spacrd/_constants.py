@@ -41,6 +41,8 @@ class _UnsKeys(NamedTuple):
     PREDICTION: str = "spacrd"
     #: The squidpy/scanpy image container, ``uns["spatial"][library_id]``.
     SPATIAL: str = "spatial"
+    #: Provenance of :func:`spacrd.pp.labels_from_annotations`, one record per section.
+    ANNOTATIONS: str = "spacrd_annotations"
 
 
 class _ScanpyImageKeys(NamedTuple):

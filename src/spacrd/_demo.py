@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import spacrd
+from spacrd._atomic import AtomicFiles
 from spacrd._constants import CANCER, OBS_KEYS, SCANPY_IMAGE_KEYS, UNS_KEYS
 from spacrd._stages import STAGES
 
@@ -160,11 +161,9 @@ def run(
             "predict_s": [predict_s],
         }
     )
-    metrics.to_csv(out / "metrics.csv", index=False)
     spots = target.obs[["section", "array_x", "array_y", OBS_KEYS.PROB, OBS_KEYS.CALL]].copy()
     spots["pathologist_cancer"] = truth
     spots.index.name = SPOT_COLUMN
-    spots.to_csv(out / "spots.csv")
 
     target.obs["pathologist"] = pd.Categorical(
         pd.Series(truth, index=target.obs_names).map({True: "cancer", False: "non-cancer"}),
@@ -174,7 +173,11 @@ def run(
         spacrd.pl.ctr(
             target, labels_key="pathologist", library_key="section", img=held_out in with_image, show=False
         )
-        plt.savefig(out / "ctr.png", dpi=150, bbox_inches="tight")
+        # the three files are renamed into place together, once all are complete
+        with AtomicFiles() as files:
+            files.write(out / "metrics.csv", lambda tmp: metrics.to_csv(tmp, index=False))
+            files.write(out / "spots.csv", spots.to_csv)
+            files.write(out / "ctr.png", lambda tmp: plt.savefig(tmp, dpi=150, bbox_inches="tight"))
     plt.close("all")
     return metrics
 

@@ -304,7 +304,15 @@ def shapes_to_image(sdata: SpatialData, shapes_key: str, image_key: str) -> np.n
             return np.linalg.solve(
                 image_to_system.to_affine_matrix(**axes), to_shapes_system[system].to_affine_matrix(**axes)
             ).astype(np.float64)
-    transformation = get_transformation_between_coordinate_systems(sdata, shapes, image)
+    try:
+        transformation = get_transformation_between_coordinate_systems(sdata, shapes, image)
+    except (RuntimeError, ValueError, KeyError) as err:  # spatialdata: "No path found between ..."
+        raise ValueError(
+            f"Image {image_key!r} (coordinate systems {list(get_transformation(image, get_all=True))}) and "
+            f"shapes {shapes_key!r} (coordinate systems {list(to_shapes_system)}) share no coordinate system, "
+            "so where the spots lie in the image is unknown. Register both in one with "
+            "spatialdata.transformations.set_transformation, or pick the image of these spots."
+        ) from err
     return np.asarray(transformation.to_affine_matrix(**axes), dtype=np.float64)
 
 

@@ -13,6 +13,11 @@ from spacrd._matrix import row_chunks
 
 #: The largest count the model's float32 arithmetic can hold.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Largest neighbourhood size ``k``: the model attends over ``k`` tokens per spot and the graph holds
+#: ``n_spots × k`` indices, so a larger ``k`` only allocates (the platforms page suggests 7 to 15).
+MAX_N_NEIGHBORS = 1024
+#: Largest coordinate magnitude: squared distances between larger coordinates overflow float64.
+MAX_COORDINATE = 1e150
 
 
 def check_counts(adata: AnnData, layer: str | None) -> Any:
@@ -38,6 +43,11 @@ def check_counts(adata: AnnData, layer: str | None) -> Any:
     dtype = np.dtype(matrix.dtype)
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise TypeError(f"{where} has dtype {dtype}; raw counts must be numeric.")
+    if dtype == np.float16:
+        raise TypeError(
+            f"{where} has dtype float16, which sparse matrices (scipy) cannot hold and which rounds counts "
+            f"above 2,048; store the counts as float32 or integers, e.g. `{where} = {where}.astype('float32')`."
+        )
     non_integer, empty_spots, largest = False, 0, 0.0
     for _, block in row_chunks(matrix):
         values = block.data
@@ -108,6 +118,12 @@ def check_coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
         raise ValueError(
             f"obsm[{spatial_key!r}] must be (n_spots, 2) coordinates, got shape {coordinates.shape}."
         )
+    if not np.issubdtype(coordinates.dtype, np.number) or np.issubdtype(
+        coordinates.dtype, np.complexfloating
+    ):
+        raise TypeError(
+            f"obsm[{spatial_key!r}] has dtype {coordinates.dtype}; coordinates must be real numbers."
+        )
     coordinates = coordinates[:, :2].astype(np.float64)
     bad = ~np.isfinite(coordinates).all(axis=1)
     if bad.any():
@@ -115,17 +131,53 @@ def check_coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
             f"obsm[{spatial_key!r}] has {int(bad.sum())} spots with NaN or infinite coordinates (e.g. "
             f"{adata.obs_names[bad][:3].tolist()}); drop them or fill in their positions."
         )
+    largest = float(np.abs(coordinates).max(initial=0.0))
+    if largest > MAX_COORDINATE:
+        raise ValueError(
+            f"obsm[{spatial_key!r}] holds coordinates up to {largest:.3g}; distances between them overflow "
+            f"(at most {MAX_COORDINATE:.0e}). Rescale them to pixels or µm, e.g. `adata.obsm[{spatial_key!r}] "
+            f"/= {10 ** np.floor(np.log10(largest) - 4):.0e}`."
+        )
     return coordinates
 
 
+#: Arguments that name a section column: a missing value there would pool spots into a made-up section.
+SECTION_ARGUMENTS = ("batch_key", "library_key", "section_key")
+
+
 def check_obs_key(adata: AnnData, key: str, argument: str) -> None:
-    """Check that ``obs[key]`` exists (named after the argument that asked for it)."""
+    """Check that ``obs[key]`` exists (named after the argument that asked for it).
+
+    For a section column (:data:`SECTION_ARGUMENTS`) missing values are an error too.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"`{argument}` must be the name of an obs column, got {key!r}.")
     if key not in adata.obs:
         raise KeyError(
             f"`{argument}={key!r}` is not a column of adata.obs; available: {list(adata.obs.columns)}."
         )
-    if argument == "batch_key" and adata.obs[key].isna().any():
-        raise ValueError(f"obs[{key!r}] has missing values; every spot needs its section.")
+    if argument in SECTION_ARGUMENTS:
+        check_sections(adata.obs[key], f"obs[{key!r}]")
+
+
+def check_sections(sections: Any, where: str) -> None:
+    """Refuse missing values in a section column: they would pool those spots into one made-up section."""
+    import pandas as pd
+
+    missing = pd.isna(pd.Series(np.asarray(sections, dtype=object)))
+    if missing.any():
+        raise ValueError(
+            f"{where} has missing values; every spot needs its section ({int(missing.sum())} have none). "
+            "Fill them in, or drop those spots."
+        )
+
+
+def check_n_neighbors(value: Any, name: str = "n_neighbors") -> int:
+    """``value`` as a neighbourhood size ``k`` in ``[1, MAX_N_NEIGHBORS]`` (the spot itself included)."""
+    try:
+        return int(check_number(name, value, integer=True, low=1, high=MAX_N_NEIGHBORS))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{err} It counts the spot itself (7 suits hexagonal grids).") from None
 
 
 def check_image_features(adata: AnnData, image_key: str) -> np.ndarray:

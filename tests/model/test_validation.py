@@ -280,7 +280,7 @@ def test_spatial_errors(data):
     source.obsm["spatial"][[4, 9]] = [np.nan, np.inf]
     _setup_error(source, ValueError, r"2 spots with NaN or infinite coordinates \(e.g. \['S0_4', 'S0_9'\]\)")
     _setup_error(
-        source_of(data), ValueError, "`n_neighbors` must be a positive integer, got 0", n_neighbors=0
+        source_of(data), ValueError, r"`n_neighbors` must be an integer in \[1, 1024\], got 0", n_neighbors=0
     )
     _setup_error(source_of(data), KeyError, "`batch_key='slide'` is not a column", batch_key="slide")
     source = source_of(data)

@@ -200,6 +200,28 @@ def test_ctr_region_encloses_the_called_spots_and_no_other(adata):
         assert ax.get_legend().get_lines()[0].get_linestyle() == "-"
 
 
+def test_ctr_draws_the_regions_that_ctr_regions_exports(adata):
+    """Figure and export agree: the outline is tl.ctr_regions' polygons, mapped to the hires pixels."""
+    import shapely
+
+    # a lone called spot far from the tumour: one tile, an island the default leaves out
+    in_s1 = (adata.obs["section"] == "S1").to_numpy()
+    lone = in_s1 & (adata.obsm["spatial"][:, 0] == adata.obsm["spatial"][in_s1, 0].max())
+    lone[np.flatnonzero(lone)[1:]] = False
+    assert (adata.obs["ctr"][lone] == "non-cancer").all()
+    adata.obs.loc[lone, "ctr"] = "cancer"
+    for min_tiles in (2.5, 0):
+        regions = spacrd.tl.ctr_regions(adata, min_tiles=min_tiles).set_index("section")
+        axes = spacrd.pl.ctr(adata, crop=False, min_tiles=min_tiles, return_ax=True)
+        for ax, name, sf in zip(axes, SECTIONS, SCALE_FACTORS, strict=True):
+            drawn = np.vstack([p.vertices for p in _region(ax).get_paths()])
+            region = shapely.orient_polygons(regions.loc[name, "geometry"])
+            np.testing.assert_allclose(drawn, shapely.get_coordinates(region) * sf)
+        centre = adata.obsm["spatial"][lone][0] * SCALE_FACTORS[0]
+        on_lone = any(p.contains_point(centre) for p in _region(axes[0]).get_paths())
+        assert on_lone == (min_tiles == 0)
+
+
 def test_ctr_rejects_an_unknown_call_style(adata):
     with pytest.raises(ValueError, match="call_style"):
         spacrd.pl.ctr(adata, call_style="ring", show=False)

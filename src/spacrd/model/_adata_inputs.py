@@ -10,8 +10,8 @@ import numpy as np
 from anndata import AnnData
 
 from spacrd._constants import REGISTRY_KEYS
-from spacrd._validation import check_coordinates, check_counts, check_image_features
-from spacrd.pp._neighbors import section_neighbors, stored_neighbors
+from spacrd._validation import check_coordinates, check_counts, check_image_features, check_sections
+from spacrd.pp._neighbors import check_spread, section_neighbors, stored_neighbors
 
 from ._inputs import SpotInputs, build_inputs, gene_selector
 from ._labels import label_codes
@@ -69,6 +69,15 @@ def source_thinning(model: SpaCRD, inputs: SpotInputs, lowest_rate: float, seed:
     )
 
 
+def check_target(model: SpaCRD, adata) -> None:
+    """``predict()`` without a target predicts the registered AnnData, which a loaded model lacks."""
+    if adata is None and model.adata is None:
+        raise ValueError(
+            "This model has no registered AnnData (it was loaded or built without one), so `adata` is "
+            "needed: pass the target, `model.predict(adata)`."
+        )
+
+
 def target_sections(
     model: SpaCRD, adata: AnnData, batch_key: str | None
 ) -> tuple[np.ndarray | None, str | None]:
@@ -83,8 +92,7 @@ def target_sections(
     key = batch_key if batch_key is not None else setup_key
     if key is not None and key in adata.obs:
         sections = adata.obs[key]
-        if sections.isna().any():
-            raise ValueError(f"obs[{key!r}] has missing values; every spot needs its section.")
+        check_sections(sections, f"obs[{key!r}]")
         return sections.to_numpy(), key
     if batch_key is not None:
         raise KeyError(
@@ -132,6 +140,7 @@ def target_inputs(
             stacklevel=4,
         )
     sections, _ = target_sections(model, adata, batch_key)
+    check_spread(coordinates, sections, args["n_neighbors"], f"obsm[{args['spatial_key']!r}]")
     neighbors, padding = section_neighbors(coordinates, sections, args["n_neighbors"])
     neighbors[padding] = -1
     return build_inputs(

@@ -296,6 +296,11 @@ def section_codes(sections: np.ndarray | pd.Series | None, n: int) -> tuple[np.n
     if sections is None:
         return np.zeros(n, dtype=np.int64), ["section"]
     codes, names = pd.factorize(np.asarray(sections))
+    if (codes < 0).any():  # factorize gives missing values code -1: they would index the last section
+        raise ValueError(
+            f"{int((codes < 0).sum())} spots have no section (a missing value in the section column); "
+            "every spot needs its section."
+        )
     return codes.astype(np.int64), [str(name) for name in names]
 
 

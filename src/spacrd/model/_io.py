@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 from scvi.model._utils import parse_device_args
 
-from spacrd._validation import check_bool, check_number
+from spacrd._atomic import AtomicFiles, write_h5ad
+from spacrd._validation import check_bool, check_device, check_n_neighbors, check_number
 from spacrd.tl import Calibration
 
 if TYPE_CHECKING:
@@ -90,12 +91,9 @@ def save_model(
         )
     if os.path.exists(dir_path) and not overwrite:
         raise ValueError(f"{dir_path} already exists; pass `overwrite=True` or choose another directory.")
+    if save_anndata and model.adata is None:
+        raise ValueError("`save_anndata=True` but this model has no registered AnnData.")
     os.makedirs(dir_path, exist_ok=True)
-    # an older save may have left files this one does not write (adata.h5ad): a reader must not mix them
-    for name in MODEL_FILES:
-        stale = os.path.join(dir_path, name)
-        if os.path.isfile(stale) or os.path.islink(stale):
-            os.remove(stale)
     init = model.init_params_
     kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
     non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k not in ("genes", "registry")}
@@ -114,18 +112,29 @@ def save_model(
         "validation_split": getattr(model, "validation_split_", None),
         "history": {k: v.reset_index().to_dict(orient="list") for k, v in (model.history_ or {}).items()},
     }
-    torch.save(model.module.state_dict(), os.path.join(dir_path, MODEL_FILE))
-    with open(os.path.join(dir_path, META_FILE), "w") as f:
-        json.dump(_to_json(meta), f)
-    if save_anndata:
-        if model.adata is None:
-            raise ValueError("`save_anndata=True` but this model has no registered AnnData.")
-        model.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE), **anndata_write_kwargs)
+    text = json.dumps(_to_json(meta))
+    # every file is complete under a temporary name before any is renamed into place, so a failed save
+    # (a full disk) leaves a previous model in dir_path as it was
+    with AtomicFiles() as files:
+        files.write(
+            os.path.join(dir_path, MODEL_FILE), lambda tmp: torch.save(model.module.state_dict(), tmp)
+        )
+        files.write(os.path.join(dir_path, META_FILE), lambda tmp: tmp.write_text(text))
+        if save_anndata:
+            files.write(
+                os.path.join(dir_path, ADATA_FILE),
+                lambda tmp: write_h5ad(model.adata, tmp, **anndata_write_kwargs),
+            )
+    # an older save may have left files this one does not write (adata.h5ad): a reader must not mix them
+    stale = os.path.join(dir_path, ADATA_FILE)
+    if not save_anndata and (os.path.isfile(stale) or os.path.islink(stale)):
+        os.remove(stale)
 
 
 def load_model(
     cls: type[SpaCRD], dir_path: str, adata: AnnData | None, accelerator: str, device: int | str
 ) -> SpaCRD:
+    check_device(accelerator)  # before Lightning's own error, which names no fix
     meta_path, weights_path = os.path.join(dir_path, META_FILE), os.path.join(dir_path, MODEL_FILE)
     for path in (meta_path, weights_path):
         if not os.path.isfile(path):
@@ -162,6 +171,8 @@ def load_model(
     if not isinstance(registry, dict) or registry.get("model_name") not in (None, cls.__name__):
         raise ValueError(f"{dir_path} holds a {registry.get('model_name')} model, not {cls.__name__}.")
     params = _checked_init_params(cls, meta, meta_path)
+    _check_setup_args(registry, meta_path)
+    _check_declared_size(cls, registry, meta["genes"], params, weights_path, meta_path)
     if adata is not None:
         saved_genes = registry["field_registries"]["X"]["state_registry"]["column_names"]
         if not np.array_equal(adata.var_names.to_numpy(dtype=str), np.asarray(saved_genes, dtype=str)):
@@ -202,8 +213,56 @@ def load_model(
     model.source_cancer_share_ = share
     model.calibration_ = Calibration.from_dict(meta.get("calibration"))
     model.validation_split_ = meta.get("validation_split")
-    model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
+    try:
+        model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{meta_path}: history is damaged ({type(err).__name__}: {err}); save the model again."
+        ) from err
     return model
+
+
+#: Set-up arguments of model.json that hold a column, layer or key name (or ``None``).
+_NAME_ARGS = ("layer", "labels_key", "batch_key", "image_key", "spatial_key", "neighbors_key")
+
+
+def _check_setup_args(registry: dict, meta_path: str) -> None:
+    """The saved set-up arguments, checked before they size anything (``n_neighbors`` sizes every graph)."""
+    args = registry.get("setup_args")
+    if not isinstance(args, dict):
+        raise ValueError(f"{meta_path}: registry.setup_args must be a mapping (edited or damaged).")
+    for name in _NAME_ARGS:
+        value = args.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{meta_path}: setup_args.{name} must be a name or null, got {value!r}.")
+    check_n_neighbors(args.get("n_neighbors"), f"setup_args.n_neighbors in {meta_path}")
+    categories = args.get("cancer_categories")
+    if categories is not None and (
+        not isinstance(categories, list) or not all(isinstance(c, str | int | float) for c in categories)
+    ):
+        raise ValueError(f"{meta_path}: setup_args.cancer_categories must be a list of values or null.")
+
+
+def _check_declared_size(
+    cls: type[SpaCRD], registry: dict, genes: list, params: dict, weights_path: str, meta_path: str
+) -> None:
+    """Refuse an architecture far larger than the weights file before any of it is allocated.
+
+    The model is built on PyTorch's ``meta`` device, which records shapes without memory, so hostile
+    sizes in an edited model.json (``n_hidden``, ``n_members``...) cost nothing to measure.
+    """
+    try:
+        with torch.device("meta"):
+            probe = cls(None, registry=registry, genes=genes, **params)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{meta_path} describes an architecture that cannot be built: {err}") from err
+    declared = sum(t.numel() * t.element_size() for t in probe.module.state_dict().values())
+    actual = os.path.getsize(weights_path)
+    if declared > 2 * actual + 1_000_000:
+        raise ValueError(
+            f"{meta_path} declares {declared:,} bytes of weights but {weights_path} holds {actual:,}; the "
+            "architecture was edited or the files belong to different models. Save the model again."
+        )
 
 
 def _checked_init_params(cls: type[SpaCRD], meta: dict, meta_path: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from spacrd._validation import (
     check_coordinates,
     check_counts,
     check_image_features,
+    check_n_neighbors,
     check_not_view,
     check_number,
     check_obs_key,
@@ -186,7 +187,7 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
             ``obsm`` key of the spot coordinates (one unit per section, e.g. pixels).
         n_neighbors
             Neighbourhood size ``k``, the spot itself included (default 7, or the ``k`` of a graph
-            already in ``obsm[neighbors_key]``).
+            already in ``obsm[neighbors_key]``); an integer from 1 to 1,024.
         cancer_categories
             Values of ``labels_key`` that mean cancer (e.g. ``["invasive cancer", "cancer in situ"]``);
             each must be one of the column's values.
@@ -203,8 +204,8 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
             check_obs_key(adata, batch_key, "batch_key")
         if image_key is not None:
             check_image_features(adata, image_key)
-        if n_neighbors is not None and (not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1):
-            raise ValueError(f"`n_neighbors` must be a positive integer, got {n_neighbors!r}.")
+        if n_neighbors is not None:
+            n_neighbors = check_n_neighbors(n_neighbors)
         if labels_key is not None:
             check_obs_key(adata, labels_key, "labels_key")
             logger.info(

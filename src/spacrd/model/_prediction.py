@@ -29,10 +29,10 @@ from spacrd.tl._calibration import warn_if_not_fitted_for
 from spacrd.tl._postprocess import DEFAULT_PROPAGATION, label_free_logits
 
 from . import _io
-from ._adata_inputs import source_inputs
+from ._adata_inputs import check_target, source_inputs
 from ._datamodule import inference_loader
 from ._inputs import SpotInputs, locality_order
-from ._spatialdata import target_table
+from ._spatialdata import target_batch_key, target_table
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Fewer labelled validation spots than this: the calibration is fitted on all labelled training spots.
+#: Fewer labelled validation spots than this: the calibration is fitted on all labelled training spots,
+#: and with fewer labelled spots than this in all, :meth:`SpaCRD.train` warns that it is unreliable.
 MIN_CALIBRATION_SPOTS = 20
 #: Spots per chunk at prediction on the CPU (each chunk's distinct neighbourhood spots are encoded once).
 PREDICT_BATCH_SIZE = 8192
@@ -183,7 +184,8 @@ class PredictionMixin:
         batch_key
             ``obs`` column with each target spot's section; default: the set-up ``batch_key`` when the
             target has it. A target without it is one section, unless it looks like several (then it
-            is an error naming the candidate columns).
+            is an error naming the candidate columns); a SpatialData table without it has one section
+            per shapes element it annotates (its ``region_key``), as in :meth:`setup_spatialdata`.
         table_key, image_key
             For a SpatialData ``adata``: the results go into ``sdata.tables[table_key]``, which gets
             spot centres and, for a model with histology whose table lacks the embeddings, the
@@ -209,7 +211,9 @@ class PredictionMixin:
         if batch_size is not None:
             check_number("batch_size", batch_size, integer=True, low=1)
         check_number("min_gene_overlap", min_gene_overlap, low=0, high=1)
-        adata = target_table(self, adata, table_key, image_key)
+        check_target(self, adata)
+        data, adata = adata, target_table(self, adata, table_key, image_key)
+        batch_key = target_batch_key(self, data, adata, batch_key)
         if adata is not None and not isinstance(adata, AnnData):
             raise TypeError(f"Expected an AnnData or a SpatialData, got {type(adata).__name__}.")
         target = self.adata if adata is None else adata
@@ -259,8 +263,9 @@ class PredictionMixin:
     ) -> np.ndarray:
         """Posterior mean of the fused VAE latent, ``(n_spots, n_latent)``; arguments as in :meth:`~spacrd.model.SpaCRD.predict`."""
         self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
-        adata = target_table(self, adata, table_key, image_key)
-        inputs = self._inputs(adata, batch_key=batch_key)
+        check_target(self, adata)
+        data, adata = adata, target_table(self, adata, table_key, image_key)
+        inputs = self._inputs(adata, batch_key=target_batch_key(self, data, adata, batch_key))
         return self._network_outputs(inputs, batch_size)[MODULE_KEYS.QZ_MEAN]
 
     def _fit_calibration(
@@ -283,6 +288,14 @@ class PredictionMixin:
         how = getattr(self, "validation_split_", "random")
         if rows.size < MIN_CALIBRATION_SPOTS or np.unique(inputs.labels[rows]).size < 2:
             rows, how = np.flatnonzero(inputs.labels != UNLABELLED), "training"
+        if rows.size < MIN_CALIBRATION_SPOTS:
+            message = "its scale and shift are barely constrained: probabilities may be pushed to 0 or 1"
+            warnings.warn(
+                f"The calibration is fitted on {rows.size} labelled spots, fewer than {MIN_CALIBRATION_SPOTS}; "
+                f"{message}. Label more spots.",
+                UserWarning,
+                stacklevel=3,
+            )
         scale, shift = fit_calibration(logits[rows], inputs.labels[rows])
         return Calibration(
             scale, shift, int(rows.size), settings.expression_propagation, settings.spatial_smoothing, how
@@ -304,7 +317,11 @@ def _ranked_by(
             f"`ranking_model` must be a trained SpaCRD, got an untrained or other object "
             f"({type(ranking_model).__name__}); train it, or load one with `SpaCRD.load`."
         )
-    inputs = ranking_model._inputs(target, min_gene_overlap, batch_key)
+    try:
+        inputs = ranking_model._inputs(target, min_gene_overlap, batch_key)
+    except (ValueError, KeyError, TypeError) as err:  # the target fits this model, not the ranking one
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise type(err)(f"`ranking_model` does not fit the target: {text}") from err
     if inputs.n_obs != len(sections):
         raise ValueError("`ranking_model` read a different number of spots from the target.")
     outputs = ranking_model._network_outputs(inputs)

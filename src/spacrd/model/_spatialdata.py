@@ -185,6 +185,21 @@ def target_table(model: SpaCRD, data: Any, table_key: str, image_key: str | Mapp
     return prepare_table(data, table_key, image_key=image_key, spatial_key=args["spatial_key"], **keys)
 
 
+def target_batch_key(model: SpaCRD, data: Any, table: AnnData | None, batch_key: str | None) -> str | None:
+    """The section column of a SpatialData target: ``batch_key``, the set-up one, else one per shapes element.
+
+    A table annotating several shapes elements holds several sections; without a section column they
+    are kept apart by the table's ``region_key``, as :meth:`SpaCRD.setup_spatialdata` and the command
+    do, rather than pooled into one section. AnnData targets keep ``batch_key`` as given.
+    """
+    if batch_key is not None or table is None or not is_spatialdata(data):
+        return batch_key
+    setup_key = model.setup_args["batch_key"]
+    if setup_key is not None and setup_key in table.obs:
+        return None  # the set-up column, as for an AnnData
+    return table_region_key(table)
+
+
 # --------------------------------------------------------------------------------------------------
 # checks
 # --------------------------------------------------------------------------------------------------

@@ -200,7 +200,9 @@ class StagedTrainingMixin:
         labelled validation spots (on all labelled spots when there are fewer than 20 or only one
         class among them, e.g. with ``train_size=1.0``) for :meth:`predict`'s default post-processing,
         and ``model.source_cancer_share_`` is the share of cancer among the labelled training spots,
-        the prior that ``predict(prior_shift=True)`` adapts from.
+        the prior that ``predict(prior_shift=True)`` adapts from. A calibration fitted on fewer than 20
+        labelled spots in all warns (its scale is barely constrained); a split that leaves the training
+        spots without labels of both classes is an error.
 
         Interrupting training (Ctrl+C, or :class:`KeyboardInterrupt` raised in a callback passed as
         ``callbacks=[...]``) stops the running stage and raises :class:`KeyboardInterrupt` naming it;
@@ -260,6 +262,7 @@ class StagedTrainingMixin:
                 f"Only {datamodule.n_train} training spot(s) after holding out {datamodule.n_val} for validation; "
                 "training needs at least 2 (one minibatch). Use more spots or `train_size=1.0`."
             )
+        _check_training_labels(inputs.labels[train_idx], len(val_idx), how)
         self._run_stages(
             datamodule,
             epochs,
@@ -433,6 +436,17 @@ def _check_stage_stepped(stage_history: dict, stage: StageSpec) -> None:
             f"{stage.title} ran no optimisation step (no training batch: too few training spots for "
             "`batch_size`, or `spots_per_epoch` too small); the model is not trained. Use more training spots, "
             "a smaller `batch_size` or a larger `train_size`."
+        )
+
+
+def _check_training_labels(labels: np.ndarray, n_val: int, how: str) -> None:
+    """The labelled spots left for training after the split must hold both classes (not one spot)."""
+    counts = np.bincount(labels[labels != UNLABELLED], minlength=2)
+    if (counts > 0).sum() < 2:
+        raise ValueError(
+            f"After holding out {n_val} validation spots (`validation={how!r}`), the training spots hold "
+            f"{counts[1]} cancer and {counts[0]} non-cancer labels; the classifier needs both. Label more "
+            "spots, or pass `train_size=1.0` to train on all of them."
         )
 
 

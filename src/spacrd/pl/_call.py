@@ -15,6 +15,8 @@ from ._utils import check_obs_key
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.collections import PatchCollection
 
 _RECORD_KEYS = ("threshold", "prob_key")
 
@@ -100,35 +102,118 @@ def call_legend_handle(
     )
 
 
-#: Artist label of the called-region contour (leading underscore: kept out of legends).
+#: Artist label of the called-region outline (leading underscore: kept out of legends).
 CALL_REGION_LABEL = "_call_region"
 
-#: Largest side, in grid points, of the raster the called region is traced on.
-REGION_GRID_MAX = 1500
+
+def library_region(
+    adata: AnnData,
+    library: str,
+    library_key: str | None,
+    spatial_key: str,
+    called: np.ndarray,
+    min_area: float | None,
+    min_tiles: float,
+):
+    """The called region of one library, in ``obsm[spatial_key]`` units, as :func:`spacrd.tl.ctr_regions` builds it."""
+    from spacrd.tl._regions import _anndata_sections, region_of
+
+    (section,) = _anndata_sections(adata, library_key, [library], spatial_key, None)
+    return region_of(
+        section.centres,
+        called[section.rows],
+        min_area=min_area,
+        min_tiles=min_tiles,
+        um_per_unit=section.um_per_unit,
+        fallback_reach=section.spot_diameter,
+        section=library,
+    )
 
 
-def call_region(ax, centres: np.ndarray, called: np.ndarray, color: str, linewidth: float):
-    """Draw the outline of the region of the spots called cancer, as one contour.
+def call_region(
+    ax,
+    region,
+    scale: float,
+    origin: np.ndarray,
+    color: str,
+    linewidth: float,
+    label: str = CALL_REGION_LABEL,
+    **style,
+):
+    """Draw the outline of a called region (full-resolution units) on ``ax``, at ``xy * scale - origin``.
 
-    Every point of the panel belongs to its nearest spot (within one spot spacing of it, so gaps in
-    the tissue stay open); the contour separates the points of called spots from the others, so it
-    runs half-way between a called spot and its uncalled neighbours. ``centres`` ``(n, 2)`` are the
-    panel's spot centres in axes coordinates, ``called`` ``(n,)`` bool. Returns the contour set, or
-    ``None`` when no spot is called.
+    Each polygon is one path, its holes wound against its outside, so that the path contains a point
+    exactly when the polygon does. Returns the collection (label :data:`CALL_REGION_LABEL`), or ``None``
+    for an empty region.
     """
-    from scipy.spatial import cKDTree
+    import shapely
+    from matplotlib.collections import PathCollection
+    from matplotlib.path import Path
 
-    if len(centres) == 0 or not called.any():
+    parts = shapely.get_parts(shapely.orient_polygons(np.atleast_1d(np.asarray(region, dtype=object))))
+    parts = parts[~shapely.is_empty(parts)]
+    if not len(parts):
         return None
-    tree = cKDTree(centres)
-    spacing = float(np.median(tree.query(centres, k=2)[0][:, 1])) if len(centres) > 1 else 1.0
-    reach = spacing if spacing > 0 else 1.0  # fills the centre of a square of four spots, too
-    lo, hi = centres.min(axis=0) - 2 * reach, centres.max(axis=0) + 2 * reach
-    step = max(reach / 4, float((hi - lo).max()) / REGION_GRID_MAX)
-    xs, ys = np.arange(lo[0], hi[0], step), np.arange(lo[1], hi[1], step)
-    grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-    distance, nearest = tree.query(grid, k=1)
-    inside = ((distance <= reach) & called[nearest]).reshape(len(ys), len(xs)).astype(float)
-    contour = ax.contour(xs, ys, inside, levels=[0.5], colors=[color], linewidths=linewidth, zorder=4)
-    contour.set_label(CALL_REGION_LABEL)
-    return contour
+    paths = []
+    for polygon in parts:
+        rings = [polygon.exterior, *polygon.interiors]
+        vertices = np.vstack([np.asarray(r.coords) * scale - origin for r in rings])
+        codes = np.concatenate(
+            [[Path.MOVETO, *[Path.LINETO] * (len(r.coords) - 2), Path.CLOSEPOLY] for r in rings]
+        )
+        paths.append(Path(vertices, codes))
+    collection = PathCollection(
+        paths,
+        facecolors="none",
+        edgecolors=color,
+        linewidths=linewidth,
+        zorder=4,
+        transform=ax.transData,
+        **style,
+    )
+    collection.set_label(label)
+    ax.add_collection(collection)
+    return collection
+
+
+def annotation_outlines(
+    ax, outlines, library: str, scale: float, origin, color: str, linewidth: float
+) -> list:
+    """Dashed outlines of ``outlines`` (a GeoDataFrame; its ``section`` column, if any, picks the rows of
+    ``library``) on ``ax``; returns the legend entry, or nothing when no row has an area.
+    """
+    rows = outlines if "section" not in outlines else outlines[outlines["section"].astype(str) == library]
+    drawn = call_region(
+        ax,
+        rows.geometry.to_numpy(),
+        scale,
+        origin,
+        color,
+        linewidth,
+        label="_annotation_outline",
+        linestyles="--",
+    )
+    if drawn is None:
+        return []
+    return [Line2D([], [], color=color, linewidth=linewidth, linestyle="--", label="annotations")]
+
+
+def spot_rings(
+    ax: Axes, centres: np.ndarray, radius: float, shape: str, color: str, linewidth: float
+) -> PatchCollection:
+    """A ring around each of ``centres`` (squidpy's spot ``shape``: circle, square or hex), in ``color``."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Circle, Rectangle, RegularPolygon
+
+    if shape == "square":
+        patches = [Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) for x, y in centres]
+    elif shape == "hex":
+        # squidpy draws a hexagon of circumradius s / (2 sin(π/6)) = s with a vertex pointing up.
+        patches = [RegularPolygon((x, y), numVertices=6, radius=radius) for x, y in centres]
+    else:
+        patches = [Circle((x, y), radius=radius) for x, y in centres]
+    outline = PatchCollection(
+        patches, facecolor="none", edgecolor=color, linewidth=linewidth, zorder=3, label="_call_outline"
+    )
+    ax.add_collection(outline)
+    return outline

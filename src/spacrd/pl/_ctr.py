@@ -7,15 +7,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from matplotlib.collections import PatchCollection
 from matplotlib.colors import Colormap, Normalize
-from matplotlib.patches import Circle, RegularPolygon
 
 from spacrd._constants import OBS_KEYS, OBSM_KEYS, SCANPY_IMAGE_KEYS, UNS_KEYS
 from spacrd._optional import import_optional
 from spacrd._spatial import is_spatialdata
+from spacrd._tiles import DEFAULT_MIN_TILES
 
-from ._call import call_legend_handle, call_mask, call_region
+from ._call import annotation_outlines, call_legend_handle, call_mask, call_region, library_region, spot_rings
 from ._scale import add_scale_bars, spot_extents
 from ._utils import (
     as_axes_list,
@@ -25,9 +24,11 @@ from ._utils import (
     check_prob_key,
     class_palette,
     finish,
+    per_library,
 )
 
 if TYPE_CHECKING:
+    from geopandas import GeoDataFrame
     from matplotlib.axes import Axes
     from spatialdata import SpatialData
 
@@ -48,6 +49,10 @@ def ctr(
     call_linewidth: float = 1.5,
     *,
     call_style: str = "region",
+    min_area: float | None = None,
+    min_tiles: float = DEFAULT_MIN_TILES,
+    outlines: GeoDataFrame | None = None,
+    outline_color: str = "white",
     scale_bar: bool = True,
     spot_diameter_um: float | None = None,
     crop: bool = True,
@@ -103,8 +108,15 @@ def ctr(
     call_linewidth
         Width of that outline, in points.
     call_style
-        ``"region"``: one contour around the spots called cancer (the boundary runs half-way to their
-        uncalled neighbours); ``"spots"``: a ring around each called spot.
+        ``"region"``: the outline of the called region of :func:`spacrd.tl.ctr_regions` (the union of the
+        called spots' tiles: it runs half-way to their uncalled neighbours, keeps holes and drops islands
+        below ``min_area`` / ``min_tiles``), the polygons an export of the regions holds; ``"spots"``: a
+        ring around each called spot.
+    min_area, min_tiles
+        Smallest island of the region outline, as in :func:`spacrd.tl.ctr_regions` (µm², or tiles).
+    outlines, outline_color
+        AnnData: polygons (e.g. :func:`spacrd.io.read_annotations`) in ``obsm["spatial"]`` units, dashed
+        on the probability panels; a ``section`` column puts each on its own section's panel.
     scale_bar
         Draw a scale bar (AnnData only). The pixel size comes from ``microns_per_pixel`` in
         ``uns["spatial"][library]["scalefactors"]`` (written by Space Ranger for Visium HD) or
@@ -150,7 +162,11 @@ def ctr(
     >>> spacrd.pl.ctr(target, labels_key="cancer")  # doctest: +SKIP
 
     """
+    if call_style not in ("region", "spots"):
+        raise ValueError(f"`call_style` must be 'region' or 'spots', got {call_style!r}.")
+    islands = {"min_area": min_area, "min_tiles": min_tiles}
     if isinstance(data, AnnData):
+        kwargs |= {"outlines": outlines, "outline_color": outline_color}
         axes = _ctr_anndata(
             data,
             prob_key=prob_key,
@@ -163,6 +179,7 @@ def ctr(
             call_color=call_color,
             call_linewidth=call_linewidth,
             call_style=call_style,
+            islands=islands,
             scale_bar=scale_bar,
             spot_diameter_um=spot_diameter_um,
             crop=crop,
@@ -173,6 +190,10 @@ def ctr(
     else:
         if not is_spatialdata(data):
             raise TypeError(f"`data` must be an AnnData or a SpatialData object, got {type(data).__name__}.")
+        if outlines is not None:
+            raise ValueError(
+                "outlines= is for AnnData; add them to the SpatialData as shapes and render them."
+            )
         from ._ctr_spatialdata import ctr_spatialdata  # draws with spatialdata-plot: import it only here
 
         axes = ctr_spatialdata(
@@ -185,6 +206,8 @@ def ctr(
             cmap=cmap,
             call_color=call_color,
             call_linewidth=call_linewidth,
+            call_style=call_style,
+            islands=islands,
             uns_key=uns_key,
             table_name=table_name,
             image_key=image_key,
@@ -257,14 +280,6 @@ def _plot_adata(
     return AnnData(obs=obs, obsm={spatial_key: np.asarray(adata.obsm[spatial_key], dtype=float)}, uns=uns)
 
 
-def _per_library(value: Any, i: int, n: int, name: str) -> Any:
-    if isinstance(value, list):
-        if len(value) != n:
-            raise ValueError(f"`{name}` has {len(value)} entries for {n} sections.")
-        return value[i]
-    return value
-
-
 def spot_geometry(
     adata: AnnData,
     libraries: list[str],
@@ -276,12 +291,13 @@ def spot_geometry(
     size: float | list[float] | None = None,
     scale_factor: float | list[float] | None = None,
     crop_coord: tuple[float, float, float, float] | list[tuple[float, float, float, float]] | None = None,
-) -> list[tuple[np.ndarray, np.ndarray, float]]:
+) -> list[tuple[np.ndarray, np.ndarray, float, float, np.ndarray]]:
     """Spot centres and radius in the axes coordinates :func:`squidpy.pl.spatial_scatter` draws in.
 
-    Returns, per library, ``(mask, centres, radius)``: which rows of ``adata`` are in the panel
-    (``(n_obs,)`` bool), their centres (``(n, 2)``, image pixels at ``img_res_key`` resolution, shifted by
-    the crop) and the spot radius in the same pixels.
+    Returns, per library, ``(mask, centres, radius, scale, origin)``: which rows of ``adata`` are in the
+    panel (``(n_obs,)`` bool), their centres (``(n, 2)``, image pixels at ``img_res_key`` resolution,
+    shifted by the crop), the spot radius in the same pixels, and the map from ``obsm`` units to axes
+    units, ``xy * scale - origin``.
     """
     spatial = adata.uns[UNS_KEYS.SPATIAL]
     n = len(libraries)
@@ -289,46 +305,29 @@ def spot_geometry(
     out = []
     for i, lib in enumerate(libraries):
         factors = spatial[lib][SCANPY_IMAGE_KEYS.SCALEFACTORS]
-        sf = _per_library(scale_factor, i, n, "scale_factor")
+        sf = per_library(scale_factor, i, n, "scale_factor")
         if sf is None:
             matching = [k for k in keys if img_res_key in k]
             if not matching:
                 raise KeyError(f"No scale factor matching `img_res_key={img_res_key!r}` for section {lib!r}.")
             sf = factors[matching[0]]
-        s = _per_library(size, i, n, "size")
+        s = per_library(size, i, n, "size")
         radius = float(factors[size_key]) * (1.0 if s is None else float(s)) * float(sf) * 0.5
         mask = np.ones(adata.n_obs, dtype=bool)
         if library_key is not None:
             mask &= np.asarray(adata.obs[library_key].astype(str) == lib)
         centres = np.asarray(adata.obsm[spatial_key], dtype=float)[:, :2] * float(sf)
-        crop = _per_library(crop_coord, i, n, "crop_coord")
+        crop = per_library(crop_coord, i, n, "crop_coord")
+        origin = np.zeros(2)
         if crop is not None:
             x0, y0, x1, y1 = (float(c) * float(sf) for c in crop)
             mask &= (
                 (centres[:, 0] >= x0) & (centres[:, 0] <= x1) & (centres[:, 1] >= y0) & (centres[:, 1] <= y1)
             )
-            centres = centres - np.array([x0, y0])
-        out.append((mask, centres[mask], radius))
+            origin = np.array([x0, y0])
+            centres = centres - origin
+        out.append((mask, centres[mask], radius, float(sf), origin))
     return out
-
-
-def _outline(
-    ax: Axes, centres: np.ndarray, radius: float, shape: str, color: str, linewidth: float
-) -> PatchCollection:
-    if shape == "square":
-        from matplotlib.patches import Rectangle
-
-        patches = [Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) for x, y in centres]
-    elif shape == "hex":
-        # squidpy draws a hexagon of circumradius s / (2 sin(π/6)) = s with a vertex pointing up.
-        patches = [RegularPolygon((x, y), numVertices=6, radius=radius) for x, y in centres]
-    else:
-        patches = [Circle((x, y), radius=radius) for x, y in centres]
-    outline = PatchCollection(
-        patches, facecolor="none", edgecolor=color, linewidth=linewidth, zorder=3, label="_call_outline"
-    )
-    ax.add_collection(outline)
-    return outline
 
 
 def _ctr_anndata(
@@ -344,6 +343,9 @@ def _ctr_anndata(
     call_color: str,
     call_linewidth: float,
     call_style: str,
+    islands: dict[str, Any],
+    outlines: GeoDataFrame | None,
+    outline_color: str,
     scale_bar: bool,
     spot_diameter_um: float | None,
     crop: bool,
@@ -352,8 +354,6 @@ def _ctr_anndata(
     **kwargs: Any,
 ) -> list[Axes]:
     sq = import_optional("squidpy", "spacrd.pl.ctr on an AnnData")
-    if call_style not in ("region", "spots"):
-        raise ValueError(f"`call_style` must be 'region' or 'spots', got {call_style!r}.")
 
     prob = check_prob_key(adata.obs, prob_key)
     called = call_mask(adata.obs, call_key) if show_call else None
@@ -417,18 +417,29 @@ def _ctr_anndata(
 
     geometry_args.setdefault("crop_coord", kwargs.get("crop_coord"))
     geometry = spot_geometry(plot_adata, libraries, library_key, spatial_key=spatial_key, **geometry_args)
-    if called is not None:
-        handle = call_legend_handle(adata, prob_key, call_key, call_color, uns_key, style=call_style)
-        for prob_ax, (mask, centres, radius) in zip(prob_axes, geometry, strict=True):
-            if call_style == "region":
-                call_region(prob_ax, centres, called[mask], call_color, call_linewidth)
-            else:
-                _outline(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
-            # Inside the panel: below it the legend would collide with the axis label or the next row.
-            prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
+    handle = (
+        call_legend_handle(adata, prob_key, call_key, call_color, uns_key, style=call_style)
+        if called is not None
+        else None
+    )
+    for lib, prob_ax, (mask, centres, radius, scale, origin) in zip(
+        libraries, prob_axes, geometry, strict=True
+    ):
+        legend = [] if handle is None else [handle]
+        if handle is not None and call_style == "region":
+            region = library_region(adata, lib, library_key, spatial_key, called, **islands)
+            call_region(prob_ax, region, scale, origin, call_color, call_linewidth)
+        elif handle is not None:
+            spot_rings(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
+        if outlines is not None:
+            legend += annotation_outlines(
+                prob_ax, outlines, lib, scale, origin, outline_color, call_linewidth
+            )
+        if legend:  # inside the panel: below it the legend would collide with the axis label or the next row
+            prob_ax.legend(handles=legend, loc="lower right", fontsize="small", framealpha=0.8)
     if scale_bar:
         for i, lib in enumerate(libraries):
-            _, _, radius = geometry[i]
+            radius = geometry[i][2]
             panels = axes[i * len(colors) : (i + 1) * len(colors)]
             add_scale_bars(panels, adata.uns[UNS_KEYS.SPATIAL][lib], 2 * radius, spot_diameter_um)
     return axes

@@ -44,6 +44,8 @@ def ctr_spatialdata(
     cmap: str | Colormap,
     call_color: str,
     call_linewidth: float,
+    call_style: str,
+    islands: dict[str, Any],
     uns_key: str,
     table_name: str | None,
     image_key: str | None,
@@ -104,7 +106,20 @@ def ctr_spatialdata(
 
     shapes = {r: sdata.shapes[r] for r in regions}
     called_names = []
-    if called is not None:
+    if called is not None and call_style == "region":
+        from spatialdata.transformations import get_transformation
+
+        from spacrd.tl._regions import ctr_regions
+
+        # the polygons tl.ctr_regions exports, in each spots element's coordinates and transformations
+        outlines = ctr_regions(sdata, call_key=call_key, prob_key=prob_key, table_key=table_name, **islands)
+        for r, own in outlines.groupby("section", sort=False):
+            name = f"{r}__called"
+            own = own.reset_index(drop=True)[["geometry"]]
+            transformations = dict(get_transformation(sdata.shapes[r], get_all=True))
+            shapes[name] = ShapesModel.parse(own, transformations=transformations)
+            called_names.append(name)
+    elif called is not None:
         for r in regions:
             in_region = np.asarray(table.obs[region_key].astype(str) == str(r))
             ids = table.obs.loc[in_region & called, instance_key].to_numpy()
@@ -149,7 +164,7 @@ def ctr_spatialdata(
     )
 
     if called is not None:
-        handle = call_legend_handle(table, prob_key, call_key, call_color, uns_key)
+        handle = call_legend_handle(table, prob_key, call_key, call_color, uns_key, style=call_style)
         for prob_ax in prob_axes:
             prob_ax.legend(handles=[handle], loc="lower right", fontsize="small", framealpha=0.8)
 

@@ -9,6 +9,7 @@ import numpy as np
 from anndata import AnnData
 
 from spacrd._constants import SCANPY_IMAGE_KEYS, UNS_KEYS
+from spacrd._tiles import microns_per_pixel
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -31,17 +32,6 @@ def spot_extents(
         lo, hi = xy[rows].min(axis=0) - margin, xy[rows].max(axis=0) + margin
         extents.append((max(lo[0], 0.0), max(lo[1], 0.0), hi[0], hi[1]))
     return extents
-
-
-def microns_per_pixel(library: Mapping, spot_diameter_um: float | None) -> float | None:
-    """µm per full-resolution pixel of a ``uns["spatial"]`` library: recorded, or from the spot diameter."""
-    scalefactors = library.get(SCANPY_IMAGE_KEYS.SCALEFACTORS, {})
-    for recorded in (scalefactors, library.get(SCANPY_IMAGE_KEYS.METADATA, {})):
-        if "microns_per_pixel" in recorded:
-            return float(recorded["microns_per_pixel"])
-    if spot_diameter_um is not None and SCANPY_IMAGE_KEYS.SPOT_DIAMETER in scalefactors:
-        return float(spot_diameter_um) / float(scalefactors[SCANPY_IMAGE_KEYS.SPOT_DIAMETER])
-    return None
 
 
 #: Scale bar lengths tried, in µm: the longest that fits in a fifth of the panel's width is drawn.

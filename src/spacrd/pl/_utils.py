@@ -86,6 +86,22 @@ def as_axes_list(ax: Axes | Sequence[Axes] | np.ndarray) -> list[Axes]:
     return [ax]
 
 
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """``fig.savefig(path)`` through a temporary file renamed into place, so no half-written figure is left.
+
+    A ``path`` without a suffix gets matplotlib's default format and its suffix, as ``savefig`` does.
+    """
+    import matplotlib as mpl
+
+    from spacrd._atomic import write_atomic
+
+    path = Path(path)
+    fmt = path.suffix[1:].lower() or mpl.rcParams["savefig.format"]
+    if not path.suffix:
+        path = path.with_name(f"{path.name}.{fmt}")
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, bbox_inches="tight", dpi=fig.dpi))
+
+
 def finish(
     fig: Figure,
     axes: list[Axes],
@@ -96,7 +112,7 @@ def finish(
 ) -> Axes | list[Axes] | None:
     """Save, show and return as scanpy does: ``show=None`` shows unless the axes are returned."""
     if save is not None:
-        fig.savefig(save, bbox_inches="tight", dpi=fig.dpi)
+        save_figure(fig, save)
     if show is None:
         show = not return_ax
     if show:
@@ -151,3 +167,12 @@ def as_list(value: Any) -> list[Any]:
     if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray | pd.Index):
         return [value]
     return list(value)
+
+
+def per_library(value: Any, i: int, n: int, name: str) -> Any:
+    """``value[i]`` of a per-section list (checked to hold ``n`` entries), or ``value`` itself."""
+    if isinstance(value, list):
+        if len(value) != n:
+            raise ValueError(f"`{name}` has {len(value)} entries for {n} sections.")
+        return value[i]
+    return value

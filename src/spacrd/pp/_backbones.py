@@ -53,7 +53,7 @@ class HistologyStatsBackbone(Backbone):
 
 
 class TorchBackbone(Backbone):
-    """Any :class:`torch.nn.Module` mapping ``(b, 3, h, w)`` float tensors to ``(b, d)`` (or ``(b, d, ...)``)."""
+    """Any :class:`torch.nn.Module` mapping ``(b, 3, h, w)`` float tensors to ``(b, d)`` (or pooled ``(b, d, 1, 1)``)."""
 
     def __init__(
         self,
@@ -101,7 +101,16 @@ class TorchBackbone(Backbone):
                 f"Backbone {self.name!r} must return a (batch, features) tensor; got "
                 f"{getattr(y, 'shape', type(y).__name__)} for a batch of {len(crops)}."
             )
-        return y.flatten(1).float().cpu().numpy()
+        if y.ndim == 4 and tuple(y.shape[2:]) == (1, 1):  # globally pooled feature maps
+            y = y.flatten(1)
+        if y.ndim != 2:  # feature maps flattened would make features of pixel positions, not of the crop
+            raise ValueError(
+                f"Backbone {self.name!r} returned shape {tuple(y.shape)} for {len(crops)} crops; it must return one "
+                "feature vector per crop, (crops, features). For feature maps add global pooling "
+                "(torch.nn.Sequential(model, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())), or create a "
+                "timm model with num_classes=0."
+            )
+        return y.float().cpu().numpy()
 
     def close(self):
         self.module.train(self._was_training)

@@ -9,10 +9,12 @@ import numpy as np
 from anndata import AnnData
 
 from spacrd._constants import DEFAULT_LIBRARY_KEY, OBSM_KEYS, SCANPY_IMAGE_KEYS, SPATIALDATA_KEYS
+from spacrd._validation import check_number
 
 from ._crop_options import CropOptions, PadMode
+from ._image_checks import warn_small_extent
 from ._image_sources import Source
-from ._libraries import Library, gather
+from ._libraries import MAX_CROP_PX, Library, gather
 
 
 def crop_origin(centre: np.ndarray, size: int) -> np.ndarray:
@@ -44,6 +46,7 @@ def iter_crops(
             f"{library.spot_names[first]!r} at x={centres[first, 0]:.1f}, y={centres[first, 1]:.1f}. Check "
             "that the coordinates are in full-resolution pixels and the scale factor maps them to the image."
         )
+    warn_small_extent(library.name, centres, source.width, source.height, source.description)
     origin = crop_origin(centres, size)
     order = source.order(origin[:, 0], origin[:, 1])
     if order is None:
@@ -149,8 +152,8 @@ def spot_crops(
         pad_value=pad_value,
         batch_size=batch_size,
     )
-    if size is not None and (not isinstance(size, int | np.integer) or size < 1):
-        raise ValueError(f"size must be a positive integer or None, got {size!r}.")
+    if size is not None:
+        size = int(check_number("size", size, integer=True, low=1, high=MAX_CROP_PX))
     _, _, libraries = gather(data, options)
     without = [lib.name for lib in libraries if lib.open_source is None]
     if without:

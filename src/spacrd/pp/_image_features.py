@@ -20,6 +20,7 @@ from spacrd._spatial import is_spatialdata
 from ._backbones import resolve_backbone
 from ._crop_options import CropOptions, PadMode
 from ._crops import iter_crops
+from ._image_checks import backbone_output, warn_degenerate
 from ._libraries import gather
 
 
@@ -264,7 +265,8 @@ def image_features(
             n_padded = 0
             with library.open_source() as source:
                 for rows, crops, padded in iter_crops(library, source, options):
-                    values = np.asarray(model(crops), dtype=np.float32)
+                    width = None if features is None else features.shape[1]
+                    values = backbone_output(model(crops), len(crops), model.name, width)
                     if features is None:
                         features = np.full((n_rows, values.shape[1]), np.nan, dtype=np.float32)
                     features[rows] = values
@@ -280,6 +282,7 @@ def image_features(
             features = np.full((n_rows, width), np.nan, dtype=np.float32)
     finally:
         model.close()
+    warn_degenerate(features, libraries, model.name)
 
     if is_sdata and target is None:
         return features

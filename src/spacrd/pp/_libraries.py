@@ -21,6 +21,7 @@ from spacrd import _spatial
 from spacrd._constants import SCANPY_IMAGE_KEYS as IMG
 
 from ._crop_options import CropOptions
+from ._image_checks import crop_size, scale_number, uns_image
 from ._image_sources import Source, array_source, open_file_source
 from ._rgb import is_dask
 
@@ -139,7 +140,7 @@ def anndata_libraries(adata: AnnData, options: CropOptions) -> list[Library]:
     spatial_uns = adata.uns[spatial_key]
     names = adata.obs_names.to_numpy()
 
-    libraries = []
+    libraries, without = [], []
     for lib in selected:
         rows = np.flatnonzero(values == lib)
         if lib not in spatial_uns:
@@ -163,9 +164,10 @@ def anndata_libraries(adata: AnnData, options: CropOptions) -> list[Library]:
                     f"adata.uns[{spatial_key!r}][{lib!r}]['scalefactors'] lacks {scale_key!r}, which maps "
                     f"obsm[{spatial_key!r}] to pixels of the {res_key!r} image."
                 )
-            kind, path, scale = res_key, "", float(scalefactors[scale_key])
-            array = images[res_key]
+            where = f"adata.uns[{spatial_key!r}][{lib!r}]['scalefactors']"
+            kind, path, scale = res_key, "", scale_number(scalefactors, scale_key, where)
             desc = f"adata.uns[{spatial_key!r}][{lib!r}]['images'][{res_key!r}]"
+            array = uns_image(images[res_key], desc)
             axes = _uns_axes(array, desc)
             opener = lambda a=array, axes=axes, desc=desc: nullcontext(  # noqa: E731
                 array_source(a, axes, options.value_range, desc)
@@ -177,8 +179,10 @@ def anndata_libraries(adata: AnnData, options: CropOptions) -> list[Library]:
                     f"{img_res_key!r} and its metadata has no {IMG.FULLRES_PATH!r}. Leave it out of library_id."
                 )
             libraries.append(Library(lib, rows, names[rows]))
+            without.append((lib, sorted(images)))
             continue
         diameter = _diameter_for(lib, options.crop_diameter, scalefactors, spatial_key)
+        crop_size(lib, diameter, scale)
         centres = coords[rows] * scale
         _check_finite(centres, names[rows], lib)
         libraries.append(
@@ -194,7 +198,26 @@ def anndata_libraries(adata: AnnData, options: CropOptions) -> list[Library]:
                 source_path=path,
             )
         )
+    _check_missing_images(without, len(selected), img_res_key, spatial_key)
     return libraries
+
+
+def _check_missing_images(without: list, n_libraries: int, img_res_key: str, spatial_key: str) -> None:
+    """No library with ``img_res_key`` is an error (a wrong key); some without it are a warning."""
+    if not without:
+        return
+    listed = ", ".join(f"{lib!r} (images: {keys})" for lib, keys in without[:3])
+    if len(without) == n_libraries:
+        raise KeyError(
+            f"img_res_key={img_res_key!r} names no image of any library: {listed}; pass img_res_key= naming "
+            f"one of the keys of adata.uns[{spatial_key!r}][library]['images'] (e.g. 'hires' or 'lowres')."
+        )
+    warnings.warn(
+        f"{len(without)} of {n_libraries} libraries have no {img_res_key!r} image and no full-resolution file: "
+        f"{listed}; their spots get NaN features (no image).",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _is_single_colour(image: Any) -> bool:
@@ -266,7 +289,8 @@ def _diameter_for(lib: str, crop_diameter, scalefactors: Mapping, spatial_key: s
                 f"adata.uns[{spatial_key!r}][{lib!r}]['scalefactors'] has no {IMG.SPOT_DIAMETER!r}; pass "
                 "crop_diameter= (in the units of obsm coordinates)."
             )
-        diameter = float(scalefactors[IMG.SPOT_DIAMETER])
+        where = f"adata.uns[{spatial_key!r}][{lib!r}]['scalefactors']"
+        diameter = scale_number(scalefactors, IMG.SPOT_DIAMETER, where)
     elif isinstance(crop_diameter, Mapping):
         if lib not in crop_diameter:
             raise KeyError(f"crop_diameter has no entry for library {lib!r}.")
@@ -339,6 +363,7 @@ def spatialdata_libraries(sdata: Any, options: CropOptions) -> tuple[AnnData | N
             diameter = spots.diameter
         else:
             diameter = _diameter_for(shp_key, options.crop_diameter, {}, "")
+        crop_size(shp_key, diameter, 1.0)
         desc = f"image {img_key!r}"
         libraries.append(
             Library(

@@ -12,7 +12,7 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from spacrd._constants import DEFAULT_N_NEIGHBORS, OBSM_KEYS
-from spacrd._validation import check_coordinates, check_obs_key
+from spacrd._validation import check_coordinates, check_n_neighbors, check_obs_key, check_sections
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +62,45 @@ def section_neighbors(
     """
     coordinates = np.asarray(coordinates, dtype=np.float64)
     n = coordinates.shape[0]
-    if not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
-        raise ValueError(
-            f"`n_neighbors` must be a positive integer (the spot itself included), got {n_neighbors!r}."
-        )
+    n_neighbors = check_n_neighbors(n_neighbors)  # before n × k indices are allocated
+    if sections is not None:
+        check_sections(sections, "The section labels")
     indices = np.repeat(np.arange(n, dtype=np.int64)[:, None], n_neighbors, axis=1)
     padding = np.zeros((n, n_neighbors), dtype=bool)
     codes = np.zeros(n, dtype=np.int64) if sections is None else pd.factorize(np.asarray(sections))[0]
     for code in np.unique(codes):
         rows = np.flatnonzero(codes == code)
         k = min(n_neighbors, rows.size)
-        local = _knn(coordinates[rows], k, random_state)
+        points = coordinates[rows]
+        points = points - points.min(axis=0)  # offsets (stage coordinates) cost no precision in distances
+        local = _knn(points, k, random_state)
         indices[rows, :k] = rows[_self_first(local)]
         padding[rows, k:] = True
     return indices, padding
+
+
+def check_spread(
+    coordinates: np.ndarray, sections: np.ndarray | pd.Series | None, n_neighbors: int, where: str
+) -> None:
+    """Refuse a section of more than ``n_neighbors`` spots that all share one position.
+
+    Which ``k`` of them would be each spot's neighbours is then arbitrary. A section of at most ``k``
+    spots is fine anywhere: all its spots are neighbours of each other.
+    """
+    codes, names = (
+        (np.zeros(len(coordinates), dtype=np.int64), ["all spots"])
+        if sections is None
+        else pd.factorize(np.asarray(sections))
+    )
+    for code in np.unique(codes):
+        points = coordinates[codes == code]
+        if len(points) > n_neighbors and np.ptp(points, axis=0).max() == 0:
+            raise ValueError(
+                f"All {len(points)} spots of section {str(names[code])!r} lie at one position in {where} "
+                f"({points[0, 0]:g}, {points[0, 1]:g}); which {n_neighbors} of them are each spot's neighbours "
+                "would be arbitrary. Pass each "
+                "spot's own centre, or the column that tells the sections apart."
+            )
 
 
 def _knn(points: np.ndarray, k: int, random_state: int) -> np.ndarray:
@@ -154,11 +179,13 @@ def spatial_neighbors(
         is caught instead of read with indices into another row order).
 
     """
+    n_neighbors = check_n_neighbors(n_neighbors)
     coordinates = check_coordinates(adata, spatial_key)
     sections = None
     if library_key is not None:
         check_obs_key(adata, library_key, "library_key")
         sections = adata.obs[library_key].to_numpy()
+    check_spread(coordinates, sections, n_neighbors, f"obsm[{spatial_key!r}]")
     indices, padding = section_neighbors(coordinates, sections, n_neighbors)
     indices[padding] = -1
     target = adata.copy() if copy else adata

@@ -1,4 +1,4 @@
-"""Tools: label-free post-processing of scores (propagation, smoothing, calibration, prior shift, call)."""
+"""Tools: label-free post-processing of scores (propagation, smoothing, calibration, prior shift, call), regions."""
 
 from spacrd.pp._neighbors import section_neighbors
 
@@ -12,6 +12,7 @@ from ._adaptation import (
 from ._calibration import Calibration, fit_calibration
 from ._neighbors import smooth_over_neighbors
 from ._postprocess import PostprocessResult, PostprocessSettings, label_free_logits, postprocess
+from ._regions import ctr_regions
 from ._threshold import gmm_threshold
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "PostprocessResult",
     "PostprocessSettings",
     "adjust_to_prior",
+    "ctr_regions",
     "expression_neighbors",
     "fit_calibration",
     "gmm_threshold",

@@ -56,8 +56,8 @@ def section_pca(
             block = block.multiply(weights).tocsr() if sparse.issparse(block) else block * weights
         fit = rows.size if rows.size <= MAX_PCA_FIT_SPOTS else MAX_PCA_FIT_SPOTS
         comps = min(n_comps, fit - 1, d)
-        if comps < 1:
-            continue
+        if comps < 1 or _constant_columns(block):
+            continue  # nothing varies (e.g. none of the model's genes): no components, the embedding stays 0
         # ARPACK (exact, sparse-aware) needs fewer components than min(spots, features); else full SVD
         solver = "arpack" if comps < min(fit, d) else "full"
         if solver == "full" and sparse.issparse(block):
@@ -69,6 +69,13 @@ def section_pca(
             pca.fit(block[np.sort(rng.choice(rows.size, fit, replace=False))])
             embedding[rows, :comps] = pca.transform(block)
     return embedding
+
+
+def _constant_columns(block) -> bool:
+    """Whether every column of ``block`` is constant, which leaves PCA (ARPACK) without a starting vector."""
+    lo, hi = block.min(axis=0), block.max(axis=0)
+    lo, hi = (m.toarray() if sparse.issparse(m) else np.asarray(m) for m in (lo, hi))
+    return not (hi > lo).any()
 
 
 def expression_neighbors(
@@ -114,6 +121,10 @@ def expression_neighbors(
     """
     n = features.shape[0]
     codes = np.zeros(n, dtype=np.int64) if sections is None else pd.factorize(np.asarray(sections))[0]
+    if (codes < 0).any():
+        raise ValueError(
+            f"`sections` has missing values ({int((codes < 0).sum())} spots); every spot needs one."
+        )
     if not sparse.issparse(features):
         features = np.asarray(features, dtype=np.float32)
     embedding = section_pca(
