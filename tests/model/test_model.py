@@ -66,8 +66,9 @@ def test_predict_writes_only_documented_keys(trained):
     assert set(target.obsm) == set(before.obsm) and set(target.layers) == set(before.layers)
     assert list(target.obs["ctr"].cat.categories) == ["non-cancer", "cancer"]
     meta = target.uns["spacrd"]
-    assert meta["threshold_method"] == "bayes" and meta["threshold"] == 0.5
-    assert set(meta["cancer_share"]) == set(target.obs["section"]) and meta["prior_shift"]
+    assert meta["threshold_method"] == meta["call"] == "mixture" and meta["threshold"] == 0.5
+    assert set(meta["cancer_share"]) == set(target.obs["section"]) and not meta["prior_shift"]
+    assert set(meta["shift"]["sections"]) == set(target.obs["section"])
     called = (target.obs["ctr"] == "cancer").to_numpy()
     np.testing.assert_array_equal(called, target.obs["ctr_prob"].to_numpy() >= meta["threshold"])
 
@@ -79,7 +80,7 @@ def test_prior_shift_follows_the_targets_cancer_share(trained):
     cancer = target.obs["cancer"].to_numpy()
     keep = ~cancer | (np.random.default_rng(0).random(target.n_obs) < 0.2)
     sparse_target = target[keep].copy()
-    model.predict(sparse_target)
+    model.predict(sparse_target, call="prior")
     (estimate,) = sparse_target.uns["spacrd"]["cancer_share"].values()
     assert estimate < share
     assert abs(estimate - sparse_target.obs["cancer"].mean()) < abs(

@@ -143,7 +143,7 @@ def target_inputs(
     check_spread(coordinates, sections, args["n_neighbors"], f"obsm[{args['spatial_key']!r}]")
     neighbors, padding = section_neighbors(coordinates, sections, args["n_neighbors"])
     neighbors[padding] = -1
-    return build_inputs(
+    inputs = build_inputs(
         counts,
         selector,
         in_universe,
@@ -154,6 +154,8 @@ def target_inputs(
         model.section_scaling_,
         coordinates,
     )
+    inputs.gene_overlap = float(overlap)
+    return inputs
 
 
 def _target_image(model: SpaCRD, adata: AnnData) -> np.ndarray | None:

@@ -234,6 +234,10 @@ class SpotInputs:
     coordinates
         ``(n, 2)`` float64 spot centres, or ``None``; they order the spots into spatially compact
         chunks at prediction (a Z-order curve per section).
+    library
+        ``(n,)`` float64 total counts of each spot over the model's gene universe, or ``None``.
+    gene_overlap
+        Share of the model's genes present in the data (1 for the registered source).
 
     """
 
@@ -248,6 +252,8 @@ class SpotInputs:
     image_stats: SectionStats | None = None
     has_image: np.ndarray | None = None
     coordinates: np.ndarray | None = None
+    library: np.ndarray | None = None
+    gene_overlap: float = 1.0
 
     @property
     def n_obs(self) -> int:
@@ -336,7 +342,7 @@ def build_inputs(
         ``(n, 2)`` spot centres (optional).
 
     """
-    features, _ = log_normalised_features(counts, selector, in_universe)
+    features, library = log_normalised_features(counts, selector, in_universe)
     n = features.shape[0]
     codes, names = section_codes(sections, n)
     neighbors = np.asarray(neighbors, dtype=np.int64)
@@ -352,6 +358,7 @@ def build_inputs(
         padding=padding,
         labels=labels,
         coordinates=None if coordinates is None else np.asarray(coordinates, dtype=np.float64)[:, :2],
+        library=library,
     )
     if image is not None:
         image = np.asarray(image, dtype=np.float32)

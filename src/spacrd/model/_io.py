@@ -17,6 +17,8 @@ from spacrd._atomic import AtomicFiles, write_h5ad
 from spacrd._validation import check_bool, check_device, check_n_neighbors, check_number
 from spacrd.tl import Calibration
 
+from ._shift import TrainingProfile
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -36,6 +38,7 @@ META_KEYS = frozenset(
         "genes",
         "registry",
         "is_trained",
+        "training_profile",
         "n_image_training_spots",
         "source_cancer_share",
         "calibration",
@@ -97,6 +100,7 @@ def save_model(
     init = model.init_params_
     kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
     non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k not in ("genes", "registry")}
+    profile = getattr(model, "training_profile_", None)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -110,6 +114,7 @@ def save_model(
         "source_cancer_share": getattr(model, "source_cancer_share_", None),
         "calibration": None if model.calibration_ is None else model.calibration_.to_dict(),
         "validation_split": getattr(model, "validation_split_", None),
+        "training_profile": None if profile is None else profile.to_dict(),
         "history": {k: v.reset_index().to_dict(orient="list") for k, v in (model.history_ or {}).items()},
     }
     text = json.dumps(_to_json(meta))
@@ -213,6 +218,7 @@ def load_model(
     model.source_cancer_share_ = share
     model.calibration_ = Calibration.from_dict(meta.get("calibration"))
     model.validation_split_ = meta.get("validation_split")
+    model.training_profile_ = TrainingProfile.from_dict(meta.get("training_profile"))
     try:
         model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
     except (AttributeError, KeyError, TypeError, ValueError) as err:

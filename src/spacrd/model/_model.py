@@ -112,6 +112,7 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
             n_genes=len(self.gene_columns_), n_image_features=n_image_features, **module_kwargs
         )
         self.calibration_: Calibration | None = None
+        self.training_profile_ = None  # set by train(): what predict() compares targets with
         self._model_summary_string = (
             f"SpaCRD model with {len(self.gene_columns_)} genes, "
             f"{n_image_features or 'no'} histology features, {self.setup_args['n_neighbors']} neighbours."

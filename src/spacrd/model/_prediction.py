@@ -26,12 +26,13 @@ from spacrd.tl import (
     quantile_match,
 )
 from spacrd.tl._calibration import warn_if_not_fitted_for
-from spacrd.tl._postprocess import DEFAULT_PROPAGATION, label_free_logits
+from spacrd.tl._postprocess import DEFAULT_CALL, DEFAULT_PROPAGATION, Call, label_free_logits
 
 from . import _io
 from ._adata_inputs import check_target, source_inputs
 from ._datamodule import inference_loader
 from ._inputs import SpotInputs, locality_order
+from ._shift import section_depths, shift_report, unlike_training, warn_shift
 from ._spatialdata import target_batch_key, target_table
 
 if TYPE_CHECKING:
@@ -115,7 +116,8 @@ class PredictionMixin:
         min_gene_overlap: float = 0.5,
         spatial_smoothing: bool = True,
         expression_propagation: float = DEFAULT_PROPAGATION,
-        prior_shift: bool = True,
+        prior_shift: bool | None = None,
+        call: Call | None = None,
         batch_key: str | None = None,
         table_key: str = "table",
         image_key: str | Mapping[str, str] | None = None,
@@ -155,16 +157,22 @@ class PredictionMixin:
             the noise of a spot's own label. Not written for a model of one member (models saved before
             members existed).
         uns_key
-            ``uns`` key written with ``{"threshold", "threshold_method", "cancer_share", "prob_key",
-            "call_key", "spatial_smoothing", "expression_propagation", "prior_shift", "version"}``;
-            ``cancer_share`` maps each section to its estimated share of cancer spots (empty without
-            ``prior_shift``). The plots of :mod:`spacrd.pl` read it.
+            ``uns`` key written with ``{"threshold", "threshold_method", "call", "level", "cancer_share",
+            "cancer_share_interval", "shift", "prob_key", "call_key", "spatial_smoothing",
+            "expression_propagation", "prior_shift", "version"}``; ``cancer_share`` maps each section to
+            its estimated share of cancer spots (empty for ``call="prior"`` without ``prior_shift``),
+            ``cancer_share_interval`` each section with a mixture level to the 5–95 % bootstrap interval
+            of that share, ``level`` each section to where its level came from (``"mixture"``,
+            ``"source"``, ``"prior"``), and ``shift`` holds the shift detector's numbers: per section
+            the median counts and detected genes per spot, the share of scores outside the training
+            range and the called share, beside the training sections' (see below). The plots of
+            :mod:`spacrd.pl` read it.
         threshold
-            Probability threshold of the call. ``None`` (default) calls cancer where the probability is
-            at least one half, which is a label-free Bayes call once ``prior_shift`` has adapted the
-            probabilities to the section's own cancer share; ``"gmm"`` takes the crossing of a
-            two-component Gaussian mixture on the logits (:func:`spacrd.tl.gmm_threshold`); a float is
-            used as it is.
+            With ``call="prior"``: probability threshold of the call. ``None`` calls cancer where the
+            probability is at least one half, which is a label-free Bayes call once ``prior_shift`` has
+            adapted the probabilities to the section's own cancer share; ``"gmm"`` takes the crossing of
+            a two-component Gaussian mixture on the pooled probabilities (:func:`spacrd.tl.gmm_threshold`);
+            a float is used as it is. Passing it without ``call`` means ``call="prior"``.
         min_gene_overlap
             Smallest fraction of the model's genes that must be in the target.
         spatial_smoothing
@@ -177,10 +185,27 @@ class PredictionMixin:
             Spots of one tumour clone resemble each other more than they resemble the training
             patients, so their scores are pulled together. ``0`` turns it off.
         prior_shift
-            Re-weight the probabilities to each target section's cancer share, estimated by EM from the
-            calibrated probabilities themselves (:func:`spacrd.tl.adjust_to_prior`). Without it the
-            probabilities assume the training sections' share, and the call over-calls sections with
-            little tumour.
+            With ``call="prior"`` (default there): re-weight the probabilities to each target section's
+            cancer share, estimated by EM from the calibrated probabilities themselves
+            (:func:`spacrd.tl.adjust_to_prior`). ``prior_shift=False`` is the calibration alone, as
+            ``call="source"``. Passing it without ``call`` means ``call="prior"``.
+        call
+            Where the level of the probabilities, and so the call (probability ≥ 0.5), comes from.
+            ``"mixture"`` (the default): from each target section's own scores, cut where a
+            two-component mixture fitted to its label-free logits crosses (:func:`spacrd.tl.mixture_level`);
+            a section whose scores are not two populations keeps the calibration's level. Depth and
+            panel move every logit of a target, which a calibration fitted on the source cannot
+            know; the target's own distribution moves with them (see the platform-shift benchmark).
+            ``"auto"``: the mixture for sections unlike the training sections (depth or detected genes
+            outside the training range, or a different gene panel; the shift detector's test), the
+            calibration for the others. ``"source"``: the calibration fitted in :meth:`train` alone.
+            ``"prior"``: the calibration with ``prior_shift`` and ``threshold`` (spacrd ≤ 0.4's default).
+
+            Whatever the call, the target is compared with the training sections (the shift detector):
+            a section whose median counts or detected genes per spot lie outside half the lowest to twice
+            the highest training section's, more than a quarter of whose scores lie outside the training
+            spots' 1–99 % range, or a target with under 90 % of the model's genes, warns with the
+            numbers; so does a section called at least 95 % or at most 5 % cancer.
         batch_key
             ``obs`` column with each target spot's section; default: the set-up ``batch_key`` when the
             target has it. A target without it is one section, unless it looks like several (then it
@@ -207,7 +232,11 @@ class PredictionMixin:
 
         """
         self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
-        settings = PostprocessSettings(expression_propagation, spatial_smoothing, prior_shift, threshold)
+        if call is None:  # prior_shift or threshold alone: the call they belong to, as before `call`
+            call = "prior" if threshold is not None or prior_shift is not None else DEFAULT_CALL
+        settings = PostprocessSettings(
+            expression_propagation, spatial_smoothing, prior_shift, threshold, call
+        )
         if batch_size is not None:
             check_number("batch_size", batch_size, integer=True, low=1)
         check_number("min_gene_overlap", min_gene_overlap, low=0, high=1)
@@ -219,6 +248,7 @@ class PredictionMixin:
         target = self.adata if adata is None else adata
         _check_output_keys(self, target, prob_key, call_key, uncertainty_key, uns_key, batch_key)
         inputs = self._inputs(adata, min_gene_overlap, batch_key)
+        profile = getattr(self, "training_profile_", None)
         outputs = self._network_outputs(inputs, batch_size)
         result = postprocess(
             outputs[MODULE_KEYS.LOGITS],
@@ -230,12 +260,15 @@ class PredictionMixin:
             getattr(self, "source_cancer_share_", None),
             lambda: self._expression_graph(inputs),
             member_logits=outputs[MODULE_KEYS.MEMBER_LOGITS],
+            target_level_sections=unlike_training(profile, *section_depths(inputs), inputs.gene_overlap),
         )
+        report = shift_report(profile, inputs, result.logits, result.called, inputs.gene_overlap)
+        warn_shift(report)
         if ranking_model is not None:
             result = _ranked_by(
                 ranking_model, target, inputs.sections, result, settings, min_gene_overlap, batch_key
             )
-        _write_prediction(target, result, settings, prob_key, call_key, uns_key, uncertainty_key)
+        _write_prediction(target, result, settings, prob_key, call_key, uns_key, uncertainty_key, report)
         return result.probabilities
 
     def _calibration_for(self, settings: PostprocessSettings) -> Calibration | None:
@@ -268,21 +301,31 @@ class PredictionMixin:
         inputs = self._inputs(adata, batch_key=target_batch_key(self, data, adata, batch_key))
         return self._network_outputs(inputs, batch_size)[MODULE_KEYS.QZ_MEAN]
 
-    def _fit_calibration(
-        self, inputs: SpotInputs, val_idx: np.ndarray, settings: PostprocessSettings
-    ) -> Calibration:
-        """Logit scale and shift on the labelled validation spots (all labelled spots without enough of them).
-
-        The logits go through the label-free steps of ``settings`` first, so that the calibration applies
-        to what :meth:`~spacrd.model.SpaCRD.predict` computes with those settings.
-        """
-        logits = label_free_logits(
+    def _label_free_logits(self, inputs: SpotInputs, settings: PostprocessSettings) -> np.ndarray:
+        """``(n,)`` logits of ``inputs`` through the label-free steps of ``settings``."""
+        return label_free_logits(
             self._network_outputs(inputs)[MODULE_KEYS.LOGITS],
             inputs.neighbors,
             inputs.padding,
             settings,
             lambda: self._expression_graph(inputs),
         )
+
+    def _fit_calibration(
+        self,
+        inputs: SpotInputs,
+        val_idx: np.ndarray,
+        settings: PostprocessSettings,
+        logits: np.ndarray | None = None,
+    ) -> Calibration:
+        """Logit scale and shift on the labelled validation spots (all labelled spots without enough of them).
+
+        The logits (``logits``, or computed) go through the label-free steps of ``settings`` first, so
+        that the calibration applies to what :meth:`~spacrd.model.SpaCRD.predict` computes with those
+        settings.
+        """
+        if logits is None:
+            logits = self._label_free_logits(inputs, settings)
         rows = np.asarray(val_idx, dtype=np.int64)
         rows = rows[inputs.labels[rows] != UNLABELLED]
         how = getattr(self, "validation_split_", "random")
@@ -408,6 +451,7 @@ def _write_prediction(
     call_key: str,
     uns_key: str,
     uncertainty_key: str,
+    shift: dict,
 ) -> None:
     """Write the documented outputs of :meth:`SpaCRD.predict` into ``target``."""
     if target.is_view:
@@ -428,7 +472,11 @@ def _write_prediction(
     target.uns[uns_key] = {
         "threshold": result.threshold,
         "threshold_method": result.threshold_method,
+        "call": settings.call,
+        "level": result.level,
         "cancer_share": result.cancer_share,
+        "cancer_share_interval": {k: list(v) for k, v in result.cancer_share_interval.items()},
+        "shift": shift,
         "spatial_smoothing": settings.spatial_smoothing,
         "expression_propagation": float(settings.expression_propagation),
         "prior_shift": settings.prior_shift,

@@ -122,10 +122,20 @@ def _thinned(
     if rate >= 1.0:
         return counts, np.asarray(counts.sum(axis=1)).ravel() + rest
     kept = counts.copy()
-    kept.data = rng.binomial(np.rint(kept.data).astype(np.int64), rate).astype(np.float32)
+    kept.data = _binomial(kept.data, rate, rng)
     library = np.asarray(kept.sum(axis=1), dtype=np.float64).ravel() + rng.binomial(rest, rate)
     kept.eliminate_zeros()
     return kept, library
+
+
+def _binomial(counts: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """float32 ``Binomial(counts, rate)`` draws; single counts (most entries of sparse data) as one uniform each."""
+    counts = np.rint(counts).astype(np.int64)
+    kept = np.empty(counts.shape, dtype=np.float32)
+    single = counts == 1
+    kept[single] = rng.random(int(single.sum())) < rate
+    kept[~single] = rng.binomial(counts[~single], rate)
+    return kept
 
 
 def _log_normalised(counts: sparse.csr_matrix, library: np.ndarray) -> sparse.csr_matrix:

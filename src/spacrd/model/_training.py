@@ -32,6 +32,7 @@ from ._datamodule import (
     Validation,
     validation_split,
 )
+from ._shift import training_profile
 from ._thinning import check_thinning
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,9 @@ class StagedTrainingMixin:
         labelled validation spots (on all labelled spots when there are fewer than 20 or only one
         class among them, e.g. with ``train_size=1.0``) for :meth:`predict`'s default post-processing,
         and ``model.source_cancer_share_`` is the share of cancer among the labelled training spots,
-        the prior that ``predict(prior_shift=True)`` adapts from. A calibration fitted on fewer than 20
+        the prior that ``predict(call="prior")`` adapts from; ``model.training_profile_``
+        (:class:`~spacrd.model._shift.TrainingProfile`) records the training sections' depth, detected
+        genes and score distribution, which :meth:`predict` compares every target with. A calibration fitted on fewer than 20
         labelled spots in all warns (its scale is barely constrained); a split that leaves the training
         spots without labels of both classes is an error.
 
@@ -276,7 +279,10 @@ class StagedTrainingMixin:
         )
         self.validation_split_ = how
         self.validation_indices_ = val_idx
-        self.calibration_ = self._fit_calibration(inputs, val_idx, PostprocessSettings())
+        settings = PostprocessSettings()
+        logits = self._label_free_logits(inputs, settings)
+        self.calibration_ = self._fit_calibration(inputs, val_idx, settings, logits)
+        self.training_profile_ = training_profile(inputs, logits)
 
     def _run_stages(
         self,

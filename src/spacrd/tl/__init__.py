@@ -10,6 +10,7 @@ from ._adaptation import (
     section_pca,
 )
 from ._calibration import Calibration, fit_calibration
+from ._level import SectionLevel, mixture_level
 from ._neighbors import smooth_over_neighbors
 from ._postprocess import PostprocessResult, PostprocessSettings, label_free_logits, postprocess
 from ._regions import ctr_regions
@@ -19,12 +20,14 @@ __all__ = [
     "Calibration",
     "PostprocessResult",
     "PostprocessSettings",
+    "SectionLevel",
     "adjust_to_prior",
     "ctr_regions",
     "expression_neighbors",
     "fit_calibration",
     "gmm_threshold",
     "label_free_logits",
+    "mixture_level",
     "postprocess",
     "propagate_over_neighbors",
     "quantile_match",

@@ -1,29 +1,38 @@
 """From network logits to calibrated probabilities and a label-free call: the one post-processing chain.
 
-``logits → propagation over the expression graph → spatial smoothing → calibration → prior shift →
-threshold``. :meth:`spacrd.model.SpaCRD.predict` calls :func:`postprocess`; each step is also a public
+``logits → propagation over the expression graph → spatial smoothing → calibration → level → threshold``,
+where the level comes from the target's own scores (``call="mixture"``, :func:`spacrd.tl.mixture_level`),
+from the calibration alone (``"source"``) or from the calibration with the EM prior shift (``"prior"``). :meth:`spacrd.model.SpaCRD.predict` calls :func:`postprocess`; each step is also a public
 function of :mod:`spacrd.tl`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from spacrd._validation import check_bool, check_number
 
 from ._adaptation import adjust_to_prior, propagate_over_neighbors, shift_to_priors
 from ._calibration import Calibration
+from ._level import mixture_level
 from ._neighbors import smooth_over_neighbors
 from ._threshold import gmm_threshold
 
 #: Weight of label propagation over each target section's expression graph, by default.
 DEFAULT_PROPAGATION = 0.5
+#: The call of :meth:`spacrd.model.SpaCRD.predict` by default, chosen by the platform-shift benchmark's
+#: nested selection (``benchmarks/platform_shift.py``).
+DEFAULT_CALL = "mixture"
 
 Threshold = float | Literal["gmm"] | None
+Call = Literal["mixture", "auto", "source", "prior"]
+#: The label-free calls, how each sets the level of the probabilities (see :class:`PostprocessSettings`).
+CALLS = ("mixture", "auto", "source", "prior")
 
 
 @dataclass(frozen=True)
@@ -39,21 +48,34 @@ class PostprocessSettings:
         Average each spot's logit over its spatial neighbourhood (:func:`spacrd.tl.smooth_over_neighbors`).
     prior_shift
         Re-weight the calibrated probabilities to each section's estimated cancer share
-        (:func:`spacrd.tl.adjust_to_prior`).
+        (:func:`spacrd.tl.adjust_to_prior`); ``call="prior"`` only. ``None``: on with ``call="prior"``.
     threshold
         ``None``: the Bayes call, probability ≥ 0.5; ``"gmm"``: the crossing of a two-component mixture
         on the logits (:func:`spacrd.tl.gmm_threshold`); a float in ``[0, 1]``: that threshold.
+    call
+        Where the level of the probabilities comes from. ``"prior"``: the calibration, then
+        ``prior_shift`` and ``threshold`` as above. ``"source"``: the calibration alone, probability
+        ≥ 0.5 (``prior_shift`` and ``threshold`` must keep their defaults). ``"mixture"``: each
+        section's own label-free logits, cut where a two-component mixture fitted to them crosses
+        (:func:`spacrd.tl.mixture_level`); the calibration's scale is kept and its shift replaced so
+        that probability 0.5 falls on that cut; a section whose scores are not two populations keeps
+        the calibration's level. ``"auto"``: ``"mixture"`` for the sections named by
+        :func:`postprocess`'s ``target_level_sections`` (those unlike the training sections), the
+        calibration's level for the others.
 
     """
 
     expression_propagation: float = DEFAULT_PROPAGATION
     spatial_smoothing: bool = True
-    prior_shift: bool = True
+    prior_shift: bool | None = None
     threshold: Threshold = None
+    call: Call = "prior"
 
     def __post_init__(self):
         check_number("expression_propagation", self.expression_propagation, low=0, high=1, high_open=True)
         check_bool("spatial_smoothing", self.spatial_smoothing)
+        if self.prior_shift is None:  # on for the call it belongs to
+            object.__setattr__(self, "prior_shift", self.call == "prior")
         check_bool("prior_shift", self.prior_shift)
         t = self.threshold
         if isinstance(t, str) and t != "gmm":
@@ -65,6 +87,13 @@ class PostprocessSettings:
                 raise TypeError(
                     f"`threshold` must be None, 'gmm' or a probability in [0, 1], got {t!r}."
                 ) from err
+        if self.call not in CALLS:
+            raise ValueError(f"`call` must be one of {list(CALLS)}, got {self.call!r}.")
+        if self.call != "prior" and (t is not None or self.prior_shift):
+            raise ValueError(
+                f"`call={self.call!r}` sets the level itself: `threshold` and `prior_shift` apply to "
+                "`call='prior'` only. Leave them out, or pass `call='prior'`."
+            )
 
 
 @dataclass(frozen=True)
@@ -78,15 +107,24 @@ class PostprocessResult:
     called
         ``(n,)`` bool, the label-free call.
     threshold, threshold_method
-        The probability threshold of the call and how it was set (``"bayes"``, ``"gmm"``, ``"fixed"``).
+        The probability threshold of the call and how it was set (``"bayes"``, ``"gmm"``, ``"fixed"``
+        with ``call="prior"``; the call's name, with threshold 0.5, otherwise).
     cancer_share
-        Estimated cancer share per section (empty without the prior shift).
+        Estimated cancer share per section: the prior shift's estimate, or the called share with
+        ``call="mixture"``, ``"auto"`` or ``"source"`` (empty for ``"prior"`` without the prior shift).
     uncertainty
         ``(n,)`` float32 standard deviation of the ensemble members' probabilities (each member's
         logits through the same steps), in ``[0, 0.5]``; ``None`` for a model of one member.
     member_probabilities
         ``(n, m)`` float32 probabilities of the members whose spread ``uncertainty`` is; ``None`` for
         a model of one member.
+    logits
+        ``(n,)`` the label-free logits (after propagation and smoothing, before calibration).
+    level
+        Per section, where its level came from: ``"mixture"``, ``"source"`` (the calibration;
+        also a ``"mixture"`` or ``"auto"`` section whose scores are not two populations) or ``"prior"``.
+    cancer_share_interval
+        Per section with a mixture level, the 5–95 % bootstrap interval of ``cancer_share``.
 
     """
 
@@ -97,6 +135,9 @@ class PostprocessResult:
     cancer_share: dict[str, float]
     uncertainty: np.ndarray | None = None
     member_probabilities: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    level: dict[str, str] = field(default_factory=dict)
+    cancer_share_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def label_free_logits(
@@ -131,6 +172,7 @@ def postprocess(
     source_cancer_share: float | None,
     expression_graph: Callable[[], np.ndarray] | np.ndarray | None = None,
     member_logits: np.ndarray | None = None,
+    target_level_sections: Collection[str] = (),
 ) -> PostprocessResult:
     """Turn network logits into calibrated probabilities and a label-free call.
 
@@ -155,6 +197,8 @@ def postprocess(
         ``(n, m)`` logits of the ensemble members whose mean ``logits`` is, for the uncertainty: each
         member's logits go through the same propagation, smoothing, calibration and the section's
         estimated cancer share, and the spread of the resulting probabilities is returned.
+    target_level_sections
+        With ``settings.call="auto"``, the sections whose level comes from their own scores.
 
     Returns
     -------
@@ -164,10 +208,17 @@ def postprocess(
     if callable(expression_graph) and settings.expression_propagation:
         expression_graph = expression_graph()  # built once for the ensemble and its members
     logits = label_free_logits(logits, neighbors, padding, settings, expression_graph)
-    calibrated = (calibration or Calibration()).apply(logits)
+    calibration = calibration or Calibration()
+    sections = np.asarray(sections)
+    offsets = _section_offsets(logits, sections, settings, calibration, target_level_sections)
+    calibrated = _levelled(logits, calibration, offsets)
     probabilities = (1.0 / (1.0 + np.exp(-calibrated))).astype(np.float32)
     cancer_share: dict[str, float] = {}
-    if settings.prior_shift:
+    if settings.call != "prior":
+        cancer_share = {
+            str(name): float(np.mean(probabilities[sections == name] >= 0.5)) for name in pd.unique(sections)
+        }
+    elif settings.prior_shift:
         if source_cancer_share is None:
             raise ValueError(
                 "This model does not know the cancer share of its training spots (it was saved by an "
@@ -179,7 +230,9 @@ def postprocess(
             f"{int((~np.isfinite(probabilities)).sum())} probabilities are NaN or infinite; the network or its "
             "calibration produced non-finite values (a damaged model file, or non-finite inputs)."
         )
-    if settings.threshold is None:
+    if settings.call != "prior":  # probability 0.5 is the level the call set
+        method, threshold = settings.call, 0.5
+    elif settings.threshold is None:
         method, threshold = "bayes", 0.5
     elif settings.threshold == "gmm":
         method, threshold = "gmm", gmm_threshold(probabilities)
@@ -188,8 +241,8 @@ def postprocess(
     uncertainty = member_p = None
     if member_logits is not None and np.ndim(member_logits) == 2 and member_logits.shape[1] > 1:
         members = label_free_logits(member_logits, neighbors, padding, settings, expression_graph)
-        member_p = 1.0 / (1.0 + np.exp(-(calibration or Calibration()).apply(members)))
-        if settings.prior_shift:
+        member_p = 1.0 / (1.0 + np.exp(-_levelled(members, calibration, offsets)))
+        if settings.call == "prior" and settings.prior_shift:
             member_p = shift_to_priors(member_p, source_cancer_share, cancer_share, sections)
         member_p = np.asarray(member_p, dtype=np.float32)
         uncertainty = member_p.astype(np.float64).std(axis=1).astype(np.float32)
@@ -201,4 +254,50 @@ def postprocess(
         cancer_share,
         uncertainty,
         member_p,
+        logits,
+        offsets.level,
+        offsets.interval,
     )
+
+
+@dataclass(frozen=True)
+class _Offsets:
+    """Per spot, the calibrated logit's shift; per section, where its level came from."""
+
+    shift: np.ndarray | None
+    level: dict[str, str]
+    interval: dict[str, tuple[float, float]]
+
+
+def _section_offsets(
+    logits: np.ndarray,
+    sections: np.ndarray,
+    settings: PostprocessSettings,
+    calibration: Calibration,
+    target_level_sections: Collection[str],
+) -> _Offsets:
+    """The shift of each spot's calibrated logit: ``-scale · threshold`` of its section's mixture level."""
+    names = [str(name) for name in pd.unique(sections)]
+    if settings.call in ("prior", "source"):
+        return _Offsets(None, dict.fromkeys(names, settings.call), {})
+    wanted = set(names) if settings.call == "mixture" else {str(s) for s in target_level_sections}
+    shift = np.full(logits.shape[0], calibration.shift, dtype=np.float64)
+    level, interval = {}, {}
+    for name in names:
+        rows = sections == name
+        found = mixture_level(logits[rows]) if name in wanted else None
+        if found is None or not found.two_populations:
+            level[name] = "source"
+            continue
+        shift[rows] = -calibration.scale * found.threshold
+        level[name], interval[name] = "mixture", found.interval
+    return _Offsets(shift, level, interval)
+
+
+def _levelled(logits: np.ndarray, calibration: Calibration, offsets: _Offsets) -> np.ndarray:
+    """``scale · logits + shift``, the shift per spot when the level is the target's."""
+    if offsets.shift is None:
+        return calibration.apply(logits)
+    logits = np.asarray(logits, dtype=np.float64)
+    shift = offsets.shift if logits.ndim == 1 else offsets.shift[:, None]
+    return calibration.scale * logits + shift

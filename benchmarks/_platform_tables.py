@@ -1,0 +1,189 @@
+"""Tables of ``platform_shift.py``: every call applied to the cached network outputs, the nested selection."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _metrics import section_metrics
+
+from spacrd.model._shift import depth_by_section, unlike_training
+from spacrd.tl import PostprocessSettings, postprocess
+from spacrd.tl._postprocess import CALLS
+
+#: Baselines cached beside the model's outputs; their call is the two-Gaussian cut of their scores.
+BASELINES = ("logreg_hvg_knn", "erbb2")
+#: The columns of the summary, with their titles.
+METRICS = {
+    "auc": "ROC AUC",
+    "ap": "AP",
+    "f1_free": "label-free F1",
+    "share_error": "|called − true share|",
+    "called_share": "called share",
+    "prevalence": "true share",
+    "unc_auroc": "uncertainty AUROC (wrong calls)",
+}
+
+
+def apply_call(record: dict, entry: dict, call: str) -> dict[str, np.ndarray]:
+    """Probabilities, call and uncertainty of one cached target under ``call``."""
+    counts, genes = depth_by_section(entry["library"], entry["detected"], entry["sections"])
+    result = postprocess(
+        entry["logits"],
+        entry["neighbors"],
+        entry["padding"],
+        entry["sections"],
+        PostprocessSettings(call=call),
+        record["calibration"],
+        record["source_share"],
+        entry["graph"],
+        member_logits=entry["members"],
+        target_level_sections=unlike_training(record["profile"], counts, genes, entry["gene_overlap"]),
+    )
+    return {"prob": result.probabilities, "call": result.called, "uncertainty": result.uncertainty}
+
+
+def _row(job: dict, section: str, rate: float, method: str, truth: np.ndarray, scores: dict) -> dict:
+    metrics = section_metrics(
+        truth, scores["prob"], scores.get("call"), uncertainty=scores.get("uncertainty")
+    )
+    called = scores["call"] if scores.get("call") is not None else None
+    share = float(np.mean(called)) if called is not None else np.nan
+    return {
+        "kind": job["kind"],
+        "seed": job["seed"],
+        "genes": job["genes"] or "all",
+        "section": section,
+        "held": "-".join(job["held"]),
+        "rate": rate,
+        "method": method,
+        **{k: metrics[k] for k in ("auc", "ap", "f1_free", "unc_auroc", "prevalence")},
+        "called_share": share,
+    }
+
+
+def scores(job_list: list[dict], cache: Path) -> pd.DataFrame:
+    """One row per cached model, target section, rate and method (``spacrd/<call>``, baselines)."""
+    from _metrics import gmm_threshold
+    from platform_shift import job_name
+
+    rows = []
+    for job in job_list:
+        path = cache / f"{job_name(job)}.pkl"
+        if not path.exists():
+            continue
+        with path.open("rb") as f:
+            record = pickle.load(f)
+        prefix = "spacrd" if job["recipe"] == "default" else f"spacrd+{job['recipe']}"
+        for (section, rate), entry in record["targets"].items():
+            truth = entry["truth"]
+            for call in CALLS:
+                rows.append(
+                    _row(job, section, rate, f"{prefix}/{call}", truth, apply_call(record, entry, call))
+                )
+            for name in BASELINES:
+                if name in entry:
+                    p = np.asarray(entry[name], dtype=float)
+                    rows.append(
+                        _row(job, section, rate, name, truth, {"prob": p, "call": p > gmm_threshold(p)})
+                    )
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["share_error"] = (df["called_share"] - df["prevalence"]).abs()
+    return df
+
+
+def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
+    """Per outer section, the call with the lowest mean inner share error (inner folds: training sections only).
+
+    The inner model for outer section ``o`` and inner target ``j`` was trained on the four other
+    sections (neither ``o`` nor ``j``) and scored on ``j`` at every rate; ``o`` plays no part.
+    """
+    inner = df[(df["kind"] == "inner") & df["method"].str.startswith("spacrd/")]
+    rows = []
+    for outer in sections:
+        pairs = inner[
+            inner["held"].str.split("-").apply(lambda held, o=outer: o in held) & (inner["section"] != outer)
+        ]
+        if pairs.empty:
+            continue
+        means = pairs.groupby("method")[["share_error", "f1_free"]].mean()
+        chosen = means["share_error"].idxmin()
+        rows.append(
+            {
+                "outer": outer,
+                "chosen": chosen,
+                **{f"inner_error[{m.split('/')[1]}]": means.loc[m, "share_error"] for m in means.index},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def with_selected(df: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
+    """``df`` plus rows ``spacrd/selected``: each outer section scored with the call chosen for it."""
+    if selection.empty:
+        return df
+    chosen = dict(zip(selection["outer"], selection["chosen"], strict=True))
+    outer = df[df["kind"].isin(["outer", "panel"]) & df["method"].str.startswith("spacrd/")]
+    picked = outer[outer.apply(lambda r: chosen.get(r["section"]) == r["method"], axis=1)].copy()
+    picked["method"] = "spacrd/selected"
+    return pd.concat([df, picked], ignore_index=True)
+
+
+def _table(df: pd.DataFrame, index: list[str], title: str) -> list[str]:
+    """Markdown table of the means over sections and seeds, by ``index`` and rate, one metric per block."""
+    lines = [f"### {title}", ""]
+    for metric, name in METRICS.items():
+        pivot = df.pivot_table(index=index, columns="rate", values=metric, aggfunc="mean")
+        if pivot.isna().all().all():
+            continue
+        pivot = pivot[sorted(pivot.columns, reverse=True)]
+        lines += [
+            f"{name}:",
+            "",
+            "| " + " | ".join(index) + " | " + " | ".join(f"{r:.0%}" for r in pivot.columns) + " |",
+        ]
+        lines.append("|" + "---|" * (len(index) + len(pivot.columns)))
+        for key, values in pivot.iterrows():
+            key = key if isinstance(key, tuple) else (key,)
+            cells = " | ".join("" if np.isnan(v) else f"{v:.3f}" for v in values)
+            lines.append("| " + " | ".join(map(str, key)) + " | " + cells + " |")
+        lines.append("")
+    return lines
+
+
+def write_tables(job_list: list[dict], cache: Path, out: Path, sections: list[str]) -> None:
+    df = scores(job_list, cache)
+    if df.empty:
+        print("nothing cached yet")
+        return
+    selection = nested_selection(df, sections)
+    df = with_selected(df, selection)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "scores.csv", index=False)
+    selection.to_csv(out / "selection.csv", index=False)
+    outer = df[df["kind"] == "outer"]
+    seeds = sorted(outer["seed"].unique())
+    lines = [
+        "## Platform shift: leave-one-section-out on the six labelled HER2ST sections",
+        "",
+        f"Held-out sections thinned to each rate (seed 0); means over sections and seeds {seeds} "
+        "(`spacrd+thinning` and `erbb2`: seed 0 only). Produced by `python benchmarks/platform_shift.py`.",
+        "",
+    ]
+    lines += _table(outer, ["method"], "All genes, by depth")
+    panels = df[
+        (df["kind"] == "panel")
+        | ((df["kind"] == "outer") & (df["seed"] == seeds[0]) & (df["rate"].isin([1.0, 0.1])))
+    ]
+    panels = panels[panels["method"].str.startswith("spacrd/") | (panels["method"] == "logreg_hvg_knn")]
+    panels = panels[~panels["method"].str.startswith("spacrd+")]
+    lines += _table(panels, ["genes", "method"], f"Gene panels (seed {seeds[0]})")
+    per_section = outer[outer["method"].isin(["spacrd/selected", "spacrd/prior", "logreg_hvg_knn"])]
+    lines += _table(per_section, ["section", "method"], "Per section")
+    if not selection.empty:
+        lines += ["### Nested selection of the call", "", selection.round(3).to_markdown(index=False), ""]
+    (out / "summary.md").write_text("\n".join(lines))
+    print("\n".join(lines))

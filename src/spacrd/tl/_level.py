@@ -1,0 +1,134 @@
+"""The level of the call from the target itself: a two-component mixture on each section's own scores.
+
+A model's ranking of spots transfers across depth and platform far better than the level of its
+logits does: fewer UMIs per spot move every logit, and a calibration fitted on source spots cannot
+know by how much. The target's own score distribution is there, without labels. Where it has two
+populations, the crossing of a two-component Gaussian mixture fitted to it is a threshold that moves
+with the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.mixture import GaussianMixture
+
+#: Sections with more spots fit the mixture on this many randomly drawn spots.
+MAX_MIXTURE_SPOTS = 50_000
+#: Fewer spots than this in a section: no mixture is fitted.
+MIN_MIXTURE_SPOTS = 20
+#: The scores count as two populations when two components fit them better than one by the Bayesian
+#: information criterion, and the smaller component holds at least this share of the spots.
+MIN_COMPONENT_WEIGHT = 0.03
+#: Bootstrap resamples of the spots for the interval of the called share, and its coverage.
+N_BOOTSTRAP, INTERVAL = 20, (0.05, 0.95)
+#: Spots drawn per bootstrap resample (at most; all spots of a smaller section).
+MAX_BOOTSTRAP_SPOTS = 5_000
+
+
+@dataclass(frozen=True)
+class SectionLevel:
+    """Where one section's call is cut.
+
+    Attributes
+    ----------
+    threshold
+        On the scale of the scores the level was found on (label-free logits); ``nan`` when the scores
+        are not two populations.
+    share
+        Share of the section's spots at or above ``threshold`` (``nan`` without one).
+    interval
+        5–95 % bootstrap interval of ``share``, the mixture refitted on resampled spots. Spots are
+        resampled independently although neighbouring spots are alike, so the interval is a lower
+        bound on the uncertainty.
+    two_populations
+        Whether two components fit the scores better than one (by BIC), the smaller holding at least
+        :data:`MIN_COMPONENT_WEIGHT` of the spots.
+
+    """
+
+    threshold: float
+    share: float
+    interval: tuple[float, float]
+    two_populations: bool
+
+
+def _fit(scores: np.ndarray, random_state: int, start: GaussianMixture | None = None) -> GaussianMixture:
+    """Two-component mixture of ``scores``; from ``start``'s parameters (a resample's refit) when given."""
+    if start is None:
+        return GaussianMixture(n_components=2, random_state=random_state).fit(scores[:, None])
+    return GaussianMixture(
+        n_components=2,
+        weights_init=start.weights_,
+        means_init=start.means_,
+        precisions_init=start.precisions_,
+        max_iter=20,
+        random_state=random_state,
+    ).fit(scores[:, None])
+
+
+def _two_populations(gmm: GaussianMixture, scores: np.ndarray, random_state: int) -> bool:
+    one = GaussianMixture(n_components=1, random_state=random_state).fit(scores[:, None])
+    return gmm.weights_.min() >= MIN_COMPONENT_WEIGHT and gmm.bic(scores[:, None]) < one.bic(scores[:, None])
+
+
+def _crossing(gmm: GaussianMixture) -> float:
+    """Where the weighted component densities cross, between the two means."""
+    means = gmm.means_.ravel()
+    lo, hi = np.sort(means)
+    grid = np.linspace(lo, hi, 1001)
+    high = gmm.predict_proba(grid[:, None])[:, int(np.argmax(means))]
+    crossing = np.flatnonzero(high >= 0.5)
+    return float(grid[crossing[0]] if crossing.size else 0.5 * (lo + hi))
+
+
+def mixture_level(
+    scores: np.ndarray, *, n_bootstrap: int = N_BOOTSTRAP, random_state: int = 0
+) -> SectionLevel:
+    """The call's threshold from one section's own scores, with a bootstrap interval of its share.
+
+    Parameters
+    ----------
+    scores
+        ``(n,)`` finite scores of one section's spots, e.g. label-free logits
+        (:func:`spacrd.tl.label_free_logits`).
+    n_bootstrap
+        Resamples for the interval of the share; ``0``: the interval is the share itself. A section of
+        more than :data:`MAX_BOOTSTRAP_SPOTS` spots is resampled ``m`` of ``n`` at a time and the
+        deviations scaled by ``sqrt(m / n)``.
+    random_state
+        Seed of the mixtures and the resamples.
+
+    Returns
+    -------
+    :class:`SectionLevel`; without two populations (or fewer than 20 spots) its threshold and share
+    are ``nan``, and the caller keeps the source's level.
+
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if not np.isfinite(scores).all():
+        raise ValueError("`scores` must be finite.")
+    nan = float("nan")
+    if scores.size < MIN_MIXTURE_SPOTS or np.unique(scores).size < 2:
+        return SectionLevel(nan, nan, (nan, nan), False)
+    rng = np.random.default_rng(random_state)
+    fit = scores if scores.size <= MAX_MIXTURE_SPOTS else rng.choice(scores, MAX_MIXTURE_SPOTS, replace=False)
+    gmm = _fit(fit, random_state)
+    if not _two_populations(gmm, fit, random_state):
+        return SectionLevel(nan, nan, (nan, nan), False)
+    threshold = _crossing(gmm)
+    share = float(np.mean(scores >= threshold))
+    size = min(scores.size, MAX_BOOTSTRAP_SPOTS)
+    deviations = []
+    for _ in range(n_bootstrap):
+        sample = rng.choice(scores, size, replace=True)
+        cut = _crossing(_fit(sample, random_state, start=gmm))
+        deviations.append(np.mean(sample >= cut) - np.mean(sample >= threshold))
+    if not deviations:
+        return SectionLevel(threshold, share, (share, share), True)
+    low, high = np.quantile(deviations, INTERVAL) * np.sqrt(size / scores.size)
+    # the resample's sampling noise of the share at a fixed cut, on top of the cut's own
+    noise = np.sqrt(share * (1 - share) / scores.size) * 1.645
+    interval = (float(np.clip(share + low - noise, 0, 1)), float(np.clip(share + high + noise, 0, 1)))
+    return SectionLevel(threshold, share, interval, True)

@@ -1,0 +1,92 @@
+"""The call's level from the target's own scores (``call="mixture"``) and the calls' settings."""
+
+import numpy as np
+import pytest
+
+from spacrd.tl import Calibration, PostprocessSettings, mixture_level, postprocess
+
+
+def _two_populations(n=2000, share=0.3, gap=4.0, offset=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = rng.random(n) < share
+    return rng.normal(offset + gap * truth, 1.0), truth
+
+
+def test_mixture_level_finds_the_share_and_an_interval_around_it():
+    scores, truth = _two_populations()
+    level = mixture_level(scores)
+    assert level.two_populations
+    assert abs(level.share - truth.mean()) < 0.03
+    low, high = level.interval
+    assert low <= level.share <= high and high - low < 0.1
+    assert abs(level.threshold - 2.0) < 0.6  # between the means 0 and 4, nearer the bigger component
+
+
+@pytest.mark.parametrize("offset", [-3.0, 5.0])
+def test_mixture_level_moves_with_the_scores(offset):
+    """A shift of every score (a sparser platform moving every logit) moves the cut with it."""
+    scores, _ = _two_populations()
+    base = mixture_level(scores)
+    moved = mixture_level(scores + offset)
+    assert moved.threshold == pytest.approx(base.threshold + offset, abs=0.05)
+    assert moved.share == pytest.approx(base.share, abs=0.005)
+
+
+def test_mixture_level_one_population_or_few_spots_says_so():
+    rng = np.random.default_rng(0)
+    for scores in (rng.normal(0, 1, 3000), rng.normal(0, 1, 10), np.zeros(100)):
+        level = mixture_level(scores)
+        assert not level.two_populations and np.isnan(level.threshold) and np.isnan(level.share)
+    with pytest.raises(ValueError, match="finite"):
+        mixture_level(np.array([0.0, np.nan] * 20))
+
+
+def _chain(logits, call, sections=None, calibration=Calibration(1.0, -1.0), **kwargs):
+    n = logits.size
+    neighbors = np.arange(n)[:, None]
+    sections = np.zeros(n, dtype=object) if sections is None else sections
+    settings = PostprocessSettings(expression_propagation=0.0, spatial_smoothing=False, call=call)
+    return postprocess(logits, neighbors, None, sections, settings, calibration, 0.5, **kwargs)
+
+
+def test_postprocess_mixture_levels_each_section_by_its_own_scores():
+    """Two sections whose logits sit 6 apart (two depths) are both called at their own share."""
+    a, truth_a = _two_populations(share=0.3, seed=1)
+    b, truth_b = _two_populations(share=0.6, offset=6.0, seed=2)
+    logits = np.concatenate([a, b])
+    sections = np.array(["a"] * a.size + ["b"] * b.size, dtype=object)
+    members = logits[:, None] + np.random.default_rng(0).normal(0, 0.3, (logits.size, 3))
+    result = _chain(logits, "mixture", sections, member_logits=members)
+    assert result.level == {"a": "mixture", "b": "mixture"}
+    assert abs(result.cancer_share["a"] - truth_a.mean()) < 0.03
+    assert abs(result.cancer_share["b"] - truth_b.mean()) < 0.03
+    np.testing.assert_array_equal(result.called, result.probabilities >= 0.5)
+    assert set(result.cancer_share_interval) == {"a", "b"} and result.threshold_method == "mixture"
+    assert result.uncertainty is not None and result.uncertainty.shape == logits.shape
+    # the source's level calls nearly all of section b cancer
+    source = _chain(logits, "source", sections)
+    assert source.cancer_share["b"] > 0.95 and source.level == {"a": "source", "b": "source"}
+    # "auto" takes the mixture only where told (the sections unlike the training ones)
+    auto = _chain(logits, "auto", sections, target_level_sections={"b"})
+    assert auto.level == {"a": "source", "b": "mixture"}
+    np.testing.assert_array_equal(auto.called[: a.size], source.called[: a.size])
+    np.testing.assert_array_equal(auto.called[a.size :], result.called[a.size :])
+
+
+def test_postprocess_mixture_keeps_the_source_level_without_two_populations():
+    logits = np.random.default_rng(0).normal(0, 1, 500)
+    result = _chain(logits, "mixture")
+    assert result.level == {0: "source"} or result.level == {"0": "source"}
+    np.testing.assert_array_equal(result.called, logits - 1.0 >= 0)
+    assert result.cancer_share_interval == {}
+
+
+def test_calls_other_than_prior_refuse_prior_shift_and_threshold():
+    assert PostprocessSettings().prior_shift and PostprocessSettings(call="prior").prior_shift
+    assert not PostprocessSettings(call="mixture").prior_shift
+    with pytest.raises(ValueError, match="call='prior'"):
+        PostprocessSettings(call="mixture", threshold=0.3)
+    with pytest.raises(ValueError, match="call='prior'"):
+        PostprocessSettings(call="source", prior_shift=True)
+    with pytest.raises(ValueError, match="`call` must be one of"):
+        PostprocessSettings(call="otsu")
