@@ -73,8 +73,8 @@ def thinned(adata, rate: float, seed: int = THINNING_SEED):
     kept = sparse.csr_matrix(
         (
             rng.binomial(np.rint(counts.data).astype(np.int64), rate).astype(np.float32),
-            counts.indices,
-            counts.indptr,
+            counts.indices.copy(),  # eliminate_zeros below rewrites them in place
+            counts.indptr.copy(),
         ),
         shape=counts.shape,
     )
@@ -98,8 +98,8 @@ def jobs(
             for held in sections
         ]
 
-    # the first seed's outer folds, the nested selection and the panels first, then the other seeds;
-    # other recipes last, on the first seed only (a depth-augmented training costs a few times more)
+    # the first seed's outer folds and the nested selection first, then the other recipes on the first
+    # seed only (a depth-augmented training costs a few times a default one), the panels, other seeds
     out = outer(seeds[0], "default")
     if nested:
         for pair in itertools.combinations(sections, 2):
@@ -113,6 +113,9 @@ def jobs(
                     "genes": 0,
                 }
             )
+    for recipe in recipes:
+        if recipe != "default":
+            out += outer(seeds[0], recipe)
     for n_genes, held in itertools.product(panels, sections):
         out.append(
             {
@@ -126,9 +129,6 @@ def jobs(
         )
     for seed in seeds[1:]:
         out += outer(seed, "default")
-    for recipe in recipes:
-        if recipe != "default":
-            out += outer(seeds[0], recipe)
     return out
 
 

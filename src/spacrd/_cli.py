@@ -186,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="smallest share of the model's genes INPUT must have (default 0.5)",
     )
     predict.add_argument(
-        "--threshold", metavar="P|gmm", help="call threshold (default: 0.5 on prior-adapted probabilities)"
+        "--call",
+        choices=["mixture", "auto", "source", "prior"],
+        help="where the call's level comes from (default auto: each section's own scores where it is "
+        "unlike the training sections; see SpaCRD.predict's `call`)",
+    )
+    predict.add_argument(
+        "--threshold",
+        metavar="P|gmm",
+        help="with --call prior (implied): call threshold on the prior-adapted probabilities (default 0.5)",
     )
     predict.add_argument(
         "--ranking-model",

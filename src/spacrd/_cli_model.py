@@ -86,7 +86,11 @@ def predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace) -> str | No
     """Predict ``loaded`` in place with the command's options; returns the section column used."""
     setup = model.setup_args
     section_key = _section_key(loaded, args.section_key, setup["batch_key"])
-    options = {"min_gene_overlap": args.min_gene_overlap, "threshold": _threshold(args.threshold)}
+    options = {
+        "min_gene_overlap": args.min_gene_overlap,
+        "threshold": _threshold(args.threshold),
+        "call": args.call,
+    }
     if args.ranking_model:
         options["ranking_model"] = load_model(args.ranking_model, args.accelerator, "--ranking-model")
     try:

@@ -28,10 +28,11 @@ def test_old_model_predicts_as_before(old):
     assert model.is_trained_ and isinstance(model.calibration_, Calibration)
     # fitted before the settings were recorded: for the defaults, on randomly held-out spots
     assert model.calibration_.fitted_for(0.5, True) and model.calibration_.validation == "random"
-    prob = model.predict(target.copy())
+    # the default call of the version that saved it (the level from the source, prior-shifted)
+    prob = model.predict(target.copy(), call="prior")
     np.testing.assert_allclose(prob, expected["ctr_prob"], atol=1e-5)
     called = target.copy()
-    model.predict(called)
+    model.predict(called, call="prior")
     np.testing.assert_array_equal(called.obs["ctr"].astype(str), expected["ctr"])
     np.testing.assert_allclose(
         model.get_latent_representation(target), np.load(OLD / "expected_latent.npy"), atol=1e-5

@@ -66,7 +66,7 @@ def test_predict_writes_only_documented_keys(trained):
     assert set(target.obsm) == set(before.obsm) and set(target.layers) == set(before.layers)
     assert list(target.obs["ctr"].cat.categories) == ["non-cancer", "cancer"]
     meta = target.uns["spacrd"]
-    assert meta["threshold_method"] == meta["call"] == "mixture" and meta["threshold"] == 0.5
+    assert meta["threshold_method"] == meta["call"] == "auto" and meta["threshold"] == 0.5
     assert set(meta["cancer_share"]) == set(target.obs["section"]) and not meta["prior_shift"]
     assert set(meta["shift"]["sections"]) == set(target.obs["section"])
     called = (target.obs["ctr"] == "cancer").to_numpy()

@@ -65,13 +65,15 @@ def test_training_profile_is_kept_and_saved(trained, tmp_path):
 def test_a_thinned_target_warns_with_numbers_and_records_them(trained, tmp_path):
     model, target = trained
     sparse_target = _thin(target, 0.05)
-    with pytest.warns(UserWarning, match=r"section 'S3': median [\d,]+ counts per spot, 0\.\d+× the nearest training") as record:
+    with pytest.warns(
+        UserWarning, match=r"section 'S3': median [\d,]+ counts per spot, 0\.\d+× the nearest training"
+    ) as record:
         model.predict(sparse_target)
     assert "uns['spacrd']['shift']" in str(record[0].message)
     meta = sparse_target.uns["spacrd"]
     shift = meta["shift"]["sections"]["S3"]
     assert shift["median_counts"] < 0.5 * min(meta["shift"]["training"]["median_counts"].values())
-    assert meta["call"] == "mixture" and set(meta["level"]) == {"S3"}
+    assert meta["call"] == "auto" and meta["level"] == {"S3": "mixture"}  # unlike the training
     assert 0 <= shift["called_share"] <= 1 and meta["shift"]["warnings"]
     write_h5ad(sparse_target, tmp_path / "t.h5ad")  # every entry is writable
 
@@ -84,6 +86,9 @@ def test_a_target_like_the_training_sections_does_not_warn(trained):
         model.predict(target)
     meta = target.uns["spacrd"]
     assert meta["shift"]["warnings"] == [] and meta["shift"]["gene_overlap"] == 1.0
+    assert meta["level"] == {"S3": "source"}  # like the training sections: the calibration's level
+    model.predict(target, call="mixture")
+    meta = target.uns["spacrd"]
     truth = target.obs["cancer"].mean()
     assert meta["level"] == {"S3": "mixture"} and abs(meta["cancer_share"]["S3"] - truth) < 0.15
     low, high = meta["cancer_share_interval"]["S3"]

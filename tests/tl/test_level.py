@@ -34,14 +34,19 @@ def test_mixture_level_moves_with_the_scores(offset):
 
 def test_mixture_level_one_population_or_few_spots_says_so():
     rng = np.random.default_rng(0)
-    for scores in (rng.normal(0, 1, 3000), rng.normal(0, 1, 10), np.zeros(100)):
+    one = mixture_level(rng.normal(0, 1, 3000))
+    assert not one.two_populations and np.isfinite(one.threshold)  # a cut, flagged as uncertain
+    for scores in (rng.normal(0, 1, 10), np.zeros(100)):
         level = mixture_level(scores)
         assert not level.two_populations and np.isnan(level.threshold) and np.isnan(level.share)
     with pytest.raises(ValueError, match="finite"):
         mixture_level(np.array([0.0, np.nan] * 20))
 
 
-def _chain(logits, call, sections=None, calibration=Calibration(1.0, -1.0), **kwargs):
+SHIFTED = Calibration(1.0, -1.0)
+
+
+def _chain(logits, call, sections=None, calibration=SHIFTED, **kwargs):
     n = logits.size
     neighbors = np.arange(n)[:, None]
     sections = np.zeros(n, dtype=object) if sections is None else sections
@@ -62,6 +67,7 @@ def test_postprocess_mixture_levels_each_section_by_its_own_scores():
     assert abs(result.cancer_share["b"] - truth_b.mean()) < 0.03
     np.testing.assert_array_equal(result.called, result.probabilities >= 0.5)
     assert set(result.cancer_share_interval) == {"a", "b"} and result.threshold_method == "mixture"
+    assert result.two_populations == {"a": True, "b": True}
     assert result.uncertainty is not None and result.uncertainty.shape == logits.shape
     # the source's level calls nearly all of section b cancer
     source = _chain(logits, "source", sections)
@@ -73,12 +79,14 @@ def test_postprocess_mixture_levels_each_section_by_its_own_scores():
     np.testing.assert_array_equal(auto.called[a.size :], result.called[a.size :])
 
 
-def test_postprocess_mixture_keeps_the_source_level_without_two_populations():
-    logits = np.random.default_rng(0).normal(0, 1, 500)
+def test_postprocess_mixture_keeps_the_source_level_without_a_mixture():
+    logits = np.random.default_rng(0).normal(0, 1, 12)  # too few spots to fit one
     result = _chain(logits, "mixture")
-    assert result.level == {0: "source"} or result.level == {"0": "source"}
+    assert result.level == {"0": "source"}
     np.testing.assert_array_equal(result.called, logits - 1.0 >= 0)
-    assert result.cancer_share_interval == {}
+    assert result.cancer_share_interval == {} and result.two_populations == {}
+    one = _chain(np.random.default_rng(0).normal(0, 1, 2000), "mixture")
+    assert one.level == {"0": "mixture"} and one.two_populations == {"0": False}
 
 
 def test_calls_other_than_prior_refuse_prior_shift_and_threshold():

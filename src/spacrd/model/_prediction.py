@@ -191,15 +191,17 @@ class PredictionMixin:
             ``call="source"``. Passing it without ``call`` means ``call="prior"``.
         call
             Where the level of the probabilities, and so the call (probability ≥ 0.5), comes from.
-            ``"mixture"`` (the default): from each target section's own scores, cut where a
-            two-component mixture fitted to its label-free logits crosses (:func:`spacrd.tl.mixture_level`);
-            a section whose scores are not two populations keeps the calibration's level. Depth and
-            panel move every logit of a target, which a calibration fitted on the source cannot
-            know; the target's own distribution moves with them (see the platform-shift benchmark).
-            ``"auto"``: the mixture for sections unlike the training sections (depth or detected genes
-            outside the training range, or a different gene panel; the shift detector's test), the
-            calibration for the others. ``"source"``: the calibration fitted in :meth:`train` alone.
-            ``"prior"``: the calibration with ``prior_shift`` and ``threshold`` (spacrd ≤ 0.4's default).
+            ``"auto"`` (the default): from each target section's own scores for the sections unlike the
+            training sections (median counts or detected genes per spot outside the training range, or
+            a different gene panel: the shift detector's test below), from the calibration fitted in
+            :meth:`train` for the others. ``"mixture"``: from every section's own scores, cut where a
+            two-component mixture fitted to its label-free logits crosses
+            (:func:`spacrd.tl.mixture_level`); a section where no mixture can be fitted keeps the
+            calibration's level. Depth and panel move every logit of a target, which a calibration
+            fitted on the source cannot know; the target's own distribution moves with them.
+            ``"source"``: the calibration alone. ``"prior"``: the calibration with ``prior_shift`` and
+            ``threshold`` (the default before ``call`` existed). ``"auto"`` was chosen by nested
+            selection on training sections with thinned inner targets (``benchmarks/platform_shift.py``).
 
             Whatever the call, the target is compared with the training sections (the shift detector):
             a section whose median counts or detected genes per spot lie outside half the lowest to twice
@@ -262,7 +264,9 @@ class PredictionMixin:
             member_logits=outputs[MODULE_KEYS.MEMBER_LOGITS],
             target_level_sections=unlike_training(profile, *section_depths(inputs), inputs.gene_overlap),
         )
-        report = shift_report(profile, inputs, result.logits, result.called, inputs.gene_overlap)
+        report = shift_report(
+            profile, inputs, result.logits, result.called, inputs.gene_overlap, result.two_populations
+        )
         warn_shift(report)
         if ranking_model is not None:
             result = _ranked_by(

@@ -139,6 +139,7 @@ def shift_report(
     logits: np.ndarray,
     called: np.ndarray,
     gene_overlap: float,
+    two_populations: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
     """Compare every target section with the training profile.
 
@@ -155,6 +156,9 @@ def shift_report(
         ``(n,)`` bool, the call.
     gene_overlap
         Share of the model's genes present in the target.
+    two_populations
+        Per section with a mixture level, whether its scores form two populations
+        (:class:`spacrd.tl.SectionLevel`); ``False`` warns that the level is uncertain.
 
     Returns
     -------
@@ -196,6 +200,11 @@ def shift_report(
                     f"section {name!r}: {outside:.0%} of its scores lie outside the training spots' 1–99 % "
                     f"range ({low:.2f} to {high:.2f})"
                 )
+        if (two_populations or {}).get(name) is False:
+            messages.append(
+                f"section {name!r}: its scores do not separate into two populations, so the level of its "
+                "call is uncertain (see uns['spacrd']['cancer_share_interval'])"
+            )
         if share >= 1 - EXTREME_SHARE or share <= EXTREME_SHARE:
             messages.append(
                 f"section {name!r}: {share:.0%} of its spots are called cancer; a call of (almost) all or "

@@ -9,17 +9,18 @@ with the target.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 #: Sections with more spots fit the mixture on this many randomly drawn spots.
 MAX_MIXTURE_SPOTS = 50_000
 #: Fewer spots than this in a section: no mixture is fitted.
 MIN_MIXTURE_SPOTS = 20
-#: The scores count as two populations when two components fit them better than one by the Bayesian
-#: information criterion, and the smaller component holds at least this share of the spots.
+#: A mixture whose smaller component holds less than this share of the spots sets no level.
 MIN_COMPONENT_WEIGHT = 0.03
 #: Bootstrap resamples of the spots for the interval of the called share, and its coverage.
 N_BOOTSTRAP, INTERVAL = 20, (0.05, 0.95)
@@ -34,8 +35,8 @@ class SectionLevel:
     Attributes
     ----------
     threshold
-        On the scale of the scores the level was found on (label-free logits); ``nan`` when the scores
-        are not two populations.
+        On the scale of the scores the level was found on (label-free logits); ``nan`` when no mixture
+        could be fitted (fewer than 20 spots, one distinct score, a component of under 3 % of the spots).
     share
         Share of the section's spots at or above ``threshold`` (``nan`` without one).
     interval
@@ -43,8 +44,8 @@ class SectionLevel:
         resampled independently although neighbouring spots are alike, so the interval is a lower
         bound on the uncertainty.
     two_populations
-        Whether two components fit the scores better than one (by BIC), the smaller holding at least
-        :data:`MIN_COMPONENT_WEIGHT` of the spots.
+        Whether two components fit the scores better than one (by BIC). When they do not, the cut is
+        still the mixture's, but the scores barely separate and the share is uncertain.
 
     """
 
@@ -56,21 +57,23 @@ class SectionLevel:
 
 def _fit(scores: np.ndarray, random_state: int, start: GaussianMixture | None = None) -> GaussianMixture:
     """Two-component mixture of ``scores``; from ``start``'s parameters (a resample's refit) when given."""
-    if start is None:
-        return GaussianMixture(n_components=2, random_state=random_state).fit(scores[:, None])
-    return GaussianMixture(
-        n_components=2,
-        weights_init=start.weights_,
-        means_init=start.means_,
-        precisions_init=start.precisions_,
-        max_iter=20,
-        random_state=random_state,
-    ).fit(scores[:, None])
+    kwargs = {}
+    if start is not None:  # a few EM steps from the full fit: resamples move it little
+        kwargs = {
+            "weights_init": start.weights_,
+            "means_init": start.means_,
+            "precisions_init": start.precisions_,
+            "max_iter": 20,
+        }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return GaussianMixture(n_components=2, random_state=random_state, **kwargs).fit(scores[:, None])
 
 
 def _two_populations(gmm: GaussianMixture, scores: np.ndarray, random_state: int) -> bool:
+    """Whether two components fit ``scores`` better than one, by the Bayesian information criterion."""
     one = GaussianMixture(n_components=1, random_state=random_state).fit(scores[:, None])
-    return gmm.weights_.min() >= MIN_COMPONENT_WEIGHT and gmm.bic(scores[:, None]) < one.bic(scores[:, None])
+    return bool(gmm.bic(scores[:, None]) < one.bic(scores[:, None]))
 
 
 def _crossing(gmm: GaussianMixture) -> float:
@@ -102,8 +105,8 @@ def mixture_level(
 
     Returns
     -------
-    :class:`SectionLevel`; without two populations (or fewer than 20 spots) its threshold and share
-    are ``nan``, and the caller keeps the source's level.
+    :class:`SectionLevel`; where no mixture could be fitted its threshold and share are ``nan``, and
+    the caller keeps the source's level.
 
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
@@ -115,8 +118,9 @@ def mixture_level(
     rng = np.random.default_rng(random_state)
     fit = scores if scores.size <= MAX_MIXTURE_SPOTS else rng.choice(scores, MAX_MIXTURE_SPOTS, replace=False)
     gmm = _fit(fit, random_state)
-    if not _two_populations(gmm, fit, random_state):
-        return SectionLevel(nan, nan, (nan, nan), False)
+    two = _two_populations(gmm, fit, random_state)
+    if gmm.weights_.min() < MIN_COMPONENT_WEIGHT:
+        return SectionLevel(nan, nan, (nan, nan), two)
     threshold = _crossing(gmm)
     share = float(np.mean(scores >= threshold))
     size = min(scores.size, MAX_BOOTSTRAP_SPOTS)
@@ -126,9 +130,9 @@ def mixture_level(
         cut = _crossing(_fit(sample, random_state, start=gmm))
         deviations.append(np.mean(sample >= cut) - np.mean(sample >= threshold))
     if not deviations:
-        return SectionLevel(threshold, share, (share, share), True)
+        return SectionLevel(threshold, share, (share, share), two)
     low, high = np.quantile(deviations, INTERVAL) * np.sqrt(size / scores.size)
     # the resample's sampling noise of the share at a fixed cut, on top of the cut's own
     noise = np.sqrt(share * (1 - share) / scores.size) * 1.645
     interval = (float(np.clip(share + low - noise, 0, 1)), float(np.clip(share + high + noise, 0, 1)))
-    return SectionLevel(threshold, share, interval, True)
+    return SectionLevel(threshold, share, interval, two)

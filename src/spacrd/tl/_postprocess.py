@@ -27,7 +27,7 @@ from ._threshold import gmm_threshold
 DEFAULT_PROPAGATION = 0.5
 #: The call of :meth:`spacrd.model.SpaCRD.predict` by default, chosen by the platform-shift benchmark's
 #: nested selection (``benchmarks/platform_shift.py``).
-DEFAULT_CALL = "mixture"
+DEFAULT_CALL = "auto"
 
 Threshold = float | Literal["gmm"] | None
 Call = Literal["mixture", "auto", "source", "prior"]
@@ -58,8 +58,8 @@ class PostprocessSettings:
         ≥ 0.5 (``prior_shift`` and ``threshold`` must keep their defaults). ``"mixture"``: each
         section's own label-free logits, cut where a two-component mixture fitted to them crosses
         (:func:`spacrd.tl.mixture_level`); the calibration's scale is kept and its shift replaced so
-        that probability 0.5 falls on that cut; a section whose scores are not two populations keeps
-        the calibration's level. ``"auto"``: ``"mixture"`` for the sections named by
+        that probability 0.5 falls on that cut; a section where no mixture can be fitted (fewer than
+        20 spots, a component of under 3 %) keeps the calibration's level. ``"auto"``: ``"mixture"`` for the sections named by
         :func:`postprocess`'s ``target_level_sections`` (those unlike the training sections), the
         calibration's level for the others.
 
@@ -122,9 +122,12 @@ class PostprocessResult:
         ``(n,)`` the label-free logits (after propagation and smoothing, before calibration).
     level
         Per section, where its level came from: ``"mixture"``, ``"source"`` (the calibration;
-        also a ``"mixture"`` or ``"auto"`` section whose scores are not two populations) or ``"prior"``.
+        also a ``"mixture"`` or ``"auto"`` section where no mixture could be fitted) or ``"prior"``.
     cancer_share_interval
         Per section with a mixture level, the 5–95 % bootstrap interval of ``cancer_share``.
+    two_populations
+        Per section with a mixture level, whether two components fit its scores better than one (by
+        BIC); where they do not, the call's level is uncertain.
 
     """
 
@@ -138,6 +141,7 @@ class PostprocessResult:
     logits: np.ndarray | None = None
     level: dict[str, str] = field(default_factory=dict)
     cancer_share_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
+    two_populations: dict[str, bool] = field(default_factory=dict)
 
 
 def label_free_logits(
@@ -215,8 +219,9 @@ def postprocess(
     probabilities = (1.0 / (1.0 + np.exp(-calibrated))).astype(np.float32)
     cancer_share: dict[str, float] = {}
     if settings.call != "prior":
+        labels = sections.astype(str)
         cancer_share = {
-            str(name): float(np.mean(probabilities[sections == name] >= 0.5)) for name in pd.unique(sections)
+            str(name): float(np.mean(probabilities[labels == name] >= 0.5)) for name in pd.unique(labels)
         }
     elif settings.prior_shift:
         if source_cancer_share is None:
@@ -257,6 +262,7 @@ def postprocess(
         logits,
         offsets.level,
         offsets.interval,
+        offsets.two_populations,
     )
 
 
@@ -267,6 +273,7 @@ class _Offsets:
     shift: np.ndarray | None
     level: dict[str, str]
     interval: dict[str, tuple[float, float]]
+    two_populations: dict[str, bool] = field(default_factory=dict)
 
 
 def _section_offsets(
@@ -277,21 +284,22 @@ def _section_offsets(
     target_level_sections: Collection[str],
 ) -> _Offsets:
     """The shift of each spot's calibrated logit: ``-scale · threshold`` of its section's mixture level."""
-    names = [str(name) for name in pd.unique(sections)]
+    sections = np.asarray(sections).astype(str)
+    names = list(pd.unique(sections))
     if settings.call in ("prior", "source"):
         return _Offsets(None, dict.fromkeys(names, settings.call), {})
     wanted = set(names) if settings.call == "mixture" else {str(s) for s in target_level_sections}
     shift = np.full(logits.shape[0], calibration.shift, dtype=np.float64)
-    level, interval = {}, {}
+    level, interval, two = {}, {}, {}
     for name in names:
         rows = sections == name
         found = mixture_level(logits[rows]) if name in wanted else None
-        if found is None or not found.two_populations:
+        if found is None or not np.isfinite(found.threshold):
             level[name] = "source"
             continue
         shift[rows] = -calibration.scale * found.threshold
-        level[name], interval[name] = "mixture", found.interval
-    return _Offsets(shift, level, interval)
+        level[name], interval[name], two[name] = "mixture", found.interval, found.two_populations
+    return _Offsets(shift, level, interval, two)
 
 
 def _levelled(logits: np.ndarray, calibration: Calibration, offsets: _Offsets) -> np.ndarray:

@@ -1,0 +1,61 @@
+"""benchmarks/platform_shift.py: the thinning, the jobs and the nested selection of the call."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _platform_tables as tables
+import platform_shift as ps
+from _synthetic import synthetic_sections
+
+
+def test_thinning_keeps_the_rate_and_is_fixed_by_its_seed():
+    adata = synthetic_sections(n_sections=1, grid=8, n_genes=30)
+    thin = ps.thinned(adata, 0.1)
+    ratio = thin.layers["counts"].sum() / adata.layers["counts"].sum()
+    assert abs(ratio - 0.1) < 0.01 and (thin.X != thin.layers["counts"]).nnz == 0
+    assert (ps.thinned(adata, 0.1).layers["counts"] != thin.layers["counts"]).nnz == 0
+    assert (ps.thinned(adata, 1.0).layers["counts"] != adata.layers["counts"]).nnz == 0
+
+
+def test_jobs_hold_each_inner_pair_once_and_never_train_on_what_they_score():
+    sections = ["A", "B", "C", "D"]
+    jobs = ps.jobs(sections, [0, 1], ["default", "thinning"], [300], nested=True)
+    inner = [j for j in jobs if j["kind"] == "inner"]
+    assert len(inner) == 6 and len({j["held"] for j in inner}) == 6
+    assert len([j for j in jobs if j["kind"] == "outer"]) == 4 * 2 + 4  # thinning: first seed only
+    assert len({ps.job_name(j) for j in jobs}) == len(jobs)
+
+
+def _inner_rows(errors):
+    """Inner rows: for every pair (o, j) and target j, the share error of each call."""
+    rows = []
+    for (a, b), by_call in errors.items():
+        for target in (a, b):
+            for call, error in by_call.items():
+                rows.append(
+                    {
+                        "kind": "inner",
+                        "held": f"{a}-{b}",
+                        "section": target,
+                        "method": f"spacrd/{call}",
+                        "share_error": error,
+                        "f1_free": 0.5,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_nested_selection_never_reads_the_outer_section():
+    # "mixture" is better everywhere except when A is the *target*: the outer fold A must not see that
+    pairs = [("A", "B"), ("A", "C"), ("B", "C")]
+    df = _inner_rows({pair: {"mixture": 0.1, "prior": 0.3} for pair in pairs})
+    df.loc[(df["section"] == "A") & (df["method"] == "spacrd/mixture"), "share_error"] = 0.9
+    selection = tables.nested_selection(df, ["A", "B", "C"]).set_index("outer")
+    assert selection.loc["A", "chosen"] == "spacrd/mixture"  # from targets B and C only
+    assert selection.loc["B", "chosen"] == "spacrd/prior"  # its inner targets include A
+    np.testing.assert_allclose(selection.loc["A", "inner_error[mixture]"], 0.1)
