@@ -67,8 +67,10 @@ def _row(job: dict, section: str, rate: float, method: str, truth: np.ndarray, s
 
 
 def scores(job_list: list[dict], cache: Path) -> pd.DataFrame:
-    """One row per cached model, target section, rate and method (``spacrd/<call>``, baselines)."""
-    from _metrics import gmm_threshold
+    """One row per cached model, target section, rate and method (``spacrd/<call>``, baselines).
+
+    The rows of each model are kept beside its outputs (``<job>.scores.csv``) until the outputs change.
+    """
     from platform_shift import job_name
 
     rows = []
@@ -76,25 +78,34 @@ def scores(job_list: list[dict], cache: Path) -> pd.DataFrame:
         path = cache / f"{job_name(job)}.pkl"
         if not path.exists():
             continue
-        with path.open("rb") as f:
-            record = pickle.load(f)
-        prefix = "spacrd" if job["recipe"] == "default" else f"spacrd+{job['recipe']}"
-        for (section, rate), entry in record["targets"].items():
-            truth = entry["truth"]
-            for call in CALLS:
-                rows.append(
-                    _row(job, section, rate, f"{prefix}/{call}", truth, apply_call(record, entry, call))
-                )
-            for name in BASELINES:
-                if name in entry:
-                    p = np.asarray(entry[name], dtype=float)
-                    rows.append(
-                        _row(job, section, rate, name, truth, {"prob": p, "call": p > gmm_threshold(p)})
-                    )
-    df = pd.DataFrame(rows)
+        scored = path.with_suffix(".scores.csv")
+        if not scored.exists() or scored.stat().st_mtime < path.stat().st_mtime:
+            pd.DataFrame(_model_rows(job, path)).to_csv(scored, index=False)
+        rows.append(pd.read_csv(scored))
+    df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     if len(df):
+        df["genes"] = df["genes"].astype(str)
+        df["held"] = df["held"].astype(str)
         df["share_error"] = (df["called_share"] - df["prevalence"]).abs()
     return df
+
+
+def _model_rows(job: dict, path: Path) -> list[dict]:
+    from _metrics import gmm_threshold
+
+    with path.open("rb") as f:
+        record = pickle.load(f)
+    prefix = "spacrd" if job["recipe"] == "default" else f"spacrd+{job['recipe']}"
+    rows = []
+    for (section, rate), entry in record["targets"].items():
+        truth = entry["truth"]
+        for call in CALLS:
+            rows.append(_row(job, section, rate, f"{prefix}/{call}", truth, apply_call(record, entry, call)))
+        for name in BASELINES:
+            if name in entry:
+                p = np.asarray(entry[name], dtype=float)
+                rows.append(_row(job, section, rate, name, truth, {"prob": p, "call": p > gmm_threshold(p)}))
+    return rows
 
 
 def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:

@@ -27,14 +27,15 @@ the ROC AUC of the uncertainty for wrong calls (``ctr_uncertainty`` against call
 The network outputs of every trained model are cached under ``--out``/cache (one file per model), so a
 second run only recomputes the tables; ``--shard I/N`` trains every N-th model, for parallel runs.
 
-Run from the repository root (about an hour on 2 cores for three seeds, two panels and the nested
-selection; two shards in parallel halve it)::
+Run from the repository root (about three hours of CPU for three seeds, two panels, the nested
+selection and ``--recipes default,thinning``; two shards in parallel on 2 cores take about 90 min)::
 
-    python benchmarks/platform_shift.py --shard 0/2 & python benchmarks/platform_shift.py --shard 1/2; wait
-    python benchmarks/platform_shift.py          # the tables, from the cache
+    python benchmarks/platform_shift.py --recipes default,thinning --shard 0/2 &
+    python benchmarks/platform_shift.py --recipes default,thinning --shard 1/2; wait
+    python benchmarks/platform_shift.py --recipes default,thinning --tables-only  # the tables
 
-Writes ``results/platform_shift/scores.csv``, ``selection.csv`` and ``summary.md`` (the table in
-``docs/benchmark.md`` and the model card).
+Writes ``results/platform_shift/scores.csv``, ``selection.csv`` and ``summary.md``, and
+``docs/_static/platform_shift.md`` (the tables of ``docs/benchmark.md`` and the model card).
 """
 
 from __future__ import annotations
