@@ -137,6 +137,8 @@ def test_output_keys_may_not_overwrite_each_other_or_inputs(data, trained):
         trained.predict(target, prob_key="score")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # writing again where predict wrote before is silent
+        # (this barely trained model calls the whole section cancer, which the shift detector reports)
+        warnings.filterwarnings("ignore", message="The target differs from the training data")
         trained.predict(target, prob_key="score")
 
 

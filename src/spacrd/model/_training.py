@@ -20,20 +20,19 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 from spacrd._constants import UNLABELLED
 from spacrd._logging import quiet_third_party, stage_progress_bar
 from spacrd._stages import STAGES, Stage, StageSpec
-from spacrd._validation import check_bool, check_choice, check_device, check_number
 from spacrd.module import SpaCRDModule
 from spacrd.tl import PostprocessSettings
 
 from ._adata_inputs import label_summary, source_inputs, source_thinning
 from ._datamodule import (
     AUTO_SPOTS_PER_EPOCH,
-    VALIDATIONS,
     NeighbourhoodDataModule,
     Validation,
     validation_split,
 )
 from ._shift import training_profile
 from ._thinning import check_thinning
+from ._training_checks import check_train_arguments, check_trainer_kwargs, check_training_labels
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +216,8 @@ class StagedTrainingMixin:
             raise ValueError("This model has no registered AnnData to train on.")
         epochs = {"align": align_epochs, "fuse": fuse_epochs, "classify": classify_epochs}
         lrs = {"align": align_lr, "fuse": fuse_lr, "classify": classify_lr}
-        _check_train_arguments(epochs, lrs, weight_decay, batch_size, train_size, validation, spots_per_epoch)
-        _check_trainer_kwargs(trainer_kwargs, accelerator, early_stopping)
+        check_train_arguments(epochs, lrs, weight_decay, batch_size, train_size, validation, spots_per_epoch)
+        check_trainer_kwargs(trainer_kwargs, accelerator, early_stopping)
         depth_augmentation = check_thinning(depth_augmentation)
         inputs = source_inputs(self)
         labelled = inputs.labels[inputs.labels != UNLABELLED]
@@ -265,7 +264,7 @@ class StagedTrainingMixin:
                 f"Only {datamodule.n_train} training spot(s) after holding out {datamodule.n_val} for validation; "
                 "training needs at least 2 (one minibatch). Use more spots or `train_size=1.0`."
             )
-        _check_training_labels(inputs.labels[train_idx], len(val_idx), how)
+        check_training_labels(inputs.labels[train_idx], len(val_idx), how)
         self._run_stages(
             datamodule,
             epochs,
@@ -355,42 +354,6 @@ class StagedTrainingMixin:
         self.is_trained_ = True
 
 
-def _check_train_arguments(
-    epochs, lrs, weight_decay, batch_size, train_size, validation, spots_per_epoch
-) -> None:
-    """Ranges and types of :meth:`train`'s arguments, checked before anything is built."""
-    for name, value in epochs.items():
-        check_number(f"{name}_epochs", value, integer=True, low=0)
-    if epochs["classify"] == 0:
-        raise ValueError(
-            "`classify_epochs` must be a positive integer, got 0: the classifier stage gives the probabilities, "
-            "so a model that never ran it would predict from random weights."
-        )
-    for name, value in lrs.items():
-        check_number(f"{name}_lr", value, low=0, low_open=True)
-    check_number("weight_decay", weight_decay, low=0)
-    check_number("batch_size", batch_size, integer=True, low=2)
-    check_number("train_size", train_size, low=0, high=1, low_open=True)
-    check_choice("validation", validation, VALIDATIONS)
-    if spots_per_epoch not in (None, "auto"):
-        check_number("spots_per_epoch", spots_per_epoch, integer=True, low=2)
-
-
-def _check_trainer_kwargs(trainer_kwargs: dict, accelerator, early_stopping) -> None:
-    if "max_epochs" in trainer_kwargs:
-        raise TypeError(
-            "`max_epochs` is set per stage in SpaCRD: pass `align_epochs`, `fuse_epochs` and `classify_epochs` "
-            "instead."
-        )
-    for name in ("train_size", "validation_size", "shuffle_set_split", "datasplitter_kwargs"):
-        if name in trainer_kwargs:
-            raise TypeError(
-                f"`{name}` is not an argument of SpaCRD.train (see `train_size` and `validation`)."
-            )
-    check_bool("early_stopping", early_stopping)
-    check_device(accelerator)
-
-
 def _distributed_kwargs(trainer_kwargs: dict) -> dict:
     """Trainer arguments for several processes: unused-parameter detection and a private log folder.
 
@@ -442,17 +405,6 @@ def _check_stage_stepped(stage_history: dict, stage: StageSpec) -> None:
             f"{stage.title} ran no optimisation step (no training batch: too few training spots for "
             "`batch_size`, or `spots_per_epoch` too small); the model is not trained. Use more training spots, "
             "a smaller `batch_size` or a larger `train_size`."
-        )
-
-
-def _check_training_labels(labels: np.ndarray, n_val: int, how: str) -> None:
-    """The labelled spots left for training after the split must hold both classes (not one spot)."""
-    counts = np.bincount(labels[labels != UNLABELLED], minlength=2)
-    if (counts > 0).sum() < 2:
-        raise ValueError(
-            f"After holding out {n_val} validation spots (`validation={how!r}`), the training spots hold "
-            f"{counts[1]} cancer and {counts[0]} non-cancer labels; the classifier needs both. Label more "
-            "spots, or pass `train_size=1.0` to train on all of them."
         )
 
 
