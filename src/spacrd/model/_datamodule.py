@@ -11,8 +11,8 @@ import torch
 
 from spacrd._constants import TENSOR_KEYS, UNLABELLED
 
+from . import _thinning
 from ._inputs import SpotInputs
-from ._thinning import DepthThinning
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
         use_image: bool,
         sparse_genes: bool = False,
         hidden: np.ndarray | None = None,
-        thinning: DepthThinning | None = None,
+        thinning: _thinning.DepthThinning | None = None,
     ):
         if thinning is not None and sparse_genes:
             raise ValueError("Depth thinning serves dense training minibatches, not sparse ones.")
@@ -274,7 +274,7 @@ class NeighbourhoodDataModule(pl.LightningDataModule):
         spots_per_epoch: int | None = None,
         seed: int = 0,
         hide_validation: bool = True,
-        thinning: DepthThinning | None = None,
+        thinning: _thinning.DepthThinning | None = None,
     ):
         super().__init__()
         self.dataset = dataset

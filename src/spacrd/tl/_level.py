@@ -98,7 +98,7 @@ def mixture_level(
         (:func:`spacrd.tl.label_free_logits`).
     n_bootstrap
         Resamples for the interval of the share; ``0``: the interval is the share itself. A section of
-        more than :data:`MAX_BOOTSTRAP_SPOTS` spots is resampled ``m`` of ``n`` at a time and the
+        more than 5,000 spots (``MAX_BOOTSTRAP_SPOTS``) is resampled ``m`` of ``n`` at a time and the
         deviations scaled by ``sqrt(m / n)``.
     random_state
         Seed of the mixtures and the resamples.
