@@ -251,7 +251,6 @@ class PredictionMixin:
         inputs = self._inputs(adata, min_gene_overlap, batch_key)
         profile = getattr(self, "training_profile_", None)
         outputs = self._network_outputs(inputs, batch_size)
-        depths = section_depths(inputs)  # the shift detector's per-section medians, used twice
         result = postprocess(
             outputs[MODULE_KEYS.LOGITS],
             inputs.neighbors,
@@ -262,10 +261,10 @@ class PredictionMixin:
             getattr(self, "source_cancer_share_", None),
             lambda: self._expression_graph(inputs),
             member_logits=outputs[MODULE_KEYS.MEMBER_LOGITS],
-            target_level_sections=unlike_training(profile, *depths, inputs.gene_overlap),
+            target_level_sections=unlike_training(profile, *section_depths(inputs), inputs.gene_overlap),
         )
         report = shift_report(
-            profile, inputs, result.logits, result.called, inputs.gene_overlap, result.two_populations, depths
+            profile, inputs, result.logits, result.called, inputs.gene_overlap, result.two_populations
         )
         warn_shift(report)
         if ranking_model is not None:

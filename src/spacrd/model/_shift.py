@@ -140,7 +140,6 @@ def shift_report(
     called: np.ndarray,
     gene_overlap: float,
     two_populations: Mapping[str, bool] | None = None,
-    depths: tuple[dict[str, float], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Compare every target section with the training profile.
 
@@ -160,8 +159,6 @@ def shift_report(
     two_populations
         Per section with a mixture level, whether its scores form two populations
         (:class:`spacrd.tl.SectionLevel`); ``False`` warns that the level is uncertain.
-    depths
-        :func:`section_depths` of ``inputs`` when already computed.
 
     Returns
     -------
@@ -170,7 +167,7 @@ def shift_report(
     1–99 % range) and ``called_share``; plain floats, lists and strings (writable to ``.h5ad``).
 
     """
-    counts, genes = depths if depths is not None else section_depths(inputs)
+    counts, genes = section_depths(inputs)
     logits = np.asarray(logits, dtype=np.float64)
     messages: list[str] = []
     if gene_overlap < MIN_GENE_OVERLAP:
