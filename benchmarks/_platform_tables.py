@@ -109,12 +109,12 @@ def _model_rows(job: dict, path: Path) -> list[dict]:
 
 
 def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
-    """Per outer section, the call with the lowest mean inner share error (inner folds: training sections only).
+    """Per outer section, the recipe and call with the lowest mean inner share error (inner folds: training sections only).
 
     The inner model for outer section ``o`` and inner target ``j`` was trained on the four other
     sections (neither ``o`` nor ``j``) and scored on ``j`` at every rate; ``o`` plays no part.
     """
-    inner = df[(df["kind"] == "inner") & df["method"].str.startswith("spacrd/")]
+    inner = df[(df["kind"] == "inner") & df["method"].str.startswith("spacrd")]
     rows = []
     for outer in sections:
         pairs = inner[
@@ -128,18 +128,18 @@ def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
             {
                 "outer": outer,
                 "chosen": chosen,
-                **{f"inner_error[{m.split('/')[1]}]": means.loc[m, "share_error"] for m in means.index},
+                **{f"inner_error[{m.removeprefix('spacrd/')}]": means.loc[m, "share_error"] for m in means.index},
             }
         )
     return pd.DataFrame(rows)
 
 
 def with_selected(df: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
-    """``df`` plus rows ``spacrd/selected``: each outer section scored with the call chosen for it."""
+    """``df`` plus rows ``spacrd/selected``: each outer section scored with the recipe and call chosen for it."""
     if selection.empty:
         return df
     chosen = dict(zip(selection["outer"], selection["chosen"], strict=True))
-    outer = df[df["kind"].isin(["outer", "panel"]) & df["method"].str.startswith("spacrd/")]
+    outer = df[df["kind"].isin(["outer", "panel"]) & df["method"].str.startswith("spacrd")]
     picked = outer[outer.apply(lambda r: chosen.get(r["section"]) == r["method"], axis=1)].copy()
     picked["method"] = "spacrd/selected"
     return pd.concat([df, picked], ignore_index=True)
@@ -193,7 +193,7 @@ def write_tables(job_list: list[dict], cache: Path, out: Path, sections: list[st
         "## Platform shift: leave-one-section-out on the six labelled HER2ST sections",
         "",
         f"Held-out sections thinned to each rate (seed 0); means over sections and seeds {seeds} "
-        "(`spacrd+thinning` and `erbb2`: seed 0 only). Produced by `python benchmarks/platform_shift.py`.",
+        "(`erbb2`: seed 0 only). Produced by `python benchmarks/platform_shift.py`.",
         "",
     ]
     lines += _table(outer, ["method"], "All genes, by depth")

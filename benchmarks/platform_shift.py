@@ -12,11 +12,12 @@ Methods:
   with each label-free call of :meth:`SpaCRD.predict <spacrd.model.SpaCRD.predict>` (``call=``):
   ``prior`` (the calibration with the EM prior shift, spacrd ≤ 0.4's default), ``source`` (the
   calibration alone), ``mixture`` and ``otsu`` (the level from the target's own scores);
-* ``spacrd/selected``: per held-out section, the call chosen by *nested* selection: inner
-  leave-one-section-out over the five training sections only, with the inner targets thinned at the
-  same rates, choosing the call with the lowest mean absolute error of the called share (seed 0);
 * ``spacrd+thinning/<call>`` with ``--recipes default,thinning``: the same with
-  ``train(depth_augmentation=0.03)``, on the first seed only;
+  ``train(depth_augmentation=0.03)``;
+* ``spacrd/selected``: per held-out section, the recipe and call chosen by *nested* selection: inner
+  leave-one-section-out over the five training sections only (every recipe), with the inner targets
+  thinned at the same rates, choosing the pair with the lowest mean absolute error of the called
+  share (seed 0);
 * ``logreg_hvg_knn``: logistic regression on 2,000 HVGs averaged over each spot's 7 nearest spots,
   cut at the two-Gaussian threshold of the target's probabilities; ``erbb2``: ERBB2 expression with
   the same cut.
@@ -99,24 +100,18 @@ def jobs(
             for held in sections
         ]
 
-    # the first seed's outer folds and the nested selection first, then the other recipes on the first
-    # seed only (a depth-augmented training costs a few times a default one), the panels, other seeds
-    out = outer(seeds[0], "default")
-    if nested:
-        for pair in itertools.combinations(sections, 2):
-            out.append(
-                {
-                    "kind": "inner",
-                    "recipe": "default",
-                    "seed": seeds[0],
-                    "held": pair,
-                    "rates": RATES,
-                    "genes": 0,
-                }
-            )
+    def inner(seed: int, recipe: str) -> list[dict]:
+        return [
+            {"kind": "inner", "recipe": recipe, "seed": seed, "held": pair, "rates": RATES, "genes": 0}
+            for pair in itertools.combinations(sections, 2)
+        ]
+
+    # the first seed's outer folds and the nested selection first, then the other recipes (a
+    # depth-augmented training costs a few times a default one), the panels, the other seeds
+    out = outer(seeds[0], "default") + (inner(seeds[0], "default") if nested else [])
     for recipe in recipes:
         if recipe != "default":
-            out += outer(seeds[0], recipe)
+            out += outer(seeds[0], recipe) + (inner(seeds[0], recipe) if nested else [])
     for n_genes, held in itertools.product(panels, sections):
         out.append(
             {
@@ -128,8 +123,8 @@ def jobs(
                 "genes": n_genes,
             }
         )
-    for seed in seeds[1:]:
-        out += outer(seed, "default")
+    for seed, recipe in itertools.product(seeds[1:], ["default", *(r for r in recipes if r != "default")]):
+        out += outer(seed, recipe)
     return out
 
 

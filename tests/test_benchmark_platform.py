@@ -26,8 +26,10 @@ def test_jobs_hold_each_inner_pair_once_and_never_train_on_what_they_score():
     sections = ["A", "B", "C", "D"]
     jobs = ps.jobs(sections, [0, 1], ["default", "thinning"], [300], nested=True)
     inner = [j for j in jobs if j["kind"] == "inner"]
-    assert len(inner) == 6 and len({j["held"] for j in inner}) == 6
-    assert len([j for j in jobs if j["kind"] == "outer"]) == 4 * 2 + 4  # thinning: first seed only
+    for recipe in ("default", "thinning"):  # every recipe is selected on the same inner folds
+        assert len({j["held"] for j in inner if j["recipe"] == recipe}) == 6
+    assert len(inner) == 12
+    assert len([j for j in jobs if j["kind"] == "outer"]) == 4 * 2 * 2
     assert len({ps.job_name(j) for j in jobs}) == len(jobs)
 
 
