@@ -95,7 +95,7 @@ def _model_rows(job: dict, path: Path) -> list[dict]:
 
     with path.open("rb") as f:
         record = pickle.load(f)
-    prefix = "spacrd" if job["recipe"] == "default" else f"spacrd+{job['recipe']}"
+    prefix = "spacrd" if job["recipe"] == "plain" else f"spacrd+{job['recipe']}"
     rows = []
     for (section, rate), entry in record["targets"].items():
         truth = entry["truth"]
@@ -108,11 +108,18 @@ def _model_rows(job: dict, path: Path) -> list[dict]:
     return rows
 
 
-def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
-    """Per outer section, the recipe and call with the lowest mean inner share error (inner folds: training sections only).
+def _recipe(method: str) -> str:
+    """``spacrd+thinning/auto`` → ``spacrd+thinning``."""
+    return method.split("/")[0]
 
-    The inner model for outer section ``o`` and inner target ``j`` was trained on the four other
-    sections (neither ``o`` nor ``j``) and scored on ``j`` at every rate; ``o`` plays no part.
+
+def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
+    """Per outer section, the recipe and call chosen on inner folds of the training sections only.
+
+    The recipe is the one with the highest mean inner ROC AUC (its representation's ranking across the
+    inner targets and rates), then its call with the lowest mean inner share error. The inner model for
+    outer section ``o`` and inner target ``j`` was trained on the four other sections (neither ``o``
+    nor ``j``) and scored on ``j`` at every rate; ``o`` plays no part.
     """
     inner = df[(df["kind"] == "inner") & df["method"].str.startswith("spacrd")]
     rows = []
@@ -122,13 +129,16 @@ def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
         ]
         if pairs.empty:
             continue
-        means = pairs.groupby("method")[["share_error", "f1_free"]].mean()
-        chosen = means["share_error"].idxmin()
+        ranking = pairs.groupby(pairs["method"].map(_recipe))["auc"].mean()
+        recipe = ranking.idxmax()
+        means = pairs.groupby("method")["share_error"].mean()
+        chosen = means[means.index.map(_recipe) == recipe].idxmin()
         rows.append(
             {
                 "outer": outer,
                 "chosen": chosen,
-                **{f"inner_error[{m.removeprefix('spacrd/')}]": means.loc[m, "share_error"] for m in means.index},
+                **{f"inner_auc[{r}]": ranking[r] for r in ranking.index},
+                **{f"inner_error[{m.removeprefix('spacrd/')}]": means[m] for m in means.index},
             }
         )
     return pd.DataFrame(rows)
@@ -206,10 +216,11 @@ def write_tables(job_list: list[dict], cache: Path, out: Path, sections: list[st
     lines += _table(panels, ["genes", "method"], f"Gene panels (seed {seeds[0]})")
     if not selection.empty:
         lines += [
-            "### Nested selection of the call",
+            "### Nested selection of the recipe and the call",
             "",
-            "Mean inner |called − true share| of each call over the inner targets (the training sections) "
-            "and rates; the lowest is chosen for the held-out section.",
+            "Mean inner ROC AUC of each recipe and |called − true share| of each call over the inner "
+            "targets (the training sections) and rates: the recipe with the highest AUC, then its call "
+            "with the lowest error, is chosen for the held-out section.",
             "",
             *_markdown(selection),
             "",

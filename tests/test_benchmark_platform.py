@@ -24,9 +24,9 @@ def test_thinning_keeps_the_rate_and_is_fixed_by_its_seed():
 
 def test_jobs_hold_each_inner_pair_once_and_never_train_on_what_they_score():
     sections = ["A", "B", "C", "D"]
-    jobs = ps.jobs(sections, [0, 1], ["default", "thinning"], [300], nested=True)
+    jobs = ps.jobs(sections, [0, 1], ["plain", "thinning"], [300], nested=True)
     inner = [j for j in jobs if j["kind"] == "inner"]
-    for recipe in ("default", "thinning"):  # every recipe is selected on the same inner folds
+    for recipe in ("plain", "thinning"):  # every recipe is selected on the same inner folds
         assert len({j["held"] for j in inner if j["recipe"] == recipe}) == 6
     assert len(inner) == 12
     assert len([j for j in jobs if j["kind"] == "outer"]) == 4 * 2 * 2
@@ -47,6 +47,7 @@ def _inner_rows(errors):
                         "method": f"spacrd/{call}",
                         "share_error": error,
                         "f1_free": 0.5,
+                        "auc": 0.8,
                     }
                 )
     return pd.DataFrame(rows)
@@ -61,3 +62,15 @@ def test_nested_selection_never_reads_the_outer_section():
     assert selection.loc["A", "chosen"] == "spacrd/mixture"  # from targets B and C only
     assert selection.loc["B", "chosen"] == "spacrd/prior"  # its inner targets include A
     np.testing.assert_allclose(selection.loc["A", "inner_error[mixture]"], 0.1)
+
+
+def test_nested_selection_takes_the_better_ranking_recipe_then_its_best_call():
+    # the thinning recipe ranks better, though the plain recipe has the lowest share error of all
+    pairs = [("A", "B"), ("A", "C"), ("B", "C")]
+    plain = _inner_rows({pair: {"mixture": 0.05} for pair in pairs})
+    thinning = _inner_rows({pair: {"auto": 0.2, "mixture": 0.1} for pair in pairs})
+    thinning["method"] = thinning["method"].str.replace("spacrd/", "spacrd+thinning/")
+    thinning["auc"] = 0.9
+    selection = tables.nested_selection(pd.concat([plain, thinning]), ["A", "B", "C"]).set_index("outer")
+    assert (selection["chosen"] == "spacrd+thinning/mixture").all()
+    np.testing.assert_allclose(selection["inner_auc[spacrd+thinning]"], 0.9)
