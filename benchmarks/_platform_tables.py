@@ -149,7 +149,8 @@ def with_selected(df: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
     if selection.empty:
         return df
     chosen = dict(zip(selection["outer"], selection["chosen"], strict=True))
-    outer = df[df["kind"].isin(["outer", "panel"]) & df["method"].str.startswith("spacrd")]
+    # outer folds only: the panels are trained with one recipe, whichever was chosen
+    outer = df[(df["kind"] == "outer") & df["method"].str.startswith("spacrd")]
     picked = outer[outer.apply(lambda r: chosen.get(r["section"]) == r["method"], axis=1)].copy()
     picked["method"] = "spacrd/selected"
     return pd.concat([df, picked], ignore_index=True)
