@@ -43,6 +43,8 @@ class _UnsKeys(NamedTuple):
     SPATIAL: str = "spatial"
     #: Provenance of :func:`spacrd.pp.labels_from_annotations`, one record per section.
     ANNOTATIONS: str = "spacrd_annotations"
+    #: Appended to :func:`spacrd.tl.call`'s ``key_added``: how that call was made, ``uns["ctr_call"]``.
+    CALL_SUFFIX: str = "_call"
 
 
 class _ScanpyImageKeys(NamedTuple):

@@ -10,6 +10,7 @@ import torch
 from _synthetic import synthetic_sections
 from sklearn.metrics import roc_auc_score
 
+import spacrd
 from spacrd.model import SpaCRD
 
 FAST = {"align_epochs": 8, "fuse_epochs": 8, "classify_epochs": 15, "enable_progress_bar": False}
@@ -231,3 +232,14 @@ def test_predicted_target_writes_to_h5ad(trained, tmp_path, prior_shift):
     back = ad.read_h5ad(tmp_path / "t.h5ad")
     assert back.uns["spacrd"]["threshold_method"] == "bayes"
     np.testing.assert_array_equal(back.obs["ctr"], target.obs["ctr"])
+
+
+def test_tl_call_reproduces_predicts_call_without_the_model(trained):
+    model, target = trained
+    target = target.copy()
+    model.predict(target)
+    spacrd.tl.call(target, key_added="recalled")
+    assert (target.obs["recalled"] == target.obs["ctr"]).all()
+    spacrd.tl.call(target, 0.9)  # another threshold replaces predict's call, and says so
+    assert (target.obs["ctr"] == "cancer").sum() == (target.obs["ctr_prob"] >= 0.9).sum()
+    assert target.uns["ctr_call"]["method"] == "threshold"

@@ -10,6 +10,7 @@ from ._adaptation import (
     section_pca,
 )
 from ._calibration import Calibration, fit_calibration
+from ._call import call
 from ._level import SectionLevel, mixture_level
 from ._neighbors import smooth_over_neighbors
 from ._postprocess import PostprocessResult, PostprocessSettings, label_free_logits, postprocess
@@ -22,6 +23,7 @@ __all__ = [
     "PostprocessSettings",
     "SectionLevel",
     "adjust_to_prior",
+    "call",
     "ctr_regions",
     "expression_neighbors",
     "fit_calibration",
