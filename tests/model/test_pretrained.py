@@ -83,6 +83,6 @@ def test_the_wheel_takes_the_package_data():
     """hatch builds the wheel from src/spacrd, and no ignore rule drops the weights."""
     config = pytest.importorskip("tomllib").loads((ROOT / "pyproject.toml").read_text())
     assert config["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == ["src/spacrd"]
-    assert config["project"]["scripts"] == {"spacrd": "spacrd._cli:main", "spacrd-demo": "spacrd._demo:main"}
+    assert config["project"]["scripts"] == {"spacrd": "spacrd._cli:main", "spacrd-demo": "spacrd._cli:demo"}
     ignored = (ROOT / ".gitignore").read_text().split()
     assert not {"*.pt", "*.json", "pretrained/"} & set(ignored)
