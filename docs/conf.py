@@ -52,7 +52,8 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(anndata|scvi|lightning|spatialdata|pandas|matplotlib|scipy\.sparse|torch)\._.*"),
     (r"py:.*", r".*\._[a-z].*\.[A-Z].*"),  # e.g. anndata._core.anndata.AnnData in signatures
-    (r"py:class", r"_[a-z]\w*\.[A-Z]\w*"),  # a private module's class in a signature (_thinning.DepthThinning)
+    # a private module's class in a signature (_thinning.DepthThinning)
+    (r"py:class", r"_[a-z]\w*\.[A-Z]\w*"),
     (r"py:class", r"geopandas\.geodataframe\.GeoDataFrame"),  # documented as geopandas.GeoDataFrame
 ]
 

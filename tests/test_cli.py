@@ -4,6 +4,9 @@ The pretrained ``her2st`` model was trained on all six shipped HER2ST sections, 
 them (A1 here) checks that the command runs end to end, not how well the model generalises.
 """
 
+import ast
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -77,9 +80,17 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_demo_alias_is_the_same_command(capsys):
-    assert _demo.main(["--help"]) == 0
+    assert _cli.demo(["--help"]) == 0
     assert "--held-out" in capsys.readouterr().out
     _one_line_error(capsys, 2, ["demo", "--held-out", "Z9"], "--held-out must be one of")
+
+
+def test_demo_does_not_import_the_command():
+    """``_cli`` runs the demo; ``_demo`` importing ``_cli`` back would tie the two in a loop."""
+    tree = ast.parse(Path(_demo.__file__).read_text())
+    modules = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not [m for m in modules if m.split(".")[-1].startswith("_cli")]
 
 
 # ------------------------------------------------------------------------------------------- bad input

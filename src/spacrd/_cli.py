@@ -292,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def demo(argv: list[str] | None = None) -> int:
+    """``spacrd-demo``: ``spacrd demo`` with ``argv`` (default: the command line); returns its exit code."""
+    return main(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``spacrd`` with ``argv`` (default: the command line) and return its exit code."""
     parser = build_parser()

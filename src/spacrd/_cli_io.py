@@ -94,6 +94,7 @@ def read_input(path: str | Path, table_key: str | None = None) -> Loaded:
             sdata = read_zarr(path)
             return Loaded(sdata, "zarr", path, _table_key(sdata, table_key, path))
         root = _spaceranger_root(path)
+        assert root is not None  # the kind was found by it
         adata = read_spaceranger(root)
         adata.var_names_make_unique()
         return Loaded(adata, "spaceranger", root)
@@ -350,6 +351,7 @@ def write_regions_shapes(loaded: Loaded) -> None:
     from spacrd.tl._regions import shapes_key
 
     sdata = loaded.data
+    assert loaded.table_key is not None  # set for every zarr input
     elements = table_keys(loaded.table, loaded.table_key).regions
     on_disk = set(sdata.elements_paths_on_disk())
     for element in elements:

@@ -78,8 +78,10 @@ def _histology(adata, section_key: str | None, key_added: str = OBSM_KEYS.HISTOL
 
     if not adata.uns.get(UNS_KEYS.SPATIAL):
         raise InputError("--histology needs H&E images in uns['spatial'] (the squidpy/scanpy Visium layout).")
-    kwargs = {"library_key": section_key} if section_key is not None else {}
-    spacrd.pp.image_features(adata, key_added=key_added, **kwargs)
+    if section_key is None:
+        spacrd.pp.image_features(adata, key_added=key_added)
+    else:
+        spacrd.pp.image_features(adata, key_added=key_added, library_key=section_key)
 
 
 def predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace) -> str | None:
@@ -112,6 +114,7 @@ def _predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace, section_ke
                 raise InputError(
                     "--layer works for .h5ad and Space Ranger inputs; the zarr table is read as is."
                 )
+            assert loaded.table_key is not None  # set for every zarr input
             model.predict(
                 loaded.data,
                 table_key=loaded.table_key,
@@ -234,6 +237,7 @@ def train(args: argparse.Namespace) -> SpaCRD:
                 raise InputError(
                     "For a SpatialData INPUT, name the H&E image with --image instead of --histology."
                 )
+            assert loaded.table_key is not None  # set for every zarr input
             SpaCRD.setup_spatialdata(
                 loaded.data,
                 table_key=loaded.table_key,

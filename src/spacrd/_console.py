@@ -21,7 +21,8 @@ from spacrd._stages import STAGES
 #: Beyond what the library holds back in its own calls (:func:`spacrd._logging.quiet_third_party`),
 #: a command also hides scvi-tools' INFO lines ("Seed set to 0") and every Lightning warning.
 COMMAND_LOGGERS = ("scvi",)
-COMMAND_WARNINGS = ({"module": r"lightning(\.|$)"}, {"module": r"docrep(\.|$)"})
+#: Modules (regular expressions) whose warnings a command hides.
+COMMAND_WARNINGS = (r"lightning(\.|$)", r"docrep(\.|$)")
 
 
 @contextmanager
@@ -37,8 +38,8 @@ def quiet_libraries() -> Iterator[None]:
         for name in COMMAND_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         with quiet_third_party(), warnings.catch_warnings():
-            for kwargs in COMMAND_WARNINGS:
-                warnings.filterwarnings("ignore", **kwargs)
+            for module in COMMAND_WARNINGS:
+                warnings.filterwarnings("ignore", module=module)
             warnings.showwarning = _one_line_warning
             yield
     finally:

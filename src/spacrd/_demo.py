@@ -15,7 +15,6 @@ informative choice, but with 63 cancer spots its metrics are noisier.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -235,14 +234,3 @@ def run_from_args(args: argparse.Namespace) -> None:
     metrics = run(args.held_out, args.out, args.seed, args.fuse_epochs, args.classify_epochs)
     print(report(metrics))
     print(f"Wrote {args.out}/ctr.png, {args.out}/metrics.csv, {args.out}/spots.csv")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``spacrd-demo``: the same as ``spacrd demo``."""
-    from spacrd._cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -61,5 +61,5 @@ def pretrained_path(name: str) -> Path:
             "written by `SpaCRD.save`, use `SpaCRD.load(dir_path)`."
         )
     # an installed wheel unpacks to files on disk, so the package data is a plain directory
-    root = files("spacrd").joinpath("datasets", "data", "pretrained", PRETRAINED_MODELS[name].folder)
+    root = files("spacrd") / "datasets" / "data" / "pretrained" / PRETRAINED_MODELS[name].folder
     return Path(str(root))

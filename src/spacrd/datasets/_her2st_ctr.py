@@ -29,4 +29,4 @@ def her2st_ctr() -> ad.AnnData:
     ``squidpy.pl.spatial_scatter(adata, library_key="section", img=False)``, or A1 on its H&E.
 
     """
-    return ad.read_h5ad(files("spacrd.datasets").joinpath("data", "her2st_ctr.h5ad"))
+    return ad.read_h5ad(files("spacrd.datasets") / "data" / "her2st_ctr.h5ad")

@@ -91,10 +91,10 @@ def _parse_plain_integers(raw: bytes) -> tuple[list[str], list[str], sparse.csr_
         block = buf[start:stop]
         n = last_row - first_row
         # Field ends: every tab or newline; a rectangular table has n_fields of them per line.
-        ends = np.flatnonzero((block == _TAB) | (block == _NEWLINE))
-        if ends.size != n * n_fields:
+        flat_ends = np.flatnonzero((block == _TAB) | (block == _NEWLINE))
+        if flat_ends.size != n * n_fields:
             raise _NotPlainIntegerTable
-        ends = ends.reshape(n, n_fields)
+        ends = flat_ends.reshape(n, n_fields)
         if not (block[ends[:, -1]] == _NEWLINE).all():
             raise _NotPlainIntegerTable
         starts = np.empty_like(ends)

@@ -68,7 +68,7 @@ def _class_color(classification: Any) -> tuple[int, int, int] | None:
         return None
     color = classification.get("color", classification.get("colorRGB"))
     if isinstance(color, list | tuple) and len(color) >= 3:
-        return tuple(int(c) for c in color[:3])
+        return int(color[0]), int(color[1]), int(color[2])
     if isinstance(color, int | np.integer):  # packed (A)RGB, as QuPath 0.2 wrote it
         value = int(color) & 0xFFFFFF
         return (value >> 16) & 255, (value >> 8) & 255, value & 255

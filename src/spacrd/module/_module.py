@@ -208,6 +208,7 @@ class SpaCRDModule(BaseModuleClass):
         if self.image_encoder is None or image is None:
             mask = torch.zeros(gene_emb.shape[:-1], dtype=torch.bool, device=gene_emb.device)
             return gene_emb, gene_emb, mask
+        assert has_image is not None  # images come with their mask
         mask = has_image.bool()
         image_emb = F.normalize(self.image_encoder(torch.nan_to_num(image)), dim=-1)
         image_emb = torch.where(mask.unsqueeze(-1), image_emb, gene_emb)
@@ -331,6 +332,7 @@ class SpaCRDModule(BaseModuleClass):
         Training applies input dropout to the mean vector, as the method does. The linear map has no
         bias, so in evaluation the mean of the per-spot terms is the same number at a fraction of the cost.
         """
+        assert self.wide is not None  # called only for a model with a wide term
         if self.training:
             return self.wide(_masked_mean(spot_genes[neighbors], padding_mask))
         per_spot = linear_input(self.wide, spot_genes)  # dropout is the identity in evaluation

@@ -62,7 +62,11 @@ def linear_input(layer: nn.Module, x: torch.Tensor | ShiftedSparse) -> torch.Ten
     """
     if not isinstance(x, ShiftedSparse):
         return layer(x)
-    linear = layer if isinstance(layer, nn.Linear) else next(m for m in layer if isinstance(m, nn.Linear))
+    linear = (
+        layer
+        if isinstance(layer, nn.Linear)
+        else next(m for m in layer.modules() if isinstance(m, nn.Linear))
+    )
     if layer.training:
         raise RuntimeError("Sparse-shifted inputs are for evaluation; training batches are dense.")
     return x.linear(linear.weight, linear.bias)

@@ -10,7 +10,7 @@ from anndata import AnnData
 from spacrd._constants import OBS_KEYS
 from spacrd._validation import check_number
 
-from ._utils import as_class_labels, check_obs_key, check_prob_key, finish, new_axes
+from ._utils import as_class_labels, check_obs_key, check_prob_key, finish_panel, new_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -123,7 +123,7 @@ def calibration(
         groups = {str(s): (sections == s).to_numpy() for s in pd.unique(sections)}
     ax = new_axes(ax, 1, ncols=1, panel_size=(5.0, 5.0))[0]
     ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1, label="calibrated")
-    counts_ax = ax.inset_axes([0.0, 0.0, 1.0, 0.18], sharex=ax)
+    counts_ax = ax.inset_axes((0.0, 0.0, 1.0, 0.18), sharex=ax)
     known = labels.notna().to_numpy() & np.isfinite(prob.to_numpy())
     for name, rows in groups.items():
         use = rows & known
@@ -158,4 +158,4 @@ def calibration(
     ax.set_ylabel(f"share of cancer spots ({labels_key})")
     ax.set_title("Reliability of the cancer probability")
     ax.legend(loc="upper left", fontsize="small", frameon=False)
-    return finish(ax.figure, [ax], return_ax=return_ax, show=show, save=save)
+    return finish_panel(ax, return_ax=return_ax, show=show, save=save)

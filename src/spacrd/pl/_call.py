@@ -203,8 +203,9 @@ def spot_rings(
 ) -> PatchCollection:
     """A ring around each of ``centres`` (squidpy's spot ``shape``: circle, square or hex), in ``color``."""
     from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Circle, Rectangle, RegularPolygon
+    from matplotlib.patches import Circle, Patch, Rectangle, RegularPolygon
 
+    patches: list[Patch]
     if shape == "square":
         patches = [Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) for x, y in centres]
     elif shape == "hex":

@@ -426,10 +426,12 @@ def _ctr_anndata(
         libraries, prob_axes, geometry, strict=True
     ):
         legend = [] if handle is None else [handle]
-        if handle is not None and call_style == "region":
+        if called is None or handle is None:
+            pass
+        elif call_style == "region":
             region = library_region(adata, lib, library_key, spatial_key, called, **islands)
             call_region(prob_ax, region, scale, origin, call_color, call_linewidth)
-        elif handle is not None:
+        else:
             spot_rings(prob_ax, centres[called[mask]], radius, kwargs["shape"], call_color, call_linewidth)
         if outlines is not None:
             legend += annotation_outlines(

@@ -16,7 +16,7 @@ from ._utils import (
     as_class_labels,
     check_obs_key,
     check_prob_key,
-    finish,
+    finish_panel,
     new_axes,
 )
 
@@ -91,6 +91,7 @@ def score_distribution(
     kwargs.setdefault("edgecolor", "black")
     kwargs.setdefault("linewidth", 0.5)
 
+    groups: dict[str, tuple[np.ndarray, str | None]]
     if labels_key is None:
         groups = {f"all spots (n={np.isfinite(prob).sum()})": (prob.to_numpy(), "#636363")}
     else:
@@ -107,7 +108,7 @@ def score_distribution(
 
     for name, (values, color) in groups.items():
         values = values[np.isfinite(values)]
-        ax.hist(values, bins=edges, density=density, label=name, color=color, **kwargs)
+        ax.hist(values, bins=edges.tolist(), density=density, label=name, color=color, **kwargs)
 
     method = None
     if threshold is None:
@@ -122,4 +123,4 @@ def score_distribution(
     ax.set_xlabel(f"{prob_key} (cancer probability)")
     ax.set_ylabel("density" if density else "spots")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    return finish(ax.figure, [ax], return_ax=return_ax, show=show, save=save)
+    return finish_panel(ax, return_ax=return_ax, show=show, save=save)

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from spacrd._stages import STAGES as TRAINING_STAGES
 
@@ -130,5 +131,7 @@ def training_history(
         stage_ax.set_xlabel("epoch")
         stage_ax.set_ylabel("loss")
         if all(pd.api.types.is_integer_dtype(s.index) for s in splits.values()):
-            stage_ax.xaxis.get_major_locator().set_params(integer=True)
+            locator = stage_ax.xaxis.get_major_locator()
+            if isinstance(locator, MaxNLocator):  # the default AutoLocator is one
+                locator.set_params(integer=True)
     return finish(axes[0].figure, axes, return_ax=return_ax, show=show, save=save)

@@ -12,7 +12,7 @@ from spacrd._constants import CANCER, NON_CANCER
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
 
 
 #: Fixed colours so that "cancer" reads the same in every panel and every figure (red = cancer).
@@ -103,7 +103,7 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 
 
 def finish(
-    fig: Figure,
+    fig: Figure | SubFigure,
     axes: list[Axes],
     *,
     return_ax: bool,
@@ -112,7 +112,7 @@ def finish(
 ) -> Axes | list[Axes] | None:
     """Save, show and return as scanpy does: ``show=None`` shows unless the axes are returned."""
     if save is not None:
-        save_figure(fig, save)
+        save_figure(fig.figure, save)  # the whole figure, should the axes be on a subfigure
     if show is None:
         show = not return_ax
     if show:
@@ -120,6 +120,12 @@ def finish(
     if return_ax:
         return axes[0] if len(axes) == 1 else axes
     return None
+
+
+def finish_panel(ax: Axes, *, return_ax: bool, show: bool | None, save: str | Path | None) -> Axes | None:
+    """:func:`finish` for a plot of one panel: returns that panel (or ``None``)."""
+    finish(ax.figure, [ax], return_ax=return_ax, show=show, save=save)
+    return ax if return_ax else None
 
 
 def new_axes(

@@ -58,6 +58,7 @@ def _annotation_frame(
     from spacrd.io import read_annotations
 
     if is_element(data, annotations):
+        assert system is not None  # a SpatialData's spots name their coordinate system
         frame = data.shapes[annotations]
         affine = annotation_affine(data, annotations, system)
         frame = GeoDataFrame(
@@ -275,7 +276,7 @@ def labels_from_annotations(
     if min_overlap is not None and not (0 < float(min_overlap) <= 1):
         raise ValueError(f"min_overlap is a share of each footprint in (0, 1], got {min_overlap}.")
     if _spatial.is_spatialdata(data):
-        element = annotations if is_element(data, annotations) else None
+        element = str(annotations) if is_element(data, annotations) else None
         spots = spatialdata_spots(
             data, table_key=table_key, coordinate_system=coordinate_system, annotation_element=element
         )

@@ -32,7 +32,8 @@ class Backbone(abc.ABC):
 
     name: str
     input_size: tuple[int, int]
-    feature_names: list[str] | None = None
+    #: Names of the output columns, where the backbone has them.
+    feature_names: ClassVar[tuple[str, ...] | None] = None
 
     @abc.abstractmethod
     def __call__(self, crops: np.ndarray) -> np.ndarray:
@@ -45,7 +46,7 @@ class Backbone(abc.ABC):
 class HistologyStatsBackbone(Backbone):
     name = "histology_stats"
     input_size = (INPUT_SIZE, INPUT_SIZE)
-    feature_names: ClassVar[list[str]] = list(FEATURE_NAMES)
+    feature_names: ClassVar[tuple[str, ...] | None] = FEATURE_NAMES
 
     def __call__(self, crops):
         rgb = resize_crops(crops, self.input_size).permute(0, 2, 3, 1).numpy()
@@ -196,11 +197,9 @@ def resolve_backbone(
             pretrained=pretrained,
             checkpoint_path=checkpoint_path,
         )
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
-    if torch is not None and isinstance(backbone, torch.nn.Module):
+    import torch
+
+    if isinstance(backbone, torch.nn.Module):
         return TorchBackbone(
             backbone, name=type(backbone).__name__, input_size=input_size, transform=transform, device=device
         )

@@ -32,6 +32,8 @@ def iter_crops(
     """
     size = library.crop_px
     centres = library.centres
+    if centres is None:
+        raise ValueError(f"Library {library.name!r} has no image, so no spots to crop.")
     outside = (
         (centres[:, 0] < -0.5)
         | (centres[:, 1] < -0.5)
@@ -172,6 +174,7 @@ def spot_crops(
     slot[order] = np.arange(len(rows))  # output position of each row, in ascending row order
     position_of_row = dict(zip(rows.tolist(), slot.tolist(), strict=True))
     for library in libraries:
+        assert library.open_source is not None  # libraries without an image were refused above
         with library.open_source() as source:
             for batch_rows, crops, _ in iter_crops(library, source, options):
                 if crops.shape[1] != size:

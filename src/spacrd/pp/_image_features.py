@@ -286,6 +286,7 @@ def image_features(
 
     if is_sdata and target is None:
         return features
+    assert target is not None  # gather returns the AnnData (or the SpatialData's table) it writes to
     if copy:
         target = target.copy()
     target.obsm[key_added] = features

@@ -127,8 +127,8 @@ class ChunkedSource(Source):
         self,
         layout: _Layout,
         read_regions: Callable[[list[Region]], list[Any]],
-        y_bounds: Sequence[int],
-        x_bounds: Sequence[int],
+        y_bounds: Sequence[int] | np.ndarray,
+        x_bounds: Sequence[int] | np.ndarray,
         *,
         dtype: Any,
         value_range: tuple[float, float] | None,
@@ -325,7 +325,7 @@ def _tiff_source(
 
         store = tif.series[0].aszarr(level=0)
         stack.callback(store.close)
-        stored = zarr.open(store, mode="r")
+        stored: Any = zarr.open(store, mode="r")  # an array, or a multiscale group of them
         if not hasattr(stored, "shape"):  # a multiscale group
             stored = stored["0"]
         axes = level.axes.lower().replace("s", "c")
@@ -354,7 +354,7 @@ def open_file_source(path: str, value_range: tuple[float, float] | None, name: s
     decoded whole by Pillow.
     """
     with ExitStack() as stack:
-        source = _tiff_source(path, value_range, name, stack) if is_tiff(path) else None
+        source: Source | None = _tiff_source(path, value_range, name, stack) if is_tiff(path) else None
         if source is None:
             source = PillowSource(stack.enter_context(open_image(path)), value_range, name)
         yield source

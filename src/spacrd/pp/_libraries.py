@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,13 @@ class Library:
     open_source: Callable[[], AbstractContextManager[Source]] | None = None
     source_kind: str = "none"
     source_path: str = ""
+
+
+def _array_opener(
+    array: Any, axes: str, value_range: tuple[float, float] | None, desc: str
+) -> AbstractContextManager[Source]:
+    """An image array (numpy or dask) as a source, in a context that has nothing to close."""
+    return nullcontext(array_source(array, axes, value_range, desc))
 
 
 def gather(data: Any, options: CropOptions) -> tuple[AnnData | None, int, list[Library]]:
@@ -155,7 +163,9 @@ def anndata_libraries(adata: AnnData, options: CropOptions) -> list[Library]:
         if fullres:
             kind, path, scale = "fullres", str(fullres), 1.0
             desc = f"full-resolution image of {lib!r} ({path})"
-            opener = lambda path=path, desc=desc: open_file_source(path, options.value_range, desc)  # noqa: E731
+            opener: Callable[[], AbstractContextManager[Source]] = partial(
+                open_file_source, path, options.value_range, desc
+            )
         elif img_res_key in images:
             res_key = _usable_res_key(images, scalefactors, img_res_key, lib, spatial_key)
             scale_key = f"tissue_{res_key}_scalef"
@@ -169,9 +179,7 @@ def anndata_libraries(adata: AnnData, options: CropOptions) -> list[Library]:
             desc = f"adata.uns[{spatial_key!r}][{lib!r}]['images'][{res_key!r}]"
             array = uns_image(images[res_key], desc)
             axes = _uns_axes(array, desc)
-            opener = lambda a=array, axes=axes, desc=desc: nullcontext(  # noqa: E731
-                array_source(a, axes, options.value_range, desc)
-            )
+            opener = partial(_array_opener, array, axes, options.value_range, desc)
         else:
             if explicit:
                 raise ValueError(
@@ -337,7 +345,8 @@ def spatialdata_libraries(sdata: Any, options: CropOptions) -> tuple[AnnData | N
             f"image_key and shapes_key pair up one image with one shapes element; got {len(image_keys)} "
             f"image(s) and {len(shape_keys)} shapes element(s)."
         )
-    table = keys = None
+    table: AnnData | None = None
+    keys: _spatial.TableKeys | None = None
     if options.table_key is not None:
         table = _spatial.get_table(sdata, options.table_key)
         keys = _spatial.table_keys(table, options.table_key)
@@ -347,7 +356,7 @@ def spatialdata_libraries(sdata: Any, options: CropOptions) -> tuple[AnnData | N
     for img_key, shp_key in zip(image_keys, shape_keys, strict=True):
         if img_key not in sdata.images:
             raise KeyError(f"SpatialData has no image {img_key!r} (it has {list(sdata.images)}).")
-        if table is not None:
+        if table is not None and keys is not None and options.table_key is not None:
             spots = _spatial.table_spots(sdata, table, shp_key, keys, options.table_key)
         else:
             spots = _spatial.element_spots(sdata, shp_key)
@@ -373,9 +382,7 @@ def spatialdata_libraries(sdata: Any, options: CropOptions) -> tuple[AnnData | N
                 centres=spots.centres,
                 crop_px=_crop_px(shp_key, diameter),
                 crop_diameter=diameter,
-                open_source=lambda a=data_array.data, desc=desc: nullcontext(
-                    array_source(a, "cyx", options.value_range, desc)
-                ),
+                open_source=partial(_array_opener, data_array.data, "cyx", options.value_range, desc),
                 source_kind=f"image:{img_key}",
             )
         )

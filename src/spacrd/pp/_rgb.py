@@ -56,6 +56,7 @@ class RGBConverter:
         if n_channels == 1:
             warnings.warn(f"{name} is grayscale; its channel is repeated to RGB.", UserWarning, stacklevel=6)
         self._n_channels = n_channels
+        self._range: tuple[float, float] | None
         if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
             raise TypeError(f"{name} has dtype {dtype}; expected uint8, another integer type or float.")
         if value_range is not None:

@@ -53,14 +53,14 @@ def section_pca(
         block = features[rows]
         if column_weights is not None:
             weights = np.asarray(column_weights[code], dtype=np.float32)
-            block = block.multiply(weights).tocsr() if sparse.issparse(block) else block * weights
+            block = block * weights if isinstance(block, np.ndarray) else block.multiply(weights).tocsr()
         fit = rows.size if rows.size <= MAX_PCA_FIT_SPOTS else MAX_PCA_FIT_SPOTS
         comps = min(n_comps, fit - 1, d)
         if comps < 1 or _constant_columns(block):
             continue  # nothing varies (e.g. none of the model's genes): no components, the embedding stays 0
         # ARPACK (exact, sparse-aware) needs fewer components than min(spots, features); else full SVD
         solver = "arpack" if comps < min(fit, d) else "full"
-        if solver == "full" and sparse.issparse(block):
+        if solver == "full" and not isinstance(block, np.ndarray):
             block = block.toarray()  # at most `n_comps` spots or features: small
         pca = PCA(comps, svd_solver=solver, random_state=random_state)
         if fit == rows.size:
