@@ -131,8 +131,8 @@ class FittedStateMixin:
         Examples
         --------
         >>> settings = {"expression_propagation": 0.0, "spatial_smoothing": False}
-        >>> model.calibrate(labelled, **settings)  # a loaded model: labelled spots it was not trained on
-        >>> model.predict(target, **settings)
+        >>> model.calibrate(labelled, **settings)  # doctest: +SKIP
+        >>> model.predict(target, **settings)  # doctest: +SKIP
 
         """
         self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)

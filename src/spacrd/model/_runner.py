@@ -28,7 +28,7 @@ class StagedTrainRunner(TrainRunner):
     model, training_plan, data_splitter, max_epochs, accelerator, devices
         As for :class:`scvi.train.TrainRunner`.
     stage
-        The stage this run trains (:data:`spacrd.model.STAGES`).
+        The stage this run trains (one of ``spacrd.model.STAGES``).
     last_stage
         Whether training is complete after this stage.
     **trainer_kwargs
