@@ -175,7 +175,9 @@ class PredictionMixin:
             neighbour graph (10 nearest spots on 10 principal components of the model's preprocessed
             genes; :func:`spacrd.tl.expression_neighbors`), applied before the spatial smoothing.
             Spots of one tumour clone resemble each other more than they resemble the training
-            patients, so their scores are pulled together. ``0`` turns it off.
+            patients, so their scores are pulled together. ``0`` turns it off. Settings of propagation
+            or smoothing other than the defaults need a calibration fitted for them:
+            ``model.calibrate(expression_propagation=..., spatial_smoothing=...)`` first.
         prior_shift
             With ``call="prior"`` (default there): re-weight the probabilities to each target section's
             cancer share, estimated by EM from the calibrated probabilities themselves

@@ -122,7 +122,7 @@ class StagedTrainingMixin:
     """``train`` for :class:`~spacrd.model.SpaCRD`: the stages of ``STAGES``, one Lightning run each.
 
     Needs of the model class what :class:`~spacrd.model._protocols.ModelCore` lists, and of
-    :class:`~spacrd.model._calibrate.CalibrationMixin` ``_fitted_state`` and ``_calibration_settings``.
+    :class:`~spacrd.model._fitting.FittedStateMixin` ``_fitted_state`` and ``_calibration_settings``.
     """
 
     def train(
