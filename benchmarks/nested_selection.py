@@ -101,6 +101,7 @@ def score(models: dict, test, y_test, calls: tuple[str, ...] = DEFAULT_CALLS) ->
             options.append((level, "paired", CALLS["bayes"], model, train_s + level_s))
         for alpha, (predictor, call, kwargs, ranker, seconds) in itertools.product(PROPAGATION, options):
             scored = test.copy()
+            predictor.calibrate(expression_propagation=alpha)  # stored for these settings, or fitted once
             unshifted = call in UNSHIFTED_CALLS
             with unshifted_calibration(predictor) if unshifted else contextlib.nullcontext():
                 prob = predictor.predict(scored, expression_propagation=alpha, ranking_model=ranker, **kwargs)

@@ -31,7 +31,7 @@ def _parts() -> list[tuple[str, object]]:
     """(label, function) pairs whose cumulative time inside training is reported."""
     from torch.optim.adam import adam
 
-    from spacrd.model._inputs import NeighbourhoodDataset
+    from spacrd.model._datamodule import NeighbourhoodDataset
     from spacrd.module import SpaCRDModule
     from spacrd.nn import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder
 

@@ -121,3 +121,26 @@ def test_an_expression_only_run_does_not_need_the_hires_png(capsys, tmp_path, a1
     np.testing.assert_allclose(annotated.obsm["spatial"], full.obsm["spatial"])
     assert (out / "ctr.png").is_file()  # drawn on the lowres image that is there
     assert {p.name: _sha(p) for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_predict_on_a_zarr_names_the_image_to_embed_for_a_histology_model():
+    """The library embeds only a named image; the command names the store's only one, as before."""
+    from types import SimpleNamespace
+
+    from spacrd._cli_io import InputError
+    from spacrd._cli_model import _zarr_image
+
+    def case(encoder, obsm, images):
+        model = SimpleNamespace(
+            setup_args={"image_key": "X_histology"}, module=SimpleNamespace(image_encoder=encoder)
+        )
+        loaded = SimpleNamespace(table=SimpleNamespace(obsm=obsm), data=SimpleNamespace(images=images))
+        return model, loaded
+
+    assert _zarr_image(*case(object(), {}, {"he": 1}), None) == "he"
+    assert _zarr_image(*case(object(), {}, {"he": 1, "other": 2}), "other") == "other"  # --image
+    assert _zarr_image(*case(object(), {"X_histology": 1}, {"he": 1}), None) is None  # already there
+    assert _zarr_image(*case(None, {}, {"he": 1}), None) is None  # an expression-only model
+    assert _zarr_image(*case(object(), {}, {}), None) is None  # no image: expression alone
+    with pytest.raises(InputError, match=r"name the H&E image with --image \(one of \['he', 'other'\]\)"):
+        _zarr_image(*case(object(), {}, {"he": 1, "other": 2}), None)

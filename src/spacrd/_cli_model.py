@@ -118,7 +118,7 @@ def _predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace, section_ke
             model.predict(
                 loaded.data,
                 table_key=loaded.table_key,
-                image_key=args.image,
+                image_key=_zarr_image(model, loaded, args.image),
                 batch_key=section_key,
                 **options,
             )
@@ -146,6 +146,24 @@ def _predict(model: SpaCRD, loaded: Loaded, args: argparse.Namespace, section_ke
         model.predict(target, batch_key=section_key, **options)
         copy_prediction(target, adata, OBS_KEYS.PROB, OBS_KEYS.CALL, UNS_KEYS.PREDICTION)
     return section_key
+
+
+def _zarr_image(model: SpaCRD, loaded: Loaded, image: str | None) -> str | None:
+    """``--image``, or for a model with histology and a table without embeddings, the store's only image.
+
+    The library computes embeddings only when asked (``image_key=``); the command asks for them, as it
+    does for an ``.h5ad`` with H&E images.
+    """
+    key = model.setup_args["image_key"]
+    if image is not None or model.module.image_encoder is None or key in loaded.table.obsm:
+        return image
+    images = list(loaded.data.images)
+    if len(images) > 1:
+        raise InputError(
+            f"The model uses histology and INPUT's table has no obsm[{key!r}]; name the H&E image with "
+            f"--image (one of {images})."
+        )
+    return images[0] if images else None
 
 
 def _join_labels(table, path: Path, key: str) -> None:

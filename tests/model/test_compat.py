@@ -39,13 +39,27 @@ def test_old_model_predicts_as_before(old):
     )
 
 
-def test_old_model_without_postprocessing_warns_about_its_calibration(old):
+def test_old_model_with_other_postprocessing_needs_calibrate(old, tmp_path):
     model, target, expected = old
-    with pytest.warns(UserWarning, match="calibration was fitted for logits post-processed with"):
-        prob = model.predict(
-            target.copy(), expression_propagation=0.0, spatial_smoothing=False, prior_shift=False
-        )
-    np.testing.assert_allclose(prob, expected["ctr_prob_no_postprocessing"], atol=1e-5)
+    settings = {"expression_propagation": 0.0, "spatial_smoothing": False, "prior_shift": False}
+    # its calibration was fitted for the defaults, and a loaded model has no training data to refit on
+    with pytest.raises(ValueError, match=r"No calibration is stored for expression_propagation=0\.0, "):
+        model.predict(target.copy(), **settings)
+    with pytest.raises(ValueError, match=r"model\.calibrate\(labelled_adata, expression_propagation=0\.0"):
+        model.predict(target.copy(), **settings)
+    with pytest.raises(ValueError, match="has no registered AnnData"):
+        model.calibrate(**settings)
+    copy = SpaCRD.load(str(OLD))  # calibrate changes the model's state: not the shared fixture's
+    calibration = copy.calibrate(target, **settings)  # labelled spots: the target's own labels
+    assert calibration.validation == "given" and calibration.n_spots == target.n_obs
+    assert copy.fitted_state.calibration == model.calibration_  # the training one is kept, first
+    prob = copy.predict(target.copy(), **settings)
+    # a calibration is monotone: the spots keep the order of the earlier version's probabilities
+    order = np.argsort(expected["ctr_prob_no_postprocessing"].to_numpy(), kind="stable")
+    assert (np.diff(prob[order]) >= -1e-6).all()
+    copy.save(str(tmp_path / "calibrated"))
+    back = SpaCRD.load(str(tmp_path / "calibrated"))
+    np.testing.assert_array_equal(back.predict(target.copy(), **settings), prob)
 
 
 def test_old_model_saves_in_the_current_format_and_reloads(old, tmp_path):

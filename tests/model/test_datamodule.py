@@ -19,7 +19,8 @@ from spacrd.model._datamodule import (
 def inputs():
     source = source_of(synthetic_sections(n_sections=4, grid=12, n_genes=80))
     SpaCRD.setup_anndata(source, layer="counts", labels_key="cancer", batch_key="section")
-    return source_inputs(SpaCRD(source, n_top_genes=40))
+    model = SpaCRD(source, n_top_genes=40)
+    return source_inputs(model.input_spec, model.adata_manager)
 
 
 def test_batches_hold_each_distinct_spot_once(inputs):

@@ -94,6 +94,7 @@ def test_prior_shift_follows_the_targets_cancer_share(trained):
 def test_predict_gmm_call_and_no_adaptation(trained):
     model, target = trained
     target = target.copy()
+    model.calibrate(expression_propagation=0.0)  # on the training data's validation spots
     prob = model.predict(target, threshold="gmm", prior_shift=False, expression_propagation=0.0)
     meta = target.uns["spacrd"]
     assert meta["threshold_method"] == "gmm" and meta["cancer_share"] == {} and 0 < meta["threshold"] < 1

@@ -120,7 +120,7 @@ def test_a_target_whose_sections_the_model_cannot_see_is_refused(data, trained):
 def test_a_nan_calibration_in_a_model_file_is_refused(trained, tmp_path):
     trained.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    meta["calibration"]["scale"] = float("nan")
+    meta["fitted_state"]["calibrations"][0]["scale"] = float("nan")
     (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"Calibration scale nan and shift .* must be finite"):
         SpaCRD.load(tmp_path / "m")

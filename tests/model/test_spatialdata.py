@@ -202,10 +202,10 @@ def test_spatialdata_and_anndata_paths_agree(trained, adata, a1):
         model.get_latent_representation(target), model.get_latent_representation(sdata), rtol=1e-5, atol=1e-6
     )
 
-    # a SpatialData target without embeddings: computed from its only image, rows matched by instance id
+    # a SpatialData target without embeddings: computed from the image named, rows matched by instance id
     order = np.random.default_rng(2).permutation(a1.n_obs)
     fresh = _spatialdata(adata, table_order=order)
-    fresh_prob = model.predict(fresh)
+    fresh_prob = model.predict(fresh, image_key="A1_he")
     fresh_table = fresh.tables["table"]
     assert "X_histology" in fresh_table.obsm and "ctr_prob" in fresh_table.obs
     np.testing.assert_allclose(fresh_prob, prob[order], rtol=1e-5, atol=1e-6)
@@ -225,11 +225,13 @@ def test_spatialdata_and_anndata_paths_agree(trained, adata, a1):
 def test_target_without_image(trained, adata):
     model, _ = trained
     b1 = _spatialdata(adata, sections=("B1",), images=())
-    table = target_table(model, b1, "table", None)
+    table = target_table(model.input_spec, model.adata, b1, "table", None)
     # no image to embed: the table gets its centres only, and the model predicts it from expression
     assert table is b1.tables["table"]
     assert set(table.obsm) == {"spatial"} and "X_histology" not in table.uns
-    assert target_table(model, table, "table", None) is table  # AnnData passes through
+    assert (
+        target_table(model.input_spec, model.adata, table, "table", None) is table
+    )  # AnnData passes through
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,10 +286,13 @@ def test_errors(adata, trained):
         prepare_table(sdata)
     assert "spatial" not in table.obsm and "X_histology" not in table.obsm  # nothing written on failure
 
-    # a target with two images and no embeddings needs to be told which one
+    # embeddings are computed only when an image is named: without, expression alone, as for an AnnData
     two = _spatialdata(adata)
     two.images["A1_copy"] = two.images["A1_he"]
-    with pytest.raises(ValueError, match=r"pass image_key= \(one of \['A1_he', 'A1_copy'\]\)"):
+    with pytest.warns(UserWarning, match=r"no obsm\['X_histology'\].*pass its H&E image as `image_key=`"):
         model.predict(two)
+    assert "X_histology" not in two.tables["table"].obsm
+    model.predict(two, image_key="A1_copy")
+    assert "X_histology" in two.tables["table"].obsm
     with pytest.raises(KeyError, match="no table 'counts'"):
         model.predict(two, table_key="counts")

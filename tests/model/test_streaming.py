@@ -100,7 +100,7 @@ def test_sparse_dense_and_backed_targets_predict_the_same(her2st, tmp_path):
     backed = ad.read_h5ad(tmp_path / "a1.h5ad", backed="r")
     np.testing.assert_allclose(model.predict(backed), reference, atol=1e-5)
     # the network on densified batches (the training path's input) gives the same logits
-    inputs = target_inputs(model, target, 0.5, None)
+    inputs = target_inputs(model.input_spec, target, 0.5, None)
     with torch.inference_mode():
         for sparse_genes in (True, False):
             batch = model._dataset(inputs, sparse_genes=sparse_genes)[np.arange(inputs.n_obs)]

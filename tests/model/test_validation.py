@@ -177,7 +177,9 @@ def test_count_storage_does_not_change_the_inputs(data, convert):
     assert list(model.gene_names) == list(expected.gene_names)
     rows = np.arange(source.n_obs)
     np.testing.assert_allclose(
-        source_inputs(model).genes(rows), source_inputs(expected).genes(rows), atol=1e-6
+        source_inputs(model.input_spec, model.adata_manager).genes(rows),
+        source_inputs(expected.input_spec, expected.adata_manager).genes(rows),
+        atol=1e-6,
     )
 
 

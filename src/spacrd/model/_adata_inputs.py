@@ -18,7 +18,9 @@ from ._labels import label_codes
 from ._thinning import DepthThinning
 
 if TYPE_CHECKING:
-    from ._model import SpaCRD
+    from scvi.data import AnnDataManager
+
+    from ._spec import InputSpec
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +29,20 @@ logger = logging.getLogger(__name__)
 SECTION_LIKE_COLUMNS = ("section", "sample", "sample_id", "library_id", "batch", "slide", "slide_id")
 
 
-def source_inputs(model: SpaCRD) -> SpotInputs:
-    """Preprocessed inputs of the model's registered AnnData, with labels mapped as set up.
+def source_inputs(spec: InputSpec, manager: AnnDataManager) -> SpotInputs:
+    """Preprocessed inputs of a model's registered AnnData (``manager.adata``), with labels mapped as set up.
 
     Labels are read from ``obs[labels_key]`` now, not frozen at set-up, so edits after
     :meth:`~spacrd.model.SpaCRD.setup_anndata` are used; the graph is checked against the current spots.
     """
-    adata, manager, args = model.adata, model.adata_manager, model.setup_args
+    adata, args = manager.adata, spec.setup_args
     labels = None
     if args["labels_key"] is not None:
         labels = label_codes(adata.obs[args["labels_key"]], args["cancer_categories"])
     image = None
     if REGISTRY_KEYS.IMAGE in manager.data_registry:
         image = check_image_features(adata, args["image_key"])
-    selector, in_universe, _ = gene_selector(model.var_names, model.gene_names, model.var_names)
+    selector, in_universe, _ = gene_selector(spec.var_names, spec.gene_names, spec.var_names)
     return build_inputs(
         manager.get_from_registry("X"),
         selector,
@@ -48,30 +50,32 @@ def source_inputs(model: SpaCRD) -> SpotInputs:
         adata.obs[args["batch_key"]].to_numpy() if args["batch_key"] is not None else None,
         stored_neighbors(adata, args["neighbors_key"]),
         labels,
-        model._usable_image(image),
-        model.section_scaling_,
+        spec.usable_image(image),
+        spec.section_scaling,
         check_coordinates(adata, args["spatial_key"]),
     )
 
 
-def source_thinning(model: SpaCRD, inputs: SpotInputs, lowest_rate: float, seed: int) -> DepthThinning:
+def source_thinning(
+    spec: InputSpec, manager: AnnDataManager, inputs: SpotInputs, lowest_rate: float, seed: int
+) -> DepthThinning:
     """Depth augmentation of the registered source's training minibatches (``train(depth_augmentation=...)``)."""
-    selector, in_universe, _ = gene_selector(model.var_names, model.gene_names, model.var_names)
+    selector, in_universe, _ = gene_selector(spec.var_names, spec.gene_names, spec.var_names)
     return DepthThinning.build(
-        model.adata_manager.get_from_registry("X"),
+        manager.get_from_registry("X"),
         selector,
         in_universe,
         inputs.codes,
         len(inputs.section_names),
-        model.section_scaling_,
+        spec.section_scaling,
         lowest_rate,
         seed,
     )
 
 
-def check_target(model: SpaCRD, adata) -> None:
+def check_target(registered: AnnData | None, adata) -> None:
     """``predict()`` without a target predicts the registered AnnData, which a loaded model lacks."""
-    if adata is None and model.adata is None:
+    if adata is None and registered is None:
         raise ValueError(
             "This model has no registered AnnData (it was loaded or built without one), so `adata` is "
             "needed: pass the target, `model.predict(adata)`."
@@ -79,16 +83,15 @@ def check_target(model: SpaCRD, adata) -> None:
 
 
 def target_sections(
-    model: SpaCRD, adata: AnnData, batch_key: str | None
+    setup_key: str | None, adata: AnnData, batch_key: str | None
 ) -> tuple[np.ndarray | None, str | None]:
     """Section of each target spot and the column it came from.
 
     ``batch_key=None`` uses the set-up ``batch_key`` when the target has that column. A target without
     it is one section, unless it looks like several (a section-like ``obs`` column, e.g. ``"section"`` or
     ``"sample"``, with several values): pooling them would let neighbourhoods and statistics cross
-    sections, so that is an error naming the candidates.
+    sections, so that is an error naming the candidates. ``setup_key`` is the set-up ``batch_key``.
     """
-    setup_key = model.setup_args["batch_key"]
     key = batch_key if batch_key is not None else setup_key
     if key is not None and key in adata.obs:
         sections = adata.obs[key]
@@ -112,10 +115,10 @@ def target_sections(
 
 
 def target_inputs(
-    model: SpaCRD, adata: AnnData, min_gene_overlap: float, batch_key: str | None
+    spec: InputSpec, adata: AnnData, min_gene_overlap: float, batch_key: str | None
 ) -> SpotInputs:
     """Preprocessed inputs of an unregistered target: genes aligned by name, its own neighbours and statistics."""
-    args = model.setup_args
+    args = spec.setup_args
     counts = check_counts(adata, args["layer"])
     coordinates = check_coordinates(adata, args["spatial_key"])
     if adata.var_names.has_duplicates:
@@ -124,7 +127,7 @@ def target_inputs(
             f"The target has duplicated gene names (e.g. {dups}); make them unique with "
             "`adata.var_names_make_unique()` or aggregate them before predicting."
         )
-    selector, in_universe, present = gene_selector(adata.var_names, model.gene_names, model.var_names)
+    selector, in_universe, present = gene_selector(adata.var_names, spec.gene_names, spec.var_names)
     overlap = present.mean()
     if overlap < min_gene_overlap:
         raise ValueError(
@@ -139,7 +142,7 @@ def target_inputs(
             UserWarning,
             stacklevel=4,
         )
-    sections, _ = target_sections(model, adata, batch_key)
+    sections, _ = target_sections(args["batch_key"], adata, batch_key)
     check_spread(coordinates, sections, args["n_neighbors"], f"obsm[{args['spatial_key']!r}]")
     neighbors, padding = section_neighbors(coordinates, sections, args["n_neighbors"])
     neighbors[padding] = -1
@@ -150,34 +153,35 @@ def target_inputs(
         sections,
         neighbors,
         None,
-        model._usable_image(_target_image(model, adata)),
-        model.section_scaling_,
+        spec.usable_image(_target_image(spec, adata)),
+        spec.section_scaling,
         coordinates,
     )
     inputs.gene_overlap = float(overlap)
     return inputs
 
 
-def _target_image(model: SpaCRD, adata: AnnData) -> np.ndarray | None:
-    image_key = model.setup_args["image_key"]
-    if model.module.image_encoder is None:
+def _target_image(spec: InputSpec, adata: AnnData) -> np.ndarray | None:
+    image_key = spec.setup_args["image_key"]
+    if not spec.uses_images:
         return None
     if image_key is not None and image_key in adata.obsm:
         image = check_image_features(adata, image_key)
-        if image.shape[1] != model.module.n_image_features:
+        if image.shape[1] != spec.n_image_features:
             raise ValueError(
                 f"obsm[{image_key!r}] has {image.shape[1]} features but the model was trained with "
-                f"{model.module.n_image_features}; compute them with the same backbone."
+                f"{spec.n_image_features}; compute them with the same backbone."
             )
         return image
     warnings.warn(
         f"The target has no obsm[{image_key!r}]: every spot is predicted from expression alone, as spots "
         "without an image are. Compute the histology embeddings with "
-        f"`spacrd.pp.image_features(adata, key_added={image_key!r})` and the training backbone to use them.",
+        f"`spacrd.pp.image_features(adata, key_added={image_key!r})` and the training backbone to use them "
+        "(for a SpatialData target, pass its H&E image as `image_key=`).",
         UserWarning,
         stacklevel=5,
     )
-    return np.full((adata.n_obs, model.module.n_image_features), np.nan, dtype=np.float32)
+    return np.full((adata.n_obs, spec.n_image_features), np.nan, dtype=np.float32)
 
 
 def label_summary(labels: np.ndarray) -> str:

@@ -14,21 +14,20 @@ import torch
 from scvi.model._utils import parse_device_args
 
 from spacrd._atomic import AtomicFiles, write_h5ad
-from spacrd._validation import check_bool, check_device, check_n_neighbors, check_number
-from spacrd.tl import Calibration
+from spacrd._validation import check_bool, check_device, check_n_neighbors
 
-from ._shift import TrainingProfile
+from ._fitted import FittedState
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ._model import SpaCRD
+    from ._protocols import Saveable
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
 ADATA_FILE = "adata.h5ad"
 MODEL_FILES = (MODEL_FILE, META_FILE, ADATA_FILE)
-#: Entries of model.json, and of its ``init_params``, that this spacrd reads.
+#: Entries of model.json that this spacrd reads.
 META_KEYS = frozenset(
     {
         "format",
@@ -38,16 +37,17 @@ META_KEYS = frozenset(
         "genes",
         "registry",
         "is_trained",
-        "training_profile",
-        "n_image_training_spots",
-        "source_cancer_share",
-        "calibration",
-        "validation_split",
+        "fitted_state",
         "history",
     }
 )
+#: Entries of format 1 (spacrd 0.1), where the fitted state was loose; read into a :class:`FittedState`.
+LEGACY_STATE_KEYS = frozenset(
+    {"training_profile", "n_image_training_spots", "source_cancer_share", "calibration", "validation_split"}
+)
 FORMAT = "spacrd-model"
-FORMAT_VERSION = 1
+#: 2: the fitted state is one entry, ``fitted_state``, with the validation rows.
+FORMAT_VERSION = 2
 
 
 def package_version() -> str:
@@ -85,7 +85,7 @@ def _from_json(value: Any) -> Any:
 
 
 def save_model(
-    model: SpaCRD, dir_path: str, overwrite: bool, save_anndata: bool, **anndata_write_kwargs
+    model: Saveable, dir_path: str, overwrite: bool, save_anndata: bool, **anndata_write_kwargs
 ) -> None:
     dir_path = os.fspath(dir_path)
     if os.path.exists(dir_path) and not os.path.isdir(dir_path):
@@ -100,7 +100,7 @@ def save_model(
     init = model.init_params_
     kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
     non_kwargs = {k: v for k, v in init["non_kwargs"].items() if k not in ("genes", "registry")}
-    profile = getattr(model, "training_profile_", None)
+    state = model.fitted_state
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -110,11 +110,7 @@ def save_model(
         "genes": model.gene_names.tolist(),
         "registry": model.registry,
         "is_trained": model.is_trained_,
-        "n_image_training_spots": getattr(model, "n_image_training_spots_", 0),
-        "source_cancer_share": getattr(model, "source_cancer_share_", None),
-        "calibration": None if model.calibration_ is None else model.calibration_.to_dict(),
-        "validation_split": getattr(model, "validation_split_", None),
-        "training_profile": None if profile is None else profile.to_dict(),
+        "fitted_state": None if state is None else state.to_dict(),
         "history": {k: v.reset_index().to_dict(orient="list") for k, v in (model.history_ or {}).items()},
     }
     text = json.dumps(_to_json(meta))
@@ -137,8 +133,8 @@ def save_model(
 
 
 def load_model(
-    cls: type[SpaCRD], dir_path: str, adata: AnnData | None, accelerator: str, device: int | str
-) -> SpaCRD:
+    cls: type[Saveable], dir_path: str, adata: AnnData | None, accelerator: str, device: int | str
+) -> Saveable:
     check_device(accelerator)  # before Lightning's own error, which names no fix
     meta_path, weights_path = os.path.join(dir_path, META_FILE), os.path.join(dir_path, MODEL_FILE)
     for path in (meta_path, weights_path):
@@ -153,7 +149,9 @@ def load_model(
         raise ValueError(f"{meta_path} is not valid JSON (truncated or foreign file): {err}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} does not describe a SpaCRD model.")
-    unknown = sorted(set(meta) - META_KEYS)
+    file_version = meta.get("format_version", 0)
+    legacy = LEGACY_STATE_KEYS if isinstance(file_version, int) and file_version < 2 else frozenset()
+    unknown = sorted(set(meta) - META_KEYS - legacy)
     if unknown and meta.get("format_version", 0) <= FORMAT_VERSION:
         raise ValueError(
             f"{meta_path} has unknown entries {unknown} (edited or damaged); save the model again."
@@ -207,18 +205,17 @@ def load_model(
     model.to_device(torch_device)
     model.module.eval()
     model.is_trained_ = check_bool(f"is_trained in {meta_path}", meta["is_trained"])
-    model.n_image_training_spots_ = check_number(
-        f"n_image_training_spots in {meta_path}", meta.get("n_image_training_spots", 0), integer=True, low=0
+    model.fitted_state = (
+        FittedState.from_dict(meta.get("fitted_state"), meta_path)
+        if "fitted_state" in meta
+        else FittedState.from_legacy(meta, meta_path)
     )
-    share = meta.get("source_cancer_share")
-    if share is not None:
-        check_number(
-            f"source_cancer_share in {meta_path}", share, low=0, high=1, low_open=True, high_open=True
+    if model.is_trained_ and model.fitted_state is None:
+        raise ValueError(
+            f"{meta_path} describes a trained model without its fitted_state (edited or damaged)."
         )
-    model.source_cancer_share_ = share
-    model.calibration_ = Calibration.from_dict(meta.get("calibration"))
-    model.validation_split_ = meta.get("validation_split")
-    model.training_profile_ = TrainingProfile.from_dict(meta.get("training_profile"))
+    if model.fitted_state is not None:  # scvi-tools' own record of the split, as after train()
+        model.validation_indices = model.fitted_state.validation_indices
     try:
         model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
     except (AttributeError, KeyError, TypeError, ValueError) as err:
@@ -250,7 +247,7 @@ def _check_setup_args(registry: dict, meta_path: str) -> None:
 
 
 def _check_declared_size(
-    cls: type[SpaCRD], registry: dict, genes: list, params: dict, weights_path: str, meta_path: str
+    cls: type[Saveable], registry: dict, genes: list, params: dict, weights_path: str, meta_path: str
 ) -> None:
     """Refuse an architecture far larger than the weights file before any of it is allocated.
 
@@ -271,7 +268,7 @@ def _check_declared_size(
         )
 
 
-def _checked_init_params(cls: type[SpaCRD], meta: dict, meta_path: str) -> dict[str, Any]:
+def _checked_init_params(cls: type[Saveable], meta: dict, meta_path: str) -> dict[str, Any]:
     """The saved constructor arguments, with unknown names and malformed gene lists refused."""
     from spacrd.module import SpaCRDModule
 

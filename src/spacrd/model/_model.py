@@ -13,7 +13,6 @@ from anndata import AnnData
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField, ObsmField
 from scvi.model.base import BaseModelClass
-from scvi.train import TrainRunner
 from scvi.utils import setup_anndata_dsp
 
 from spacrd._constants import DEFAULT_BACKBONE, OBSM_KEYS, REGISTRY_KEYS
@@ -36,21 +35,23 @@ from spacrd.pp._neighbors import ensure_spatial_neighbors
 from . import _io, _pretrained
 from ._adata_inputs import label_summary, source_inputs, target_inputs
 from ._datamodule import NeighbourhoodDataset
+from ._fitted import FittedState
+from ._fitting import FittedStateMixin
 from ._inputs import SECTION_SCALINGS, SectionScaling, SpotInputs
 from ._labels import label_codes
 from ._prediction import PredictionMixin
+from ._runner import StagedTrainRunner
 from ._spatialdata import prepare_table, registered_table, table_region_key
+from ._spec import InputSpec
 from ._training import SpaCRDTrainingPlan, StagedTrainingMixin
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from spacrd.tl import Calibration
-
 logger = logging.getLogger(__name__)
 
 
-class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
+class SpaCRD(PredictionMixin, FittedStateMixin, StagedTrainingMixin, BaseModelClass):
     """SpaCRD: cancer tissue region detection by fusing histology and spatial transcriptomics.
 
     Trained on labelled source sections, it gives every spot of a new section the probability of lying
@@ -89,7 +90,7 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
 
     _module_cls = SpaCRDModule
     _training_plan_cls = SpaCRDTrainingPlan
-    _train_runner_cls = TrainRunner
+    _train_runner_cls = StagedTrainRunner
 
     def __init__(
         self,
@@ -105,14 +106,17 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
         check_choice("section_scaling", section_scaling, SECTION_SCALINGS)
         if genes is None:
             check_number("n_top_genes", n_top_genes, integer=True, low=1)
-        self.section_scaling_ = section_scaling
         self.gene_columns_ = self._feature_columns(adata, n_top_genes, genes)
         n_image_features = self.summary_stats.get(f"n_{REGISTRY_KEYS.IMAGE}", 0)
         self.module = self._module_cls(
             n_genes=len(self.gene_columns_), n_image_features=n_image_features, **module_kwargs
         )
-        self.calibration_: Calibration | None = None
-        self.training_profile_ = None  # set by train(): what predict() compares targets with
+        #: What reading an AnnData into the network's inputs needs of this model.
+        self.input_spec = InputSpec(
+            self.var_names, self.gene_names, self.setup_args, section_scaling, int(n_image_features)
+        )
+        #: What train() fits besides the weights (FittedState); None until it has run.
+        self.fitted_state: FittedState | None = None
         self._model_summary_string = (
             f"SpaCRD model with {len(self.gene_columns_)} genes, "
             f"{n_image_features or 'no'} histology features, {self.setup_args['n_neighbors']} neighbours."
@@ -315,15 +319,18 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
         """Genes used as expression features, in model order."""
         return self.var_names[self.gene_columns_]
 
+    @property
+    def section_scaling_(self) -> SectionScaling:
+        """Per-section feature scaling the model was built with (``input_spec.section_scaling``)."""
+        return self.input_spec.section_scaling
+
     # ------------------------------------------------------------------ inputs
-    def _usable_image(self, image: np.ndarray | None) -> np.ndarray | None:
-        """Histology embeddings the model can use: none if it has no image branch or never trained one."""
-        if image is None or self.module.image_encoder is None:
-            return None
-        if self.is_trained_ and getattr(self, "n_image_training_spots_", 0) < 2:
-            # An image encoder that never saw an image would only add noise.
-            return np.full_like(image, np.nan, dtype=np.float32)
-        return image
+    def _spec(self) -> InputSpec:
+        """The input spec, with the image branch off for a model trained without any image."""
+        state = self.fitted_state
+        if self.is_trained_ and state is not None and state.n_image_training_spots < 2:
+            return self.input_spec.without_trained_images()
+        return self.input_spec
 
     def _inputs(
         self, adata: AnnData | None, min_gene_overlap: float = 0.5, batch_key: str | None = None
@@ -331,10 +338,10 @@ class SpaCRD(PredictionMixin, StagedTrainingMixin, BaseModelClass):
         if adata is None or adata is self.adata:
             if self.adata is None:
                 raise ValueError("This model has no registered AnnData; pass `adata` explicitly.")
-            return source_inputs(self)
+            return source_inputs(self._spec(), self.adata_manager)
         if not isinstance(adata, AnnData):
             raise TypeError(f"Expected an AnnData or a SpatialData, got {type(adata).__name__}.")
-        return target_inputs(self, adata, min_gene_overlap, batch_key)
+        return target_inputs(self._spec(), adata, min_gene_overlap, batch_key)
 
     def _dataset(self, inputs: SpotInputs, sparse_genes: bool = False) -> NeighbourhoodDataset:
         return NeighbourhoodDataset(inputs, self.module.image_encoder is not None, sparse_genes)

@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
 
-from spacrd._constants import CALL_CATEGORIES, MODULE_KEYS, OBS_KEYS, UNLABELLED, UNS_KEYS
+from spacrd._constants import CALL_CATEGORIES, MODULE_KEYS, OBS_KEYS, UNS_KEYS
 from spacrd._logging import quiet_third_party
 from spacrd._validation import check_number
-from spacrd.tl import (
-    Calibration,
-    PostprocessResult,
-    PostprocessSettings,
-    expression_neighbors,
-    fit_calibration,
-    postprocess,
-)
-from spacrd.tl._calibration import warn_if_not_fitted_for
-from spacrd.tl._postprocess import DEFAULT_CALL, DEFAULT_PROPAGATION, Call, label_free_logits
+from spacrd.tl import PostprocessResult, PostprocessSettings, expression_neighbors, postprocess
+from spacrd.tl._postprocess import DEFAULT_PROPAGATION, Call, label_free_logits
 
 from . import _io
-from ._adata_inputs import check_target, source_inputs
+from ._adata_inputs import check_target
 from ._datamodule import inference_loader
+from ._fitting import UNTRAINED_MESSAGE
 from ._inputs import SpotInputs, locality_order
+from ._protocols import ModelCore, Ranker
 from ._ranking import ranked_by
 from ._shift import section_depths, shift_report, unlike_training, warn_shift
 from ._spatialdata import target_batch_key, target_table
@@ -37,25 +32,20 @@ from ._spatialdata import target_batch_key, target_table
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from ._model import SpaCRD
-
 logger = logging.getLogger(__name__)
 
-#: Fewer labelled validation spots than this: the calibration is fitted on all labelled training spots,
-#: and with fewer labelled spots than this in all, :meth:`SpaCRD.train` warns that it is unreliable.
-MIN_CALIBRATION_SPOTS = 20
 #: Spots per chunk at prediction on the CPU (each chunk's distinct neighbourhood spots are encoded once).
 PREDICT_BATCH_SIZE = 8192
 #: On a GPU, chunks take up to this share of its free memory, between these bounds.
 GPU_MEMORY_SHARE, GPU_BATCH_BOUNDS = 0.25, (8192, 262_144)
-UNTRAINED_MESSAGE = (
-    "This SpaCRD model is not trained (an interrupted `train()` leaves it untrained). Call `model.train()`, "
-    "or load a trained model with `SpaCRD.load(dir_path)`."
-)
 
 
 class PredictionMixin:
-    """``predict``, ``get_latent_representation`` and the calibration, for :class:`~spacrd.model.SpaCRD`."""
+    """``predict``, ``get_logits`` and ``get_latent_representation`` for :class:`~spacrd.model.SpaCRD`.
+
+    Needs of the model class what :class:`~spacrd.model._protocols.ModelCore` lists, and
+    ``_calibration_for``/``_calibration_settings`` of :class:`~spacrd.model._fitting.FittedStateMixin`.
+    """
 
     def _expression_graph(self, inputs: SpotInputs) -> np.ndarray:
         """Each section's expression kNN graph on the model's standardised genes, without densifying them."""
@@ -63,7 +53,7 @@ class PredictionMixin:
             inputs.features, inputs.codes, column_weights=inputs.gene_stats.inverse_spread
         )
 
-    def _prediction_batch_size(self, inputs: SpotInputs) -> int:
+    def _prediction_batch_size(self: ModelCore, inputs: SpotInputs) -> int:
         """Spots per chunk: 8,192 on the CPU; on a GPU as many as a quarter of its free memory holds."""
         device = next(self.module.parameters()).device
         if device.type != "cuda":
@@ -80,7 +70,9 @@ class PredictionMixin:
         return int(np.clip(GPU_MEMORY_SHARE * free / per_centre, low, high))
 
     @torch.inference_mode()
-    def _network_outputs(self, inputs: SpotInputs, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    def _network_outputs(
+        self: ModelCore, inputs: SpotInputs, batch_size: int | None = None
+    ) -> dict[str, np.ndarray]:
         """Logits ``(n,)``, the members' logits ``(n, n_members)`` and latent means ``(n, n_latent)``, chunk by chunk."""
         self.module.eval()
         order = (
@@ -120,16 +112,17 @@ class PredictionMixin:
         batch_key: str | None = None,
         table_key: str = "table",
         image_key: str | Mapping[str, str] | None = None,
-        ranking_model: SpaCRD | None = None,
+        ranking_model: Ranker | None = None,
     ) -> np.ndarray:
         """Cancer probability of every spot of ``adata``, with a label-free cancer / non-cancer call.
 
         The target needs no labels. Its genes are matched to the model's by name (missing genes are
         filled with zeros and counted in a warning); its neighbour sets and per-section statistics are
         computed from the target itself. The logits then go through :func:`spacrd.tl.postprocess`:
-        propagation over each section's expression graph, spatial smoothing, the calibration fitted in
-        :meth:`train` (refitted on the registered source when the propagation or smoothing settings
-        differ from the ones it was fitted for; a warning when it cannot be), the prior shift and the call.
+        propagation over each section's expression graph, spatial smoothing, the calibration stored for
+        these propagation and smoothing settings (:meth:`train` fits the one for the defaults; for other
+        settings call :meth:`calibrate` first, else this is an error saying so), the prior shift and the
+        call. Nothing is fitted or refitted here.
 
         Parameters
         ----------
@@ -182,7 +175,9 @@ class PredictionMixin:
             neighbour graph (10 nearest spots on 10 principal components of the model's preprocessed
             genes; :func:`spacrd.tl.expression_neighbors`), applied before the spatial smoothing.
             Spots of one tumour clone resemble each other more than they resemble the training
-            patients, so their scores are pulled together. ``0`` turns it off.
+            patients, so their scores are pulled together. ``0`` turns it off. Settings of propagation
+            or smoothing other than the defaults need a calibration fitted for them:
+            ``model.calibrate(expression_propagation=..., spatial_smoothing=...)`` first.
         prior_shift
             With ``call="prior"`` (default there): re-weight the probabilities to each target section's
             cancer share, estimated by EM from the calibrated probabilities themselves
@@ -214,16 +209,18 @@ class PredictionMixin:
             per shapes element it annotates (its ``region_key``), as in :meth:`setup_spatialdata`.
         table_key, image_key
             For a SpatialData ``adata``: the results go into ``sdata.tables[table_key]``, which gets
-            spot centres and, for a model with histology whose table lacks the embeddings, the
-            ``histology_stats`` embeddings of ``image_key`` (default: the only image), as in
-            :meth:`setup_spatialdata`.
+            spot centres. A model with histology reads the table's embeddings (computed beforehand by
+            :func:`spacrd.pp.image_features`); for a table without them, ``image_key`` names the H&E
+            image(s) to compute the ``histology_stats`` embeddings of, as in :meth:`setup_spatialdata`.
+            Without either the spots are predicted from expression alone, with a warning.
         ranking_model
             A second trained SpaCRD whose scores order the spots, typically one trained with
             ``section_scaling="none"``: unscaled expression ranks spots better across patients (see
             the benchmark's ``spacrd_ranked`` row), but its level moves from section to section, so
             its own probabilities and call are unreliable. Within each section the spots
             keep this model's probabilities, call share and threshold, re-assigned in the order of the
-            ranking model's post-processed logits (:func:`spacrd.tl.quantile_match`); the uncertainty is
+            ranking model's label-free logits (its :meth:`get_logits`, with this call's
+            propagation and smoothing; :func:`spacrd.tl.quantile_match`); the uncertainty is
             the spread over member pairs, member ``i`` of this model's probabilities ordered by member
             ``i`` of the ranking model. ``None``: this model ranks.
 
@@ -233,23 +230,18 @@ class PredictionMixin:
 
         """
         self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
-        if call is None:  # prior_shift or threshold alone: the call they belong to, as before `call`
-            call = "prior" if threshold is not None or prior_shift is not None else DEFAULT_CALL
-        settings = PostprocessSettings(
-            expression_propagation, spatial_smoothing, prior_shift, threshold, call
+        settings = self._calibration_settings(
+            expression_propagation, spatial_smoothing, call=call, prior_shift=prior_shift, threshold=threshold
         )
+        calibration = self._calibration_for(settings)  # before any work: an error says how to fit it
         if batch_size is not None:
             check_number("batch_size", batch_size, integer=True, low=1)
         check_number("min_gene_overlap", min_gene_overlap, low=0, high=1)
-        check_target(self, adata)
-        data, adata = adata, target_table(self, adata, table_key, image_key)
-        batch_key = target_batch_key(self, data, adata, batch_key)
-        if adata is not None and not isinstance(adata, AnnData):
-            raise TypeError(f"Expected an AnnData or a SpatialData, got {type(adata).__name__}.")
-        target = self.adata if adata is None else adata
-        _check_output_keys(self, target, prob_key, call_key, uncertainty_key, uns_key, batch_key)
-        inputs = self._inputs(adata, min_gene_overlap, batch_key)
-        profile = getattr(self, "training_profile_", None)
+        table, target, batch_key = self._target(adata, batch_key, table_key, image_key)
+        _check_output_keys(self.setup_args, target, prob_key, call_key, uncertainty_key, uns_key, batch_key)
+        inputs = self._inputs(table, min_gene_overlap, batch_key)
+        state = self.fitted_state
+        profile = state.training_profile
         outputs = self._network_outputs(inputs, batch_size)
         result = postprocess(
             outputs[MODULE_KEYS.LOGITS],
@@ -257,8 +249,8 @@ class PredictionMixin:
             inputs.padding,
             inputs.sections,
             settings,
-            self._calibration_for(settings),
-            getattr(self, "source_cancer_share_", None),
+            calibration,
+            state.source_cancer_share,
             lambda: self._expression_graph(inputs),
             member_logits=outputs[MODULE_KEYS.MEMBER_LOGITS],
             target_level_sections=unlike_training(profile, *section_depths(inputs), inputs.gene_overlap),
@@ -274,19 +266,47 @@ class PredictionMixin:
         _write_prediction(target, result, settings, prob_key, call_key, uns_key, uncertainty_key, report)
         return result.probabilities
 
-    def _calibration_for(self, settings: PostprocessSettings) -> Calibration | None:
-        """The calibration for ``settings``: the stored one, refitted on the source when it was fitted for others."""
-        calibration = self.calibration_
-        if calibration is None or calibration.fitted_for(
-            settings.expression_propagation, settings.spatial_smoothing
-        ):
-            return calibration
-        val_idx = getattr(self, "validation_indices_", None)
-        if self.adata is not None and val_idx is not None and self.adata.n_obs > (val_idx.max(initial=-1)):
-            logger.info("Refitting the calibration on the source for the requested post-processing settings.")
-            return self._fit_calibration(source_inputs(self), val_idx, settings)
-        warn_if_not_fitted_for(calibration, settings.expression_propagation, settings.spatial_smoothing)
-        return calibration
+    def get_logits(
+        self,
+        adata: AnnData | SpatialData | None = None,
+        batch_size: int | None = None,
+        *,
+        expression_propagation: float = DEFAULT_PROPAGATION,
+        spatial_smoothing: bool = True,
+        return_members: bool = False,
+        min_gene_overlap: float = 0.5,
+        batch_key: str | None = None,
+        table_key: str = "table",
+        image_key: str | Mapping[str, str] | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Label-free logits of every spot: the network's, after propagation and smoothing, before calibration.
+
+        These are the scores :meth:`predict` calibrates and calls, and the ones by which
+        ``predict(ranking_model=...)`` orders another model's probabilities; their ranking within a
+        section does not depend on any calibration. Arguments as in :meth:`predict`.
+
+        Returns
+        -------
+        ``(n_spots,)`` float logits; with ``return_members=True`` also the ``(n_spots, n_members)``
+        logits of the bootstrap members, through the same steps.
+
+        """
+        self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
+        settings = PostprocessSettings(expression_propagation, spatial_smoothing, call="source")
+        if batch_size is not None:
+            check_number("batch_size", batch_size, integer=True, low=1)
+        check_number("min_gene_overlap", min_gene_overlap, low=0, high=1)
+        table, _, batch_key = self._target(adata, batch_key, table_key, image_key)
+        inputs = self._inputs(table, min_gene_overlap, batch_key)
+        outputs = self._network_outputs(inputs, batch_size)
+        graph = functools.cache(lambda: self._expression_graph(inputs))
+        logits = label_free_logits(
+            outputs[MODULE_KEYS.LOGITS], inputs.neighbors, inputs.padding, settings, graph
+        )
+        if not return_members:
+            return logits
+        members = outputs[MODULE_KEYS.MEMBER_LOGITS]
+        return logits, label_free_logits(members, inputs.neighbors, inputs.padding, settings, graph)
 
     def get_latent_representation(
         self,
@@ -299,57 +319,28 @@ class PredictionMixin:
     ) -> np.ndarray:
         """Posterior mean of the fused VAE latent, ``(n_spots, n_latent)``; arguments as in :meth:`~spacrd.model.SpaCRD.predict`."""
         self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
-        check_target(self, adata)
-        data, adata = adata, target_table(self, adata, table_key, image_key)
-        inputs = self._inputs(adata, batch_key=target_batch_key(self, data, adata, batch_key))
+        table, _, batch_key = self._target(adata, batch_key, table_key, image_key)
+        inputs = self._inputs(table, batch_key=batch_key)
         return self._network_outputs(inputs, batch_size)[MODULE_KEYS.QZ_MEAN]
 
-    def _label_free_logits(self, inputs: SpotInputs, settings: PostprocessSettings) -> np.ndarray:
-        """``(n,)`` logits of ``inputs`` through the label-free steps of ``settings``."""
-        return label_free_logits(
-            self._network_outputs(inputs)[MODULE_KEYS.LOGITS],
-            inputs.neighbors,
-            inputs.padding,
-            settings,
-            lambda: self._expression_graph(inputs),
-        )
-
-    def _fit_calibration(
-        self,
-        inputs: SpotInputs,
-        val_idx: np.ndarray,
-        settings: PostprocessSettings,
-        logits: np.ndarray | None = None,
-    ) -> Calibration:
-        """Logit scale and shift on the labelled validation spots (all labelled spots without enough of them).
-
-        The logits (``logits``, or computed) go through the label-free steps of ``settings`` first, so
-        that the calibration applies to what :meth:`~spacrd.model.SpaCRD.predict` computes with those
-        settings.
-        """
-        if logits is None:
-            logits = self._label_free_logits(inputs, settings)
-        rows = np.asarray(val_idx, dtype=np.int64)
-        rows = rows[inputs.labels[rows] != UNLABELLED]
-        how = getattr(self, "validation_split_", "random")
-        if rows.size < MIN_CALIBRATION_SPOTS or np.unique(inputs.labels[rows]).size < 2:
-            rows, how = np.flatnonzero(inputs.labels != UNLABELLED), "training"
-        if rows.size < MIN_CALIBRATION_SPOTS:
-            message = "its scale and shift are barely constrained: probabilities may be pushed to 0 or 1"
-            warnings.warn(
-                f"The calibration is fitted on {rows.size} labelled spots, fewer than {MIN_CALIBRATION_SPOTS}; "
-                f"{message}. Label more spots.",
-                UserWarning,
-                stacklevel=3,
-            )
-        scale, shift = fit_calibration(logits[rows], inputs.labels[rows])
-        return Calibration(
-            scale, shift, int(rows.size), settings.expression_propagation, settings.spatial_smoothing, how
-        )
+    def _target(
+        self: ModelCore,
+        adata: Any,
+        batch_key: str | None,
+        table_key: str,
+        image_key: str | Mapping[str, str] | None,
+    ) -> tuple[AnnData | None, AnnData, str | None]:
+        """A prediction's target resolved: the AnnData to read (``None``: the registered one), the one to write and the section column."""
+        check_target(self.adata, adata)
+        data, adata = adata, target_table(self.input_spec, self.adata, adata, table_key, image_key)
+        batch_key = target_batch_key(self.setup_args["batch_key"], data, adata, batch_key)
+        if adata is not None and not isinstance(adata, AnnData):
+            raise TypeError(f"Expected an AnnData or a SpatialData, got {type(adata).__name__}.")
+        return adata, (self.adata if adata is None else adata), batch_key
 
 
 def _check_output_keys(
-    model: SpaCRD,
+    setup_args: Mapping[str, Any],
     target: AnnData,
     prob_key: str,
     call_key: str,
@@ -368,7 +359,7 @@ def _check_output_keys(
                 raise ValueError(
                     f"`{name}` and `{other}` are both {key!r}; they must name different columns."
                 )
-    args = model.setup_args
+    args = setup_args
     used = {args["batch_key"], args["labels_key"], batch_key} - {None}
     clash = sorted({prob_key, call_key, uncertainty_key} & used)
     if clash:

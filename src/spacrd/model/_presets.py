@@ -30,7 +30,8 @@ def _frozen(values: dict[str, Any]) -> MappingProxyType:
 #: variable genes, per-section min–max scaling, 1,024–512 MLP encoders with a 512-wide embedding and a
 #: 64-dimensional latent, no input dropout, no wide head; Adam at lr 1e-5 without weight decay, batch
 #: 512, 100 epochs of stage I and 50 + 50 of stages II and III; no post-processing of the logits (the
-#: call is the two-component mixture threshold the paper describes). Images: the paper uses UNI
+#: call is the two-component mixture threshold the paper describes), so training also fits the
+#: calibration for that (``calibrate_for``) which ``predict(**PAPER.predict)`` applies. Images: the paper uses UNI
 #: embeddings; pass those (or any) with ``image_key`` at set-up as usual.
 PAPER = Preset(
     "paper",
@@ -57,6 +58,7 @@ PAPER = Preset(
             "classify_lr": 1e-5,
             "weight_decay": 0.0,
             "batch_size": 512,
+            "calibrate_for": (MappingProxyType({"expression_propagation": 0.0, "spatial_smoothing": False}),),
         }
     ),
     predict=_frozen(

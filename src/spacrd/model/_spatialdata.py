@@ -23,7 +23,7 @@ from spacrd.pp import image_features
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from ._model import SpaCRD
+    from ._spec import InputSpec
 
 HISTOLOGY_STATS = DEFAULT_BACKBONE
 
@@ -128,7 +128,7 @@ def table_region_key(table: AnnData) -> str:
     return _spatial.table_keys(table, "").region_key
 
 
-def registered_table(model_cls: type[SpaCRD], data: Any) -> Any:
+def registered_table(model_cls: type, data: Any) -> Any:
     """The table of a SpatialData that ``model_cls.setup_spatialdata`` registered; other data unchanged."""
     if not is_spatialdata(data):
         return data
@@ -150,32 +150,31 @@ def registered_table(model_cls: type[SpaCRD], data: Any) -> Any:
     return data.tables[registered[0]]
 
 
-def target_table(model: SpaCRD, data: Any, table_key: str, image_key: str | Mapping[str, str] | None) -> Any:
-    """Resolve a SpatialData prediction target to its table, with the inputs ``model`` reads.
+def target_table(
+    spec: InputSpec,
+    source: AnnData | None,
+    data: Any,
+    table_key: str,
+    image_key: str | Mapping[str, str] | None,
+) -> Any:
+    """Resolve a SpatialData prediction target to its table, with the spot centres the model reads.
 
-    Spot centres go under the set-up ``spatial_key``. For a model with an image encoder whose table
-    lacks the set-up embedding key, the embeddings are computed from ``image_key`` (default: the only
-    image of ``data``; with no image at all the spots are predicted from expression alone, as
-    :meth:`SpaCRD.predict` does for an AnnData without embeddings) with the ``histology_stats``
-    backbone; embeddings of other backbones must be computed beforehand. AnnData (or ``None``) is
+    Spot centres go under the set-up ``spatial_key``. Histology embeddings are computed only when asked
+    for: for a model with an image branch whose table lacks the set-up embedding key, ``image_key``
+    names the H&E image(s) to embed with the ``histology_stats`` backbone (embeddings of another
+    backbone come from :func:`spacrd.pp.image_features` beforehand). Without it the table is predicted
+    as an AnnData without embeddings is: from expression alone, with a warning. ``source`` is the
+    model's registered AnnData, whose ``uns`` records the training backbone. AnnData (or ``None``) is
     returned unchanged.
     """
     if not is_spatialdata(data):
         return data
-    args = model.setup_args
-    histology_key = args["image_key"] if model.module.image_encoder is not None else None
+    args = spec.setup_args
+    histology_key = args["image_key"] if spec.uses_images else None
     table = _spatial.get_table(data, table_key)
     if histology_key is None or histology_key in table.obsm:
         image_key = None
-    elif image_key is None and len(data.images) > 1:
-        raise ValueError(
-            f"The model uses histology and table {table_key!r} has no obsm[{histology_key!r}]; pass "
-            f"image_key= (one of {list(data.images)}) to compute it, or predict on the table itself, "
-            f"sdata.tables[{table_key!r}], to go without images."
-        )
-    elif image_key is None and len(data.images) == 1:
-        (image_key,) = data.images
-    if image_key is not None and (backbone := _source_backbone(model, histology_key)) != HISTOLOGY_STATS:
+    if image_key is not None and (backbone := _source_backbone(source, histology_key)) != HISTOLOGY_STATS:
         raise ValueError(
             f"The model's histology embeddings came from backbone {backbone!r}; compute the target's with "
             f"spacrd.pp.image_features(sdata, <that backbone>, key_added={histology_key!r}, "
@@ -185,16 +184,18 @@ def target_table(model: SpaCRD, data: Any, table_key: str, image_key: str | Mapp
     return prepare_table(data, table_key, image_key=image_key, spatial_key=args["spatial_key"], **keys)
 
 
-def target_batch_key(model: SpaCRD, data: Any, table: AnnData | None, batch_key: str | None) -> str | None:
+def target_batch_key(
+    setup_key: str | None, data: Any, table: AnnData | None, batch_key: str | None
+) -> str | None:
     """The section column of a SpatialData target: ``batch_key``, the set-up one, else one per shapes element.
 
     A table annotating several shapes elements holds several sections; without a section column they
     are kept apart by the table's ``region_key``, as :meth:`SpaCRD.setup_spatialdata` and the command
-    do, rather than pooled into one section. AnnData targets keep ``batch_key`` as given.
+    do, rather than pooled into one section. AnnData targets keep ``batch_key`` as given. ``setup_key``
+    is the set-up ``batch_key``.
     """
     if batch_key is not None or table is None or not is_spatialdata(data):
         return batch_key
-    setup_key = model.setup_args["batch_key"]
     if setup_key is not None and setup_key in table.obs:
         return None  # the set-up column, as for an AnnData
     return table_region_key(table)
@@ -257,11 +258,11 @@ def _images(
     return images
 
 
-def _source_backbone(model: SpaCRD, histology_key: str) -> str:
+def _source_backbone(source: AnnData | None, histology_key: str) -> str:
     """Backbone that made the training embeddings, from their provenance; histology_stats if unrecorded."""
-    if model.adata is None:
+    if source is None:
         return HISTOLOGY_STATS
-    provenance = model.adata.uns.get(histology_key)
+    provenance = source.uns.get(histology_key)
     if isinstance(provenance, Mapping) and "backbone" in provenance:
         return str(provenance["backbone"])
     return HISTOLOGY_STATS

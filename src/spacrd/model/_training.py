@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-import signal
-import tempfile
-import threading
 import warnings
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from scvi import settings
 from scvi.module.base import LossOutput
@@ -19,18 +16,18 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 from spacrd._constants import UNLABELLED
 from spacrd._logging import quiet_third_party, stage_progress_bar
-from spacrd._stages import STAGES, Stage, StageSpec
+from spacrd._stages import STAGES, Stage
 from spacrd.module import SpaCRDModule
-from spacrd.tl import PostprocessSettings
 
-from ._adata_inputs import label_summary, source_inputs, source_thinning
+from ._adata_inputs import label_summary, source_thinning
 from ._datamodule import (
     AUTO_SPOTS_PER_EPOCH,
     NeighbourhoodDataModule,
     Validation,
     validation_split,
 )
-from ._shift import training_profile
+from ._protocols import ModelCore
+from ._runner import distributed_kwargs, run_interruptible
 from ._thinning import check_thinning
 from ._training_checks import check_train_arguments, check_trainer_kwargs, check_training_labels
 
@@ -122,10 +119,14 @@ class SpaCRDTrainingPlan(TrainingPlan):
 
 
 class StagedTrainingMixin:
-    """``train`` for :class:`~spacrd.model.SpaCRD`: the stages of ``STAGES``, one Lightning run each."""
+    """``train`` for :class:`~spacrd.model.SpaCRD`: the stages of ``STAGES``, one Lightning run each.
+
+    Needs of the model class what :class:`~spacrd.model._protocols.ModelCore` lists, and of
+    :class:`~spacrd.model._fitting.FittedStateMixin` ``_fitted_state`` and ``_calibration_settings``.
+    """
 
     def train(
-        self,
+        self: ModelCore,
         align_epochs: int = STAGES[0].epochs,
         fuse_epochs: int = STAGES[1].epochs,
         classify_epochs: int = STAGES[2].epochs,
@@ -141,6 +142,7 @@ class StagedTrainingMixin:
         devices: int | list[int] | str = "auto",
         early_stopping: bool = False,
         depth_augmentation: float | None = None,
+        calibrate_for: Sequence[Mapping[str, Any]] = (),
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
     ):
@@ -185,6 +187,11 @@ class StagedTrainingMixin:
             expression at the depths of sparser platforms (a Visium HD bin or a Xenium cell has about a
             tenth of a legacy-ST spot's UMIs) without copies of the source. Validation spots, and so
             the calibration, stay at full depth.
+        calibrate_for
+            Post-processing settings, besides :meth:`predict`'s defaults, to fit a calibration for at
+            the end of training (each a dict of :meth:`predict`'s ``expression_propagation`` and
+            ``spatial_smoothing``, e.g. ``[{"expression_propagation": 0.0, "spatial_smoothing":
+            False}]``), as :meth:`calibrate` would; ``spacrd.model.PAPER.train`` has the paper's.
         plan_kwargs
             Extra arguments of :class:`~spacrd.model.SpaCRDTrainingPlan`.
         **trainer_kwargs
@@ -196,15 +203,16 @@ class StagedTrainingMixin:
         ``stage3_*`` keys (``spacrd.model.STAGES``). A stage that runs no optimisation step is an
         error: the model is then not trained.
 
-        After the last stage, ``model.calibration_`` (:class:`spacrd.tl.Calibration`) is fitted on the
-        labelled validation spots (on all labelled spots when there are fewer than 20 or only one
-        class among them, e.g. with ``train_size=1.0``) for :meth:`predict`'s default post-processing,
-        and ``model.source_cancer_share_`` is the share of cancer among the labelled training spots,
-        the prior that ``predict(call="prior")`` adapts from; ``model.training_profile_``
-        (:class:`~spacrd.model._shift.TrainingProfile`) records the training sections' depth, detected
-        genes and score distribution, which :meth:`predict` compares every target with. A calibration fitted on fewer than 20
-        labelled spots in all warns (its scale is barely constrained); a split that leaves the training
-        spots without labels of both classes is an error.
+        After the last stage, ``model.fitted_state`` (:class:`~spacrd.model.FittedState`) is built, once:
+        its calibration (:class:`spacrd.tl.Calibration`) is fitted on the labelled validation spots (on
+        all labelled spots when there are fewer than 20 or only one class among them, e.g. with
+        ``train_size=1.0``) for :meth:`predict`'s default post-processing (and for ``calibrate_for``);
+        ``source_cancer_share`` is the share of cancer among the labelled training spots, the prior
+        that ``predict(call="prior")`` adapts from; the split and the validation rows are kept for
+        :meth:`calibrate`; and ``training_profile`` records the training sections' depth, detected
+        genes and score distribution, which :meth:`predict` compares every target with. A calibration
+        fitted on fewer than 20 labelled spots in all warns (its scale is barely constrained); a split
+        that leaves the training spots without labels of both classes is an error.
 
         Interrupting training (Ctrl+C, or :class:`KeyboardInterrupt` raised in a callback passed as
         ``callbacks=[...]``) stops the running stage and raises :class:`KeyboardInterrupt` naming it;
@@ -214,12 +222,13 @@ class StagedTrainingMixin:
         """
         if self.adata is None:
             raise ValueError("This model has no registered AnnData to train on.")
+        calibrate_for = [self._calibration_settings(**dict(settings)) for settings in calibrate_for]
         epochs = {"align": align_epochs, "fuse": fuse_epochs, "classify": classify_epochs}
         lrs = {"align": align_lr, "fuse": fuse_lr, "classify": classify_lr}
         check_train_arguments(epochs, lrs, weight_decay, batch_size, train_size, validation, spots_per_epoch)
         check_trainer_kwargs(trainer_kwargs, accelerator, early_stopping)
         depth_augmentation = check_thinning(depth_augmentation)
-        inputs = source_inputs(self)
+        inputs = self._inputs(None)
         labelled = inputs.labels[inputs.labels != UNLABELLED]
         if np.unique(labelled).size < 2:
             counts = np.bincount(labelled, minlength=2)
@@ -228,9 +237,8 @@ class StagedTrainingMixin:
                 "cancer spots. Check `labels_key`/`cancer_categories` in setup_anndata."
             )
         logger.info("Training on %s.", label_summary(inputs.labels))
-        self.n_image_training_spots_ = 0 if inputs.has_image is None else int(inputs.has_image.sum())
-        self.source_cancer_share_ = float(labelled.mean())
-        if self.module.image_encoder is not None and self.n_image_training_spots_ < 2:
+        n_image_spots = 0 if inputs.has_image is None else int(inputs.has_image.sum())
+        if self.module.image_encoder is not None and n_image_spots < 2:
             warnings.warn(
                 "No training spot has a histology embedding, so the image branch cannot be learnt; the model "
                 "predicts from expression alone, also on targets with images.",
@@ -238,7 +246,7 @@ class StagedTrainingMixin:
                 stacklevel=2,
             )
         for stage in STAGES:
-            if stage.needs_images and self.n_image_training_spots_ < 2 and epochs[stage.name]:
+            if stage.needs_images and n_image_spots < 2 and epochs[stage.name]:
                 logger.info("No histology embeddings in the training spots: skipping %s.", stage.title)
                 epochs[stage.name] = 0
 
@@ -256,7 +264,7 @@ class StagedTrainingMixin:
             hide_validation=how != "random",  # "random" keeps the behaviour of spacrd 0.1
             thinning=None
             if depth_augmentation is None
-            else source_thinning(self, inputs, depth_augmentation, seed),
+            else source_thinning(self.input_spec, self.adata_manager, inputs, depth_augmentation, seed),
         )
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         if datamodule.n_train < 2:
@@ -276,15 +284,12 @@ class StagedTrainingMixin:
             plan_kwargs=plan_kwargs,
             trainer_kwargs=trainer_kwargs,
         )
-        self.validation_split_ = how
-        self.validation_indices_ = val_idx
-        settings = PostprocessSettings()
-        logits = self._label_free_logits(inputs, settings)
-        self.calibration_ = self._fit_calibration(inputs, val_idx, settings, logits)
-        self.training_profile_ = training_profile(inputs, logits)
+        self.fitted_state = self._fitted_state(
+            inputs, val_idx, how, n_image_spots, float(labelled.mean()), calibrate_for
+        )
 
     def _run_stages(
-        self,
+        self: ModelCore,
         datamodule,
         epochs: dict[str, int],
         lrs: dict[str, float],
@@ -296,13 +301,15 @@ class StagedTrainingMixin:
         plan_kwargs: dict | None,
         trainer_kwargs: dict,
     ) -> None:
-        """Run every stage with ``epochs[name] > 0``; ``model.history`` gets each stage's curves under its prefix."""
-        history: dict[str, pd.DataFrame] = {}
-        self.is_trained_ = False
-        trainer_kwargs = _distributed_kwargs(trainer_kwargs)
-        for stage in STAGES:
-            if epochs[stage.name] <= 0:
-                continue
+        """Run every stage with ``epochs[name] > 0``, each through a ``_train_runner_cls`` of its own.
+
+        The model is untrained from here until the last stage's runner has run; ``model.history_``
+        collects each stage's curves under its prefix (:class:`~spacrd.model._runner.StagedTrainRunner`).
+        """
+        self.is_trained_, self.history_, self.fitted_state = False, {}, None
+        trainer_kwargs = distributed_kwargs(trainer_kwargs)
+        stages = [stage for stage in STAGES if epochs[stage.name] > 0]
+        for stage in stages:
             stage_kwargs = dict(trainer_kwargs)
             if stage_kwargs.pop("enable_progress_bar", True):
                 # one bar per stage, named after it, through scvi-tools' per-epoch progress bar
@@ -327,6 +334,8 @@ class StagedTrainingMixin:
                     training_plan=plan,
                     data_splitter=datamodule,
                     max_epochs=epochs[stage.name],
+                    stage=stage,
+                    last_stage=stage is stages[-1],
                     accelerator=accelerator,
                     devices=devices,
                     early_stopping=early_stopping,
@@ -334,78 +343,8 @@ class StagedTrainingMixin:
                     use_distributed_sampler=False,
                     **stage_kwargs,
                 )
-            # Each stage starts a fresh logger; keep its curves under a stage prefix.
-            self.is_trained_, self.history_ = False, None
-            # The runner leaves the module in eval mode after each stage; Lightning keeps that mode.
-            self.module.train()
-            try:
-                with quiet_third_party():
-                    _run_interruptible(runner, stage)
-            finally:
-                stage_history = self.history_ or {}
-                for key, frame in stage_history.items():
-                    name = f"{stage.history_prefix}_{key}"
-                    history[name] = frame.rename(columns={key: name})
-                self.history_ = history
-                self.module.eval()
-                # scvi-tools' runner marks the model trained after every stage; only all stages do.
-                self.is_trained_ = False
-            _check_stage_stepped(stage_history, stage)
-        self.is_trained_ = True
-
-
-def _distributed_kwargs(trainer_kwargs: dict) -> dict:
-    """Trainer arguments for several processes: unused-parameter detection and a private log folder.
-
-    Each stage trains part of the network (stage II leaves the classifier unused), which DDP only allows
-    with unused-parameter detection, so ``strategy="ddp"``/``"ddp_spawn"``/``"ddp_notebook"`` get it.
-    scvi-tools passes the history of the process of rank 0 through a file; it goes to a temporary
-    folder (unless ``log_save_dir`` is given) rather than to ``./lightning_logs``.
-    """
-    strategy = trainer_kwargs.get("strategy")
-    if not (isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn", "ddp_notebook")):
-        return trainer_kwargs
-    kwargs = {**trainer_kwargs, "strategy": f"{strategy}_find_unused_parameters_true"}
-    kwargs.setdefault("log_save_dir", tempfile.mkdtemp(prefix="spacrd_ddp_"))
-    return kwargs
-
-
-def _run_interruptible(runner, stage: StageSpec) -> None:
-    """Run one stage; Ctrl+C stops it with a :class:`KeyboardInterrupt` that names it.
-
-    Lightning turns Ctrl+C into ``sys.exit(1)`` with SIGINT ignored from then on, which would end a
-    script's caller and leave Ctrl+C dead in a notebook; both are undone here.
-    """
-    sigint, interrupted = signal.getsignal(signal.SIGINT), False
-    try:
-        runner()
-    except SystemExit as err:
-        if not isinstance(err.__context__, KeyboardInterrupt):
-            raise
-        interrupted = True
-    if interrupted or runner.trainer.interrupted:
-        if sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, sigint)
-        raise KeyboardInterrupt(
-            f"Training interrupted in {stage.history_prefix.replace('stage', 'stage ')} ({stage.name}); the "
-            "model is not trained. Call "
-            "`model.train()` again: it runs every stage, starting from the current weights."
-        )
-
-
-def _check_stage_stepped(stage_history: dict, stage: StageSpec) -> None:
-    """A stage that ran no optimisation step leaves random weights: that is an error, not a trained model.
-
-    Every epoch with a training batch logs ``train_loss``; the history is also what reaches the main
-    process from the spawned ones of a distributed run.
-    """
-    losses = stage_history.get("train_loss")
-    if losses is None or len(losses) == 0:
-        raise RuntimeError(
-            f"{stage.title} ran no optimisation step (no training batch: too few training spots for "
-            "`batch_size`, or `spots_per_epoch` too small); the model is not trained. Use more training spots, "
-            "a smaller `batch_size` or a larger `train_size`."
-        )
+            with quiet_third_party():
+                run_interruptible(runner)
 
 
 def default_seed() -> int:
