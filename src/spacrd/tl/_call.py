@@ -116,7 +116,7 @@ def call(
 
 def _sections(adata: AnnData, section_key: str | None) -> np.ndarray:
     if section_key is None or (section_key == OBS_KEYS.SECTION and section_key not in adata.obs):
-        return np.zeros(adata.n_obs, dtype=np.int64).astype(str)
+        return np.full(adata.n_obs, "0")
     if section_key not in adata.obs:
         raise KeyError(f"adata.obs has no {section_key!r} column of sections; pass `section_key=` or None.")
     return adata.obs[section_key].astype(str).to_numpy()
