@@ -62,6 +62,25 @@ def test_smooth_over_neighbors_ignores_padding():
     )
 
 
+def test_neighbour_means_as_a_sparse_product_equal_the_gathered_means():
+    from spacrd.tl._neighbors import neighbor_mean_operator, smooth_over_neighbors
+
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, 50, (50, 7))
+    indices[:, 1] = indices[:, 0]  # a repeated neighbour counts twice, as in the gather
+    padding = rng.random((50, 7)) < 0.3
+    padding[:, 0] = False
+    values = rng.normal(size=(50, 3)).astype(np.float32)
+    weights = (~padding).astype(np.float64)
+    gathered = (values[indices] * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)
+    np.testing.assert_allclose(smooth_over_neighbors(values, indices, padding), gathered, rtol=1e-6)
+    np.testing.assert_allclose(
+        neighbor_mean_operator(indices) @ values[:, 0], values[indices, 0].mean(1), rtol=1e-6
+    )
+    padding[3] = True  # nothing to average over
+    assert np.isnan(neighbor_mean_operator(indices, padding) @ np.ones(50))[3]
+
+
 def test_expression_neighbors_are_nearest_within_section():
     rng = np.random.default_rng(0)
     features = np.concatenate([rng.normal(0, 1, (30, 5)), rng.normal(8, 1, (30, 5))])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -128,8 +127,9 @@ class CrossAttentionBlock(nn.Module):
 
     ``out = LayerNorm(query + MHA(query, context, context))``. With ``query is context`` it is plain
     self-attention, which is how a spot without an image is handled. The weights are those of a
-    :class:`torch.nn.MultiheadAttention` (``attention``); the arithmetic is written out so that keys and
-    values can be projected once per distinct spot.
+    :class:`torch.nn.MultiheadAttention` (``attention``), applied here with
+    :func:`torch.nn.functional.scaled_dot_product_attention` so that keys and values can be projected
+    once per distinct spot and gathered per neighbourhood.
 
     Parameters
     ----------
@@ -186,17 +186,20 @@ class CrossAttentionBlock(nn.Module):
         if neighbors is not None:
             keys, values = keys[neighbors], values[neighbors]
         batch, n_query, n_context = queries.shape[0], queries.shape[1], keys.shape[1]
-        head_width = width // n_heads
-        # (B, tokens, heads, head_width); scores (B, q, k, heads), scaled as MultiheadAttention does
-        q = F.linear(queries, w_q, b_q).reshape(batch, n_query, 1, n_heads, head_width)
-        k = keys.reshape(batch, 1, n_context, n_heads, head_width)
-        scores = (q * k).sum(-1) / math.sqrt(head_width)
-        if padding_mask is not None:
-            scores = scores.masked_fill(padding_mask.bool()[:, None, :, None], float("-inf"))
-        weights = F.dropout(scores.softmax(dim=2), attention.dropout, training=self.training)
-        v = values.reshape(batch, 1, n_context, n_heads, head_width)
-        attended = (weights.unsqueeze(-1) * v).sum(2).reshape(batch, n_query, width)
-        attended = attention.out_proj(attended)
+
+        def heads(tokens: torch.Tensor, n: int) -> torch.Tensor:  # (B, n, e) -> (B, heads, n, e / heads)
+            return tokens.reshape(batch, n, n_heads, width // n_heads).transpose(1, 2)
+
+        # True where a query may attend; scaled by 1 / sqrt(head width), as MultiheadAttention does
+        allowed = None if padding_mask is None else ~padding_mask.bool()[:, None, None, :]
+        attended = F.scaled_dot_product_attention(
+            heads(F.linear(queries, w_q, b_q), n_query),
+            heads(keys, n_context),
+            heads(values, n_context),
+            attn_mask=allowed,
+            dropout_p=attention.dropout if self.training else 0.0,
+        )
+        attended = attention.out_proj(attended.transpose(1, 2).reshape(batch, n_query, width))
         out = self.norm(queries + attended)
         return out.squeeze(1) if single else out
 

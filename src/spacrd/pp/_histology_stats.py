@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.color import hed_from_rgb
+from skimage.color import rgb2hed
+from skimage.feature import graycomatrix, graycoprops
 
 #: Side length in pixels to which every crop is resized before the statistics are computed.
 INPUT_SIZE = 64
@@ -45,24 +46,14 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURE_DESCRIPTIONS)
 
 _LUMINANCE = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # as skimage.color.rgb2gray
-_HED_FROM_RGB = hed_from_rgb.astype(np.float32)
-_LOG_FLOOR = np.float32(np.log(1e-6))
 _DARK_MAX = 0.1  # blacked-out background (and black padding) has every channel below this
 _GLASS_MIN, _GLASS_RANGE = 0.8, 0.1  # glass: all channels bright and nearly equal
 _NUCLEAR_H = 0.12  # haematoxylin density above which a pixel is counted as nuclear
 _MIN_BLOB = 3
 _MIN_TISSUE_PIXELS = 16
 _GLCM_LEVELS = 32
-_GLCM_OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1))  # 0, 45, 90, 135 degrees as in skimage.feature
-
-
-def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
-    """Colour deconvolution into haematoxylin, eosin and DAB optical densities.
-
-    Same as :func:`skimage.color.rgb2hed` in float32, for ``(..., 3)`` arrays of any leading shape.
-    """
-    od = np.log(np.maximum(rgb, np.float32(1e-6))) / _LOG_FLOOR
-    return np.maximum(od @ _HED_FROM_RGB, 0)
+_GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+_GLCM_PROPS = ("contrast", "homogeneity", "energy", "correlation")
 
 
 def histology_stats(rgb: np.ndarray) -> np.ndarray:
@@ -89,7 +80,7 @@ def histology_stats(rgb: np.ndarray) -> np.ndarray:
     mask = np.where((tissue.sum(1) >= _MIN_TISSUE_PIXELS)[:, None], tissue, True)
     weight = mask / mask.sum(1, keepdims=True)
 
-    hed = rgb_to_hed(flat)
+    hed = rgb2hed(flat).astype(np.float32)  # the statistics below stay in float32
     gray = flat @ _LUMINANCE
     saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0)
 
@@ -151,30 +142,14 @@ def _blob_stats(nuclear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _glcm_props(gray: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Contrast, homogeneity, energy and correlation as :func:`skimage.feature.graycoprops`, batched.
+    """:func:`skimage.feature.graycoprops` of each ``(h, w)`` crop of ``gray`` ``(n, h, w)`` in [0, 1].
 
-    Uses a symmetric, normalised co-occurrence matrix per crop and offset, averaged over the offsets.
+    Contrast, homogeneity, energy and correlation of a symmetric, normalised co-occurrence matrix
+    (:data:`_GLCM_LEVELS` grey levels, distance 1), averaged over four angles; ``(n,)`` float32 each.
     """
-    levels = _GLCM_LEVELS
-    n, h, w = gray.shape
-    q = np.clip((gray * levels).astype(np.int64), 0, levels - 1)
-    i, j = np.meshgrid(np.arange(levels), np.arange(levels), indexing="ij")
-    props = np.zeros((4, n))
-    for dr, dc in _GLCM_OFFSETS:
-        a = q[:, max(0, -dr) : h - max(0, dr), max(0, -dc) : w - max(0, dc)]
-        b = q[:, max(0, dr) : h + min(0, dr), max(0, dc) : w + min(0, dc)]
-        index = (np.arange(n)[:, None, None] * levels + a) * levels + b
-        p = np.bincount(index.ravel(), minlength=n * levels * levels).reshape(n, levels, levels)
-        p = (p + p.transpose(0, 2, 1)).astype(np.float64)
-        p /= p.sum((1, 2), keepdims=True)
-        props[0] += (p * (i - j) ** 2).sum((1, 2))
-        props[1] += (p / (1.0 + (i - j) ** 2)).sum((1, 2))
-        props[2] += np.sqrt((p**2).sum((1, 2)))
-        mu_i = (p * i).sum((1, 2))
-        mu_j = (p * j).sum((1, 2))
-        sd_i = np.sqrt((p * (i - mu_i[:, None, None]) ** 2).sum((1, 2)))
-        sd_j = np.sqrt((p * (j - mu_j[:, None, None]) ** 2).sum((1, 2)))
-        cov = (p * (i - mu_i[:, None, None]) * (j - mu_j[:, None, None])).sum((1, 2))
-        flat = (sd_i < 1e-15) | (sd_j < 1e-15)
-        props[3] += np.where(flat, 1.0, cov / np.where(flat, 1.0, sd_i * sd_j))
-    return tuple((props / len(_GLCM_OFFSETS)).astype(np.float32))
+    levels = np.clip((gray * _GLCM_LEVELS).astype(np.int64), 0, _GLCM_LEVELS - 1).astype(np.uint8)
+    props = np.empty((len(_GLCM_PROPS), len(levels)))
+    for k, image in enumerate(levels):
+        glcm = graycomatrix(image, [1], _GLCM_ANGLES, levels=_GLCM_LEVELS, symmetric=True, normed=True)
+        props[:, k] = [graycoprops(glcm, prop).mean() for prop in _GLCM_PROPS]
+    return tuple(props.astype(np.float32))

@@ -10,6 +10,8 @@ from sklearn.decomposition import PCA
 
 from spacrd.pp._neighbors import section_neighbors
 
+from ._neighbors import neighbor_mean_operator
+
 #: Sections with more spots fit their principal axes on this many randomly drawn spots (and project
 #: all of them): the axes of 10 components are estimated as well from 50,000 spots as from millions.
 MAX_PCA_FIT_SPOTS = 50_000
@@ -164,8 +166,10 @@ def propagate_over_neighbors(
     values = np.asarray(values)
     anchor = values.astype(np.float64)
     current = anchor.copy()
-    for _ in range(n_iter if alpha > 0 else 0):
-        current = (1.0 - alpha) * anchor + alpha * current[indices].mean(axis=1)
+    if alpha > 0 and n_iter > 0:
+        neighbor_mean = neighbor_mean_operator(indices)
+        for _ in range(n_iter):
+            current = (1.0 - alpha) * anchor + alpha * (neighbor_mean @ current)
     return current.astype(values.dtype, copy=False)
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, floa
         z = scale * x + shift
         # mean binary cross-entropy of sigmoid(z), written stably, and its gradient
         value = np.mean(np.logaddexp(0.0, z) - y * z)
-        residual = (1.0 / (1.0 + np.exp(-z)) - y) / x.size
+        residual = (expit(z) - y) / x.size
         return float(value), np.array([np.sum(residual * x) * scale, np.sum(residual)])
 
     result = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-5.0, 5.0), (-50.0, 50.0)])

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 
 from spacrd._validation import check_bool, check_number
 
@@ -216,7 +217,7 @@ def postprocess(
     sections = np.asarray(sections)
     offsets = _section_offsets(logits, sections, settings, calibration, target_level_sections)
     calibrated = _levelled(logits, calibration, offsets)
-    probabilities = (1.0 / (1.0 + np.exp(-calibrated))).astype(np.float32)
+    probabilities = expit(calibrated).astype(np.float32)
     cancer_share: dict[str, float] = {}
     if settings.call != "prior":
         labels = sections.astype(str)
@@ -246,7 +247,7 @@ def postprocess(
     uncertainty = member_p = None
     if member_logits is not None and np.ndim(member_logits) == 2 and member_logits.shape[1] > 1:
         members = label_free_logits(member_logits, neighbors, padding, settings, expression_graph)
-        member_p = 1.0 / (1.0 + np.exp(-_levelled(members, calibration, offsets)))
+        member_p = expit(_levelled(members, calibration, offsets))
         if settings.call == "prior" and settings.prior_shift:
             member_p = shift_to_priors(member_p, source_cancer_share, cancer_share, sections)
         member_p = np.asarray(member_p, dtype=np.float32)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logit
+from scipy.special import expit, logit
 from sklearn.mixture import GaussianMixture
 
 
@@ -44,4 +44,4 @@ def gmm_threshold(scores: np.ndarray, *, on_logit: bool = True, random_state: in
     # Weighted densities cross where the posterior of the high component reaches one half.
     crossing = np.flatnonzero(posterior[:, high] >= 0.5)
     t = grid[crossing[0]] if crossing.size else 0.5 * (lo + hi)
-    return float(1.0 / (1.0 + np.exp(-t))) if on_logit else float(t)
+    return float(expit(t)) if on_logit else float(t)
