@@ -144,7 +144,7 @@ html_show_sourcelink = False
 
 # -- benchmark tables -----------------------------------------------------------------------------------
 # `python benchmarks/run_benchmark.py --docs-table` writes _static/benchmark_table.md and
-# `python benchmarks/image_blocks.py --docs-table` writes _static/image_blocks_table.md. The benchmark page
+# `python benchmarks/studies/image_blocks.py --docs-table` writes _static/image_blocks_table.md. The benchmark page
 # carries a marker per table that is replaced by an include of its file when it exists, so the page builds
 # before the first run too.
 BENCHMARK_TABLES = {  # marker -> (table, how far its headings move down: its "#" lands below the page's)

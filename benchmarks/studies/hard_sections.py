@@ -17,7 +17,7 @@ and the HER2ST labelled sections, and writes ``results/hard_sections/summary.md`
 
 Nothing here feeds back into a model: it is a reading of held-out results, run after the benchmark::
 
-    python benchmarks/hard_sections.py [--predictions results/benchmark/predictions.csv.gz]
+    python benchmarks/studies/hard_sections.py [--predictions results/benchmark/predictions.csv.gz]
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import scanpy as sc
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: run_benchmark, _metrics
 
 from run_benchmark import read_predictions
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "her2st"
 DEFAULT_PREDICTIONS = REPO_ROOT / "results" / "benchmark" / "predictions.csv.gz"
 DEFAULT_OUT = REPO_ROOT / "results" / "hard_sections"

@@ -18,7 +18,7 @@ Two kinds of settings are chosen, each on its own inner metric:
 
 Run from the repository root (takes about 25 min on 2 cores, one seed)::
 
-    python benchmarks/nested_selection.py
+    python benchmarks/studies/nested_selection.py
 
 Writes ``results/nested/inner.csv``, ``results/nested/outer.csv`` and ``results/nested/summary.md``.
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: run_benchmark, _metrics
 
 from _baselines import N_NEIGHBORS, labelled, unshifted_calibration
 from _metrics import section_metrics

@@ -7,7 +7,7 @@ telling spots whose label-free call is wrong from spots whose call is right: tha
 ``0.5 - |probability - 0.5|``, which needs no ensemble. An uncertainty worth its cost should beat the
 margin. ::
 
-    python benchmarks/uncertainty_reference.py
+    python benchmarks/studies/uncertainty_reference.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: run_benchmark, _metrics
 
 from _metrics import _error_auroc
 from run_benchmark import DEFAULT_OUT, read_predictions

@@ -1,20 +1,13 @@
 """benchmarks/platform_shift.py: the thinning, the jobs and the nested selection of the call."""
 
-import sys
-from pathlib import Path
-
+import _platform_tables as tables
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import _platform_tables as tables
 import platform_shift as ps
-from _synthetic import synthetic_sections
 
 
-def test_thinning_keeps_the_rate_and_is_fixed_by_its_seed():
-    adata = synthetic_sections(n_sections=1, grid=8, n_genes=30)
+def test_thinning_keeps_the_rate_and_is_fixed_by_its_seed(synthetic_sections):
+    adata = synthetic_sections(n_sections=1, side=8, n_genes=30)
     thin = ps.thinned(adata, 0.1)
     ratio = thin.layers["counts"].sum() / adata.layers["counts"].sum()
     assert abs(ratio - 0.1) < 0.01 and (thin.X != thin.layers["counts"]).nnz == 0

@@ -27,8 +27,8 @@ the held-out section, and is scored leave-one-section-out like ``run_benchmark.p
 A screen, one model per fold and seed, scored on the evaluated sections; no variant became a default
 from it. Run from the repository root (about 4 min per variant and seed on 2 cores)::
 
-    python benchmarks/level_attempts.py                 # every variant, seed 0
-    python benchmarks/level_attempts.py --variants default thinning --seeds 1 2
+    python benchmarks/studies/level_attempts.py                 # every variant, seed 0
+    python benchmarks/studies/level_attempts.py --variants default thinning --seeds 1 2
 
 Writes ``results/level_attempts/attempts.csv`` and ``summary.md``. Runs already in that table are kept
 and not repeated, so the second command above adds two seeds of two variants to the first one's.
@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: run_benchmark, _metrics
 
 from _baselines import _trained_spacrd, unshifted_calibration
 from _metrics import section_metrics

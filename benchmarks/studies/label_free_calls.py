@@ -12,7 +12,7 @@ estimates: their mean, and the share of them at or above 0.5. This is a screen o
 sections, not a selection: a call that won here would still have to win a nested selection
 (``nested_selection.py``) before it became a default. ::
 
-    python benchmarks/label_free_calls.py [--methods spacrd spacrd_ranked]
+    python benchmarks/studies/label_free_calls.py [--methods spacrd spacrd_ranked]
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from skimage.filters import threshold_otsu as otsu
 from sklearn.metrics import f1_score
 from sklearn.mixture import GaussianMixture
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: run_benchmark, _metrics
 
 from _metrics import gmm_threshold
 from run_benchmark import DEFAULT_OUT, read_predictions
@@ -48,7 +49,7 @@ def calls(prob: np.ndarray, y: np.ndarray, source_share: float) -> dict[str, np.
     z = logit(prob)
     mixture = GaussianMixture(2, random_state=0).fit(z[:, None])
     upper_weight = mixture.weights_[np.argmax(mixture.means_.ravel())]
-    unshifted = 1.0 / (1.0 + np.exp(-(z - logit(np.array(prob.mean())) + logit(np.array(source_share)))))
+    unshifted = expit(z - logit(np.array(prob.mean())) + logit(np.array(source_share)))
     return {
         "Bayes call (SpaCRD's obs['ctr'])": prob >= 0.5,
         "mixture crossing, probabilities": prob >= gmm_threshold(prob),

@@ -15,7 +15,7 @@ fixed, not trained, so this reads no label).
 
 Reproduce (from the repository root, the shared data beside the repository, ``pip install -e ".[cnn]"``)::
 
-    python benchmarks/image_blocks.py --docs-table
+    python benchmarks/studies/image_blocks.py --docs-table
 
 It writes ``results/image_blocks/runs.csv`` (one row per block × model × seed),
 ``results/image_blocks/predictions.csv`` (every held-out spot), ``summary.md`` and, with
@@ -36,7 +36,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: run_benchmark, _metrics
 
 from _baselines import Timer, labelled
 from _baselines import spacrd as fit_spacrd
