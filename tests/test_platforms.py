@@ -601,7 +601,7 @@ def test_spaceranger_folder_read_features_predict_plot(tmp_path):
 @pytest.fixture(scope="module")
 def hd_pair():
     """Two Visium HD slides (8 µm bins) in the reader's layout: one labelled, one to predict."""
-    build = {"extent_um": 384.0, "bin_sizes": (8,), "dataset_id": HD_ID, "microns_per_pixel": HD_MPP}
+    build = {"extent_um": 256.0, "bin_sizes": (8,), "dataset_id": HD_ID, "microns_per_pixel": HD_MPP}
     return visium_hd_sdata(**build, seed=0), visium_hd_sdata(**build, seed=1, truth_key=None)
 
 
@@ -621,7 +621,7 @@ def test_visium_hd_square_bins_train_predict_plot(hd_pair, tmp_path):
     model = spacrd.model.SpaCRD(source, n_top_genes=30, **SMALL_NET)
     model.train(align_epochs=2, **QUICK)
     prob = model.predict(target, table_key="square_008um", image_key=image)
-    truth = visium_hd_sdata(384.0, bin_sizes=(8,), dataset_id=HD_ID, microns_per_pixel=HD_MPP, seed=1)
+    truth = visium_hd_sdata(256.0, bin_sizes=(8,), dataset_id=HD_ID, microns_per_pixel=HD_MPP, seed=1)
     assert _auc(truth.tables["square_008um"].obs["cancer"], prob) > 0.8
     assert "ctr_prob" in target.tables["square_008um"].obs
     _plotted(target, tmp_path, "visium_hd", table_name="square_008um", image_key=image)

@@ -20,6 +20,7 @@ def _fit(source, **train_kwargs):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_two_processes_train_a_model_as_good_as_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written into the working directory
