@@ -689,3 +689,24 @@ def test_calibration_plot_and_reliability_table(tmp_path):
     adata.obs["region"] = pd.Categorical(np.where(truth, "tumour", "stroma"))
     with pytest.raises(ValueError, match="must be boolean or the categories 'cancer'/'non-cancer'"):
         spacrd.pl.calibration(adata, "region", show=False)
+
+
+def test_shared_parameter_descriptions_reach_every_plot():
+    import inspect
+
+    from spacrd.pl import _docs
+
+    for plot in (
+        spacrd.pl.ctr,
+        spacrd.pl.calibration,
+        spacrd.pl.score_distribution,
+        spacrd.pl.training_history,
+    ):
+        doc = plot.__doc__
+        assert "%(" not in doc, plot.__name__
+        params = set(inspect.signature(plot).parameters)
+        for block in (_docs._prob_key, _docs._uns_key, _docs._ax, _docs._show_save):
+            name = block.split("\n", 1)[0]
+            # ctr and training_history draw several panels and describe their axes themselves
+            if name in params and (name != "ax" or plot.__name__ in ("calibration", "score_distribution")):
+                assert block in doc, (plot.__name__, name)

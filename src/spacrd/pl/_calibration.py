@@ -10,6 +10,7 @@ from anndata import AnnData
 from spacrd._constants import OBS_KEYS
 from spacrd._validation import check_number
 
+from ._docs import d
 from ._utils import as_class_labels, check_obs_key, check_prob_key, finish_panel, new_axes
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def reliability(prob: np.ndarray, truth: np.ndarray, n_bins: int = 10) -> pd.Dat
     return table
 
 
+@d.dedent
 def calibration(
     adata: AnnData,
     labels_key: str,
@@ -84,20 +86,13 @@ def calibration(
     labels_key
         Column of ``obs`` with the ground-truth labels: boolean (True = cancer) or the categories
         ``"cancer"`` / ``"non-cancer"``; spots with a missing label are left out.
-    prob_key
-        Column of ``obs`` with the cancer probability, as written by :meth:`spacrd.model.SpaCRD.predict`.
+    %(prob_key)s
     n_bins
         Equal-width probability bins.
     library_key
         Column of ``obs`` with sections: one curve per section (default: one curve for all spots).
-    ax
-        Axes to draw into; a new figure is made if `None`.
-    return_ax
-        Return the axes.
-    show
-        Call :func:`matplotlib.pyplot.show`; by default only when the axes are not returned.
-    save
-        Path to save the figure to, with the extension choosing the format.
+    %(ax)s
+    %(show_save)s
     **kwargs
         Passed on to :meth:`matplotlib.axes.Axes.plot` for the curves.
 

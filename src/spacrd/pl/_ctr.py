@@ -15,6 +15,7 @@ from spacrd._spatial import is_spatialdata
 from spacrd._tiles import DEFAULT_MIN_TILES
 
 from ._call import annotation_outlines, call_legend_handle, call_mask, call_region, library_region, spot_rings
+from ._docs import d
 from ._scale import add_scale_bars, spot_extents
 from ._utils import (
     as_axes_list,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 CALL_COLOR = "#e41a1c"
 
 
+@d.dedent
 def ctr(
     data: AnnData | SpatialData,
     prob_key: str = OBS_KEYS.PROB,
@@ -83,9 +85,7 @@ def ctr(
         ``scalefactors["tissue_hires_scalef"]``, ``scalefactors["spot_diameter_fullres"]``), or a
         :class:`~spatialdata.SpatialData` whose table annotates a shapes element (the spots) and shares
         a coordinate system with an image element.
-    prob_key
-        Column of ``obs`` with the cancer probability in [0, 1], as written by
-        :meth:`spacrd.model.SpaCRD.predict`.
+    %(prob_key)s
     call_key
         Column of ``obs`` with the label-free call: categorical with a ``"cancer"`` category, or boolean
         (True = cancer). Only read when ``show_call`` is true.
@@ -128,10 +128,7 @@ def ctr(
     crop
         Crop each panel to its spots plus a margin of two spot diameters (AnnData only; a ``crop_coord``
         passed on to squidpy wins).
-    uns_key
-        ``uns`` entry that :meth:`~spacrd.model.SpaCRD.predict` wrote (its ``uns_key``), read for the
-        threshold shown in the legend. If it is absent or records another ``prob_key``, the one ``uns``
-        entry with a ``"threshold"`` and this ``prob_key`` is used.
+    %(uns_key)s
     table_name
         :class:`~spatialdata.SpatialData` only: the table holding ``prob_key`` (default: the only table).
     image_key
@@ -141,10 +138,7 @@ def ctr(
         Axes to draw into, one per panel (``2 × n_sections`` panels when ``labels_key`` is given).
     return_ax
         Return the axes (a single :class:`~matplotlib.axes.Axes` for a single panel, else a list).
-    show
-        Call :func:`matplotlib.pyplot.show`; by default only when the axes are not returned.
-    save
-        Path to save the figure to, with the extension choosing the format.
+    %(show_save)s
     **kwargs
         Passed on to :func:`squidpy.pl.spatial_scatter` (e.g. ``img_res_key``, ``size``, ``crop_coord``,
         ``alpha``, ``img_alpha``, ``shape``, ``ncols``, ``figsize``, ``title``) for

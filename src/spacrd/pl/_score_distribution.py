@@ -10,6 +10,7 @@ from anndata import AnnData
 from spacrd._constants import OBS_KEYS, UNS_KEYS
 
 from ._call import threshold_from_uns
+from ._docs import d
 from ._utils import (
     CLASS_COLORS,
     UNLABELLED_COLOR,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+@d.dedent
 def score_distribution(
     adata: AnnData,
     prob_key: str = OBS_KEYS.PROB,
@@ -48,9 +50,7 @@ def score_distribution(
     ----------
     adata
         Annotated data with the probabilities in ``obs[prob_key]``.
-    prob_key
-        Column of ``obs`` with the cancer probability in [0, 1], as written by
-        :meth:`spacrd.model.SpaCRD.predict`.
+    %(prob_key)s
     labels_key
         Column of ``obs`` with ground-truth labels, boolean (True = cancer) or categorical; one
         histogram is drawn per class, and spots with a missing label form an "unlabelled" group.
@@ -62,18 +62,9 @@ def score_distribution(
     density
         Normalise each class to unit area, so that a small class is as visible as a large one;
         otherwise plot spot counts.
-    uns_key
-        ``uns`` entry that :meth:`~spacrd.model.SpaCRD.predict` wrote (its ``uns_key``). If it is absent or
-        records another ``prob_key``, the one ``uns`` entry with a ``"threshold"`` and this ``prob_key``
-        is used.
-    ax
-        Axes to draw into; a new figure is made if `None`.
-    return_ax
-        Return the axes.
-    show
-        Call :func:`matplotlib.pyplot.show`; by default only when the axes are not returned.
-    save
-        Path to save the figure to, with the extension choosing the format.
+    %(uns_key)s
+    %(ax)s
+    %(show_save)s
     **kwargs
         Passed on to :meth:`matplotlib.axes.Axes.hist` (e.g. ``histtype``, ``alpha``).
 

@@ -9,6 +9,7 @@ from matplotlib.ticker import MaxNLocator
 
 from spacrd._stages import STAGES as TRAINING_STAGES
 
+from ._docs import d
 from ._utils import finish, new_axes
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def _history(model_or_history: Any) -> Mapping[str, Any]:
     return history
 
 
+@d.dedent
 def training_history(
     model_or_history: Any,
     metrics: Sequence[str] = (),
@@ -75,10 +77,7 @@ def training_history(
         Axes to draw into, one per stage that has a history.
     return_ax
         Return the axes (a single :class:`~matplotlib.axes.Axes` for a single stage, else a list).
-    show
-        Call :func:`matplotlib.pyplot.show`; by default only when the axes are not returned.
-    save
-        Path to save the figure to, with the extension choosing the format.
+    %(show_save)s
     **kwargs
         Passed on to :meth:`matplotlib.axes.Axes.plot` for the loss curves.
 
