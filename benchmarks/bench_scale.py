@@ -17,7 +17,7 @@ and runs the measured call once:
 
 Columns: wall and CPU seconds (``time.perf_counter`` / ``time.process_time``, all threads), spots per
 second of wall time, and peak RSS growth (``VmHWM`` after the call minus ``VmRSS`` just before it).
-``--old-src`` adds the prediction of a model of the same recipe, trained and run by another spacrd
+``--old-src`` adds, at every size, the prediction of a model of the same recipe, trained and run by another spacrd
 source tree (e.g. the release before the streamed input path) on the same machine, in the same run,
 for a within-run ratio. ``--ranked`` adds ``model.predict(target, ranking_model=ranker)`` with a
 second model of the same recipe on unscaled expression (``section_scaling="none"``).
@@ -212,7 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch/BLAS threads per process")
     p.add_argument("--skip-train", action="store_true", help="only prediction")
     p.add_argument("--skip-image", action="store_true", help="leave out the whole-slide image cases")
-    p.add_argument("--old-src", help="another spacrd source tree (its src/) to predict 100,000 spots with")
+    p.add_argument(
+        "--old-src",
+        help="another spacrd source tree (its src/) to predict every size with, for a within-run ratio",
+    )
     p.add_argument("--ranked", action="store_true", help="also predict with a ranker on unscaled expression")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_scale")
     args = p.parse_args(argv)
@@ -235,15 +238,10 @@ def main(argv: list[str] | None = None) -> None:
             run_child("model", args.threads, src=args.old_src, out=old_model_dir)
         print(table([]).splitlines()[0], flush=True)
         for n in args.sizes:
+            new = {}
             for s in args.sections:
-                report(
-                    _row(
-                        "predict",
-                        n,
-                        s,
-                        run_child("predict", args.threads, model_dir=model_dir, n_spots=n, n_sections=s),
-                    )
-                )
+                new[s] = run_child("predict", args.threads, model_dir=model_dir, n_spots=n, n_sections=s)
+                report(_row("predict", n, s, new[s]))
                 if args.ranked:
                     r = run_child(
                         "predict",
@@ -254,16 +252,19 @@ def main(argv: list[str] | None = None) -> None:
                         ranker_dir=ranker_dir,
                     )
                     report(_row("predict, ranked", n, s, {**r, "note": "ranking_model: unscaled"}))
-            if args.old_src and n == 100_000:
+            if args.old_src:  # the same size and sections in the other tree, for a within-run ratio
+                s = args.sections[0]
                 old = run_child(
                     "predict",
                     args.threads,
                     src=args.old_src,
                     model_dir=old_model_dir,
                     n_spots=n,
-                    n_sections=1,
+                    n_sections=s,
                 )
-                report(_row("predict", n, 1, {**old, "note": f"source tree {args.old_src}"}))
+                ratio = old["wall_s"] / new[s]["wall_s"], old["cpu_s"] / new[s]["cpu_s"]
+                note = f"source tree {args.old_src}; it takes {ratio[0]:.2f}x the wall and {ratio[1]:.2f}x the CPU time"
+                report(_row("predict", n, s, {**old, "note": note}))
             if not args.skip_train:
                 r = run_child("train", args.threads, n_spots=n, n_sections=args.sections[-1])
                 note = f"set-up (graph, gene selection) {r['setup_s']:.1f} s, +{r['setup_rss_growth_mb']:,.0f} MB"

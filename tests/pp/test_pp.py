@@ -676,3 +676,26 @@ def test_histology_stats_edge_cases():
     assert features[FEATURE_NAMES.index("tissue_fraction")] == 1
     assert features[FEATURE_NAMES.index("nuclei_fraction")] == pytest.approx(30 / 4096)
     assert set(spacrd.pp.HISTOLOGY_STATS_FEATURES) == set(FEATURE_NAMES)
+
+
+def test_large_sections_get_an_approximate_search_close_to_the_exact_one(monkeypatch):
+    from scipy.spatial import cKDTree
+
+    from spacrd.pp import _neighbors
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, (12, 10))
+    points = (centres[rng.integers(0, 12, 3000)] + rng.normal(0, 1, (3000, 10))).astype(np.float32)
+    monkeypatch.setattr(_neighbors, "EXACT_KNN_MAX_SPOTS", 1000)  # 3,000 spots: the approximate path
+    indices, padding = spacrd.pp.section_neighbors(points, None, 10)
+    assert not padding.any() and (indices[:, 0] == np.arange(3000)).all()
+    _, exact = cKDTree(points).query(points, k=10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(indices, exact, strict=True)])
+    assert recall > 0.9
+    again, _ = spacrd.pp.section_neighbors(points, None, 10)
+    np.testing.assert_array_equal(again, indices)  # seeded: the same graph every time
+    # one cell searched per spot leaves some spots fewer than k candidates: those get exact neighbours
+    monkeypatch.setattr(_neighbors, "IVF_PROBES", 1)
+    monkeypatch.setattr(_neighbors, "IVF_CELLS_PER_SQRT_SPOTS", 40)
+    sparse_cells, _ = spacrd.pp.section_neighbors(points, None, 10)
+    assert (sparse_cells >= 0).all() and (sparse_cells[:, 0] == np.arange(3000)).all()

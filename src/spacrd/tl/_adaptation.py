@@ -94,9 +94,8 @@ def expression_neighbors(
     Distances are Euclidean on the first ``n_comps`` principal components of ``features``, computed
     per section (:func:`section_pca`), so that the graph follows the section's own transcriptional
     structure (tumour clones, stroma, immune infiltrates) rather than differences between sections.
-    The search is exact up to 50,000 spots per section, a k-d tree search with a little distance slack
-    up to 200,000 and NN-descent above (:func:`spacrd.pp.section_neighbors`), so the cost stays
-    near-linear in spots.
+    The search is exact up to 50,000 spots per section and an inverted-file index above
+    (:func:`spacrd.pp.section_neighbors`), so the cost stays near-linear in spots.
 
     Parameters
     ----------
