@@ -10,8 +10,7 @@ import pandas as pd
 from _metrics import section_metrics
 
 from spacrd.model._shift import depth_by_section, unlike_training
-from spacrd.tl import PostprocessSettings, postprocess
-from spacrd.tl._postprocess import CALLS
+from spacrd.tl._postprocess import CALLS, PostprocessSettings, postprocess
 
 #: The tables shown in ``docs/benchmark.md`` and the model card (the per-section ones stay in ``summary.md``).
 DOCS_TABLE = Path(__file__).resolve().parents[1] / "docs" / "_static" / "platform_shift.md"

@@ -153,7 +153,7 @@ class FittedLogreg:
 
 
 def target_outputs(model, target) -> dict:
-    """What :func:`spacrd.tl.postprocess` needs of one target, for every call to be applied later."""
+    """What ``spacrd.tl._postprocess.postprocess`` needs of one target, for every call to be applied later."""
     from spacrd._constants import MODULE_KEYS
 
     inputs = model._inputs(target, 0.0, None)

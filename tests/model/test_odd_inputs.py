@@ -14,6 +14,7 @@ from _synthetic import source_of, tiny_sections
 
 import spacrd
 from spacrd.model import SpaCRD
+from spacrd.tl._adaptation import expression_neighbors
 
 NET = {"n_top_genes": 40, "n_embed": 16, "n_heads": 2, "n_latent": 4}
 EPOCHS = {"fuse_epochs": 1, "classify_epochs": 2, "enable_progress_bar": False}
@@ -100,7 +101,7 @@ def test_missing_section_values_are_refused_wherever_sections_are_read(data, tra
     with pytest.raises(ValueError, match=r"obs\['section'\] has missing values"):
         spacrd.pp.spatial_neighbors(target, library_key="section")
     with pytest.raises(ValueError, match="`sections` has missing values"):
-        spacrd.tl.expression_neighbors(np.ones((target.n_obs, 3)), target.obs["section"].to_numpy())
+        expression_neighbors(np.ones((target.n_obs, 3)), target.obs["section"].to_numpy())
     assert "ctr_prob" not in target.obs and "spacrd_neighbors" not in target.obsm
 
 

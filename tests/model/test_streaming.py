@@ -15,7 +15,7 @@ from spacrd.model import SpaCRD
 from spacrd.model._adata_inputs import target_inputs
 from spacrd.model._inputs import section_codes, section_stats
 from spacrd.nn import ShiftedSparse
-from spacrd.tl import expression_neighbors, section_pca
+from spacrd.tl._adaptation import expression_neighbors, section_pca
 
 
 def _dense_scaling(values, sections, method):

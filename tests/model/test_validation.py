@@ -27,7 +27,7 @@ from spacrd._validation import check_counts
 from spacrd.model import SpaCRD
 from spacrd.model._adata_inputs import source_inputs
 from spacrd.model._labels import LABEL_CATEGORIES, cancer_labels, label_codes
-from spacrd.tl import section_neighbors
+from spacrd.pp._neighbors import section_neighbors
 
 matplotlib.use("Agg")
 

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spacrd.tl import call, mixture_level
+from spacrd.tl import call
+from spacrd.tl._level import mixture_level
 
 
 def _predicted(seed=0):

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from spacrd.tl import Calibration, PostprocessSettings, mixture_level, postprocess
+from spacrd.tl import Calibration
+from spacrd.tl._level import mixture_level
+from spacrd.tl._postprocess import PostprocessSettings, postprocess
 
 
 def _two_populations(n=2000, share=0.3, gap=4.0, offset=0.0, seed=0):

@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
 
-from spacrd.tl import (
+from spacrd.pp._neighbors import section_neighbors
+from spacrd.tl._adaptation import (
     adjust_to_prior,
     expression_neighbors,
-    fit_calibration,
-    gmm_threshold,
     propagate_over_neighbors,
     quantile_match,
-    section_neighbors,
 )
+from spacrd.tl._calibration import fit_calibration
+from spacrd.tl._threshold import gmm_threshold
 
 
 def test_section_neighbors_self_first_and_within_section():
@@ -51,7 +51,7 @@ def test_gmm_threshold_between_modes():
 
 
 def test_smooth_over_neighbors_ignores_padding():
-    from spacrd.tl import smooth_over_neighbors
+    from spacrd.tl._neighbors import smooth_over_neighbors
 
     values = np.array([0.0, 2.0, 10.0])
     idx = np.array([[0, 1, 0], [1, 0, 1], [2, 2, 2]])

@@ -16,8 +16,15 @@ from anndata import AnnData
 from spacrd._constants import CALL_CATEGORIES, MODULE_KEYS, OBS_KEYS, UNS_KEYS
 from spacrd._logging import quiet_third_party
 from spacrd._validation import check_number
-from spacrd.tl import PostprocessResult, PostprocessSettings, expression_neighbors, postprocess
-from spacrd.tl._postprocess import DEFAULT_PROPAGATION, Call, label_free_logits
+from spacrd.tl._adaptation import expression_neighbors
+from spacrd.tl._postprocess import (
+    DEFAULT_PROPAGATION,
+    Call,
+    PostprocessResult,
+    PostprocessSettings,
+    label_free_logits,
+    postprocess,
+)
 
 from . import _io
 from ._adata_inputs import check_target
@@ -118,7 +125,7 @@ class PredictionMixin:
 
         The target needs no labels. Its genes are matched to the model's by name (missing genes are
         filled with zeros and counted in a warning); its neighbour sets and per-section statistics are
-        computed from the target itself. The logits then go through :func:`spacrd.tl.postprocess`:
+        computed from the target itself. The logits then go through one post-processing chain:
         propagation over each section's expression graph, spatial smoothing, the calibration stored for
         these propagation and smoothing settings (:meth:`train` fits the one for the defaults; for other
         settings call :meth:`calibrate` first, else this is an error saying so), the prior shift and the
@@ -163,7 +170,7 @@ class PredictionMixin:
             With ``call="prior"``: probability threshold of the call. ``None`` calls cancer where the
             probability is at least one half, which is a label-free Bayes call once ``prior_shift`` has
             adapted the probabilities to the section's own cancer share; ``"gmm"`` takes the crossing of
-            a two-component Gaussian mixture on the pooled probabilities (:func:`spacrd.tl.gmm_threshold`);
+            a two-component Gaussian mixture on the pooled probabilities;
             a float is used as it is. Passing it without ``call`` means ``call="prior"``.
         min_gene_overlap
             Smallest fraction of the model's genes that must be in the target.
@@ -173,15 +180,15 @@ class PredictionMixin:
         expression_propagation
             Weight ``alpha`` of label propagation of the logits over each section's own expression
             neighbour graph (10 nearest spots on 10 principal components of the model's preprocessed
-            genes; :func:`spacrd.tl.expression_neighbors`), applied before the spatial smoothing.
+            genes), applied before the spatial smoothing.
             Spots of one tumour clone resemble each other more than they resemble the training
             patients, so their scores are pulled together. ``0`` turns it off. Settings of propagation
             or smoothing other than the defaults need a calibration fitted for them:
             ``model.calibrate(expression_propagation=..., spatial_smoothing=...)`` first.
         prior_shift
             With ``call="prior"`` (default there): re-weight the probabilities to each target section's
-            cancer share, estimated by EM from the calibrated probabilities themselves
-            (:func:`spacrd.tl.adjust_to_prior`). ``prior_shift=False`` is the calibration alone, as
+            cancer share, estimated by EM from the calibrated probabilities themselves.
+            ``prior_shift=False`` is the calibration alone, as
             ``call="source"``. Passing it without ``call`` means ``call="prior"``.
         call
             Where the level of the probabilities, and so the call (probability ≥ 0.5), comes from.
@@ -189,10 +196,10 @@ class PredictionMixin:
             training sections (median counts or detected genes per spot outside the training range, or
             a different gene panel: the shift detector's test below), from the calibration fitted in
             :meth:`train` for the others. ``"mixture"``: from every section's own scores, cut where a
-            two-component mixture fitted to its label-free logits crosses
-            (:func:`spacrd.tl.mixture_level`); a section where no mixture can be fitted keeps the
-            calibration's level. Depth and panel move every logit of a target, which a calibration
-            fitted on the source cannot know; the target's own distribution moves with them.
+            two-component mixture fitted to its label-free logits crosses (as :func:`spacrd.tl.call`
+            with ``method="mixture"`` does on a stored prediction); a section where no mixture can be
+            fitted keeps the calibration's level. Depth and panel move every logit of a target, which a
+            calibration fitted on the source cannot know; the target's own distribution moves with them.
             ``"source"``: the calibration alone. ``"prior"``: the calibration with ``prior_shift`` and
             ``threshold`` (the default before ``call`` existed). ``"auto"`` was chosen by nested
             selection on training sections with thinned inner targets (``benchmarks/platform_shift.py``).
@@ -220,7 +227,7 @@ class PredictionMixin:
             its own probabilities and call are unreliable. Within each section the spots
             keep this model's probabilities, call share and threshold, re-assigned in the order of the
             ranking model's label-free logits (its :meth:`get_logits`, with this call's
-            propagation and smoothing; :func:`spacrd.tl.quantile_match`); the uncertainty is
+            propagation and smoothing: a quantile match); the uncertainty is
             the spread over member pairs, member ``i`` of this model's probabilities ordered by member
             ``i`` of the ranking model. ``None``: this model ranks.
 

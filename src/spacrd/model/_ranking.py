@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spacrd.tl import PostprocessResult, PostprocessSettings, quantile_match
+from spacrd.tl._adaptation import quantile_match
+from spacrd.tl._postprocess import PostprocessResult, PostprocessSettings
 
 from ._protocols import Ranker
 

@@ -158,7 +158,7 @@ def shift_report(
         Share of the model's genes present in the target.
     two_populations
         Per section with a mixture level, whether its scores form two populations
-        (:class:`spacrd.tl.SectionLevel`); ``False`` warns that the level is uncertain.
+        (of the section's mixture level); ``False`` warns that the level is uncertain.
 
     Returns
     -------

@@ -43,7 +43,7 @@ def section_neighbors(
     ----------
     coordinates
         ``(n, d)`` spot positions: centres ``(n, 2)`` in any unit shared within a section (e.g.
-        full-resolution pixels), or any embedding, as :func:`spacrd.tl.expression_neighbors` uses.
+        full-resolution pixels), or any embedding, as the expression neighbour graph of ``predict`` uses.
     sections
         ``(n,)`` section label per spot; ``None`` treats all spots as one section.
     n_neighbors

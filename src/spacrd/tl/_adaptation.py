@@ -92,7 +92,7 @@ def expression_neighbors(
     """Each spot's nearest spots in expression space, within its own section, the spot itself first.
 
     Distances are Euclidean on the first ``n_comps`` principal components of ``features``, computed
-    per section (:func:`section_pca`), so that the graph follows the section's own transcriptional
+    per section (``section_pca``), so that the graph follows the section's own transcriptional
     structure (tumour clones, stroma, immune infiltrates) rather than differences between sections.
     The search is exact up to 50,000 spots per section and an inverted-file index above
     (:func:`spacrd.pp.section_neighbors`), so the cost stays near-linear in spots.
@@ -112,7 +112,7 @@ def expression_neighbors(
         Seed of the PCA solver and of the approximate search.
     column_weights
         ``(n_sections, d)`` per-section column factors, in the order of first appearance of
-        ``sections``; see :func:`section_pca`.
+        ``sections``; see ``section_pca``.
 
     Returns
     -------
@@ -149,7 +149,7 @@ def propagate_over_neighbors(
     values
         ``(n,)`` scores, e.g. logits.
     indices
-        ``(n, k)`` neighbour indices, e.g. from :func:`expression_neighbors`.
+        ``(n, k)`` neighbour indices, e.g. from ``expression_neighbors``.
     alpha
         Weight of the neighbours, in ``[0, 1)``; ``0`` returns ``values`` unchanged.
     n_iter
@@ -239,7 +239,7 @@ def _reweighted(p: np.ndarray, source_prior: float, prior: float) -> np.ndarray:
 def shift_to_priors(
     probabilities: np.ndarray, source_prior: float, priors: dict[str, float], sections: np.ndarray | None
 ) -> np.ndarray:
-    """Re-weight ``(n,)`` or ``(n, m)`` probabilities to known per-section shares (of :func:`adjust_to_prior`)."""
+    """Re-weight ``(n,)`` or ``(n, m)`` probabilities to known per-section shares (of ``adjust_to_prior``)."""
     p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1.0 - 1e-7)
     labels = (
         np.full(p.shape[0], "all", dtype=object) if sections is None else np.asarray(sections).astype(str)

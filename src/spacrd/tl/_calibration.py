@@ -24,7 +24,8 @@ class Calibration:
         Labelled spots it was fitted on.
     expression_propagation, spatial_smoothing
         The label-free post-processing the logits had been through when it was fitted
-        (:func:`spacrd.tl.postprocess`); a calibration fitted for other settings does not apply.
+        (the arguments of :meth:`spacrd.model.SpaCRD.predict`); a calibration fitted for other
+        settings does not apply.
     validation
         How the spots it was fitted on were held out of training (``"section"``, ``"block"``,
         ``"random"``; ``"training"`` when no spots were held out and it had to use the training spots).
@@ -97,9 +98,9 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, floa
     is calibrated on labelled spots.
 
     Fitted by maximum likelihood (binary cross-entropy) with ``scale > 0``, so the ranking of spots never
-    changes. Calibrated probabilities are what the EM of :func:`adjust_to_prior` assumes; an under- or
-    over-confident network would otherwise drive its estimate of the cancer share towards 0 or 1
-    (Alexandari, Kundaje and Shrikumar, ICML 2020).
+    changes. Calibrated probabilities are what the EM of the prior shift (``adjust_to_prior``) assumes;
+    an under- or over-confident network would otherwise drive its estimate of the cancer share towards
+    0 or 1 (Alexandari, Kundaje and Shrikumar, ICML 2020).
 
     Parameters
     ----------

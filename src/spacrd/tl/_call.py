@@ -49,9 +49,10 @@ def call(
         cancer. ``None``: 0.5.
     method
         ``"threshold"``: as above. ``"gmm"``: per section, the crossing of a two-component Gaussian
-        mixture on the logits of the probabilities (:func:`spacrd.tl.gmm_threshold`). ``"mixture"``:
-        per section, the level of :func:`spacrd.tl.mixture_level` on the logits of the probabilities,
-        with the bootstrap interval of its share (a section where no mixture can be fitted keeps 0.5).
+        mixture on the logits of the probabilities. ``"mixture"``: per section, the level that
+        ``predict(call="mixture")`` sets, where a two-component mixture fitted to the logits of the
+        probabilities crosses, with the bootstrap interval of its share (a section where no mixture can
+        be fitted keeps 0.5).
     prob_key
         ``obs`` column of the probabilities.
     section_key

@@ -94,8 +94,8 @@ def mixture_level(
     Parameters
     ----------
     scores
-        ``(n,)`` finite scores of one section's spots, e.g. label-free logits
-        (:func:`spacrd.tl.label_free_logits`).
+        ``(n,)`` finite scores of one section's spots, e.g. label-free logits (the
+        logits after propagation and smoothing).
     n_bootstrap
         Resamples for the interval of the share; ``0``: the interval is the share itself. A section of
         more than 5,000 spots (``MAX_BOOTSTRAP_SPOTS``) is resampled ``m`` of ``n`` at a time and the
@@ -105,7 +105,7 @@ def mixture_level(
 
     Returns
     -------
-    :class:`SectionLevel`; where no mixture could be fitted its threshold and share are ``nan``, and
+    A ``SectionLevel``; where no mixture could be fitted its threshold and share are ``nan``, and
     the caller keeps the source's level.
 
     """

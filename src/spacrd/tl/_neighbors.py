@@ -40,7 +40,7 @@ def smooth_over_neighbors(
     values
         ``(n,)`` or ``(n, d)`` per-spot values (e.g. logits).
     indices
-        ``(n, k)`` neighbour indices from :func:`section_neighbors`.
+        ``(n, k)`` neighbour indices from :func:`spacrd.pp.section_neighbors`.
     padding
         ``(n, k)`` bool, slots to leave out of the mean.
 

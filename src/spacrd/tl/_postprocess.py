@@ -1,9 +1,10 @@
 """From network logits to calibrated probabilities and a label-free call: the one post-processing chain.
 
 ``logits → propagation over the expression graph → spatial smoothing → calibration → level → threshold``,
-where the level comes from the target's own scores (``call="mixture"``, :func:`spacrd.tl.mixture_level`),
-from the calibration alone (``"source"``) or from the calibration with the EM prior shift (``"prior"``). :meth:`spacrd.model.SpaCRD.predict` calls :func:`postprocess`; each step is also a public
-function of :mod:`spacrd.tl`.
+where the level comes from the target's own scores (``call="mixture"``, ``mixture_level``), from the
+calibration alone (``"source"``) or from the calibration with the EM prior shift (``"prior"``).
+:meth:`spacrd.model.SpaCRD.predict` calls ``postprocess``, its arguments choosing the steps;
+:func:`spacrd.tl.call` calls again from a stored prediction.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ DEFAULT_CALL = "auto"
 
 Threshold = float | Literal["gmm"] | None
 Call = Literal["mixture", "auto", "source", "prior"]
-#: The label-free calls, how each sets the level of the probabilities (see :class:`PostprocessSettings`).
+#: The label-free calls, how each sets the level of the probabilities (see ``PostprocessSettings``).
 CALLS = ("mixture", "auto", "source", "prior")
 
 
@@ -44,24 +45,24 @@ class PostprocessSettings:
     ----------
     expression_propagation
         Weight ``alpha`` in ``[0, 1)`` of label propagation over each section's expression neighbour
-        graph (:func:`spacrd.tl.propagate_over_neighbors`); ``0`` turns it off.
+        graph (``propagate_over_neighbors``); ``0`` turns it off.
     spatial_smoothing
-        Average each spot's logit over its spatial neighbourhood (:func:`spacrd.tl.smooth_over_neighbors`).
+        Average each spot's logit over its spatial neighbourhood (``smooth_over_neighbors``).
     prior_shift
         Re-weight the calibrated probabilities to each section's estimated cancer share
-        (:func:`spacrd.tl.adjust_to_prior`); ``call="prior"`` only. ``None``: on with ``call="prior"``.
+        (``adjust_to_prior``); ``call="prior"`` only. ``None``: on with ``call="prior"``.
     threshold
         ``None``: the Bayes call, probability ≥ 0.5; ``"gmm"``: the crossing of a two-component mixture
-        on the logits (:func:`spacrd.tl.gmm_threshold`); a float in ``[0, 1]``: that threshold.
+        on the logits (``gmm_threshold``); a float in ``[0, 1]``: that threshold.
     call
         Where the level of the probabilities comes from. ``"prior"``: the calibration, then
         ``prior_shift`` and ``threshold`` as above. ``"source"``: the calibration alone, probability
         ≥ 0.5 (``prior_shift`` and ``threshold`` must keep their defaults). ``"mixture"``: each
         section's own label-free logits, cut where a two-component mixture fitted to them crosses
-        (:func:`spacrd.tl.mixture_level`); the calibration's scale is kept and its shift replaced so
+        (``mixture_level``); the calibration's scale is kept and its shift replaced so
         that probability 0.5 falls on that cut; a section where no mixture can be fitted (fewer than
         20 spots, a component of under 3 %) keeps the calibration's level. ``"auto"``: ``"mixture"`` for the sections named by
-        :func:`postprocess`'s ``target_level_sections`` (those unlike the training sections), the
+        ``postprocess``'s ``target_level_sections`` (those unlike the training sections), the
         calibration's level for the others.
 
     """
@@ -99,7 +100,7 @@ class PostprocessSettings:
 
 @dataclass(frozen=True)
 class PostprocessResult:
-    """What :func:`~spacrd.tl.postprocess` returns.
+    """What ``postprocess`` returns.
 
     Attributes
     ----------
@@ -154,7 +155,7 @@ def label_free_logits(
 ) -> np.ndarray:
     """Logits ``(n,)`` after propagation over the expression graph and spatial smoothing.
 
-    ``expression_graph`` is the ``(n, k)`` graph of :func:`spacrd.tl.expression_neighbors`, or a
+    ``expression_graph`` is the ``(n, k)`` graph of ``expression_neighbors``, or a
     function building it (only called when the propagation is on).
     """
     if settings.expression_propagation:
@@ -197,7 +198,7 @@ def postprocess(
     source_cancer_share
         Share of cancer among the labelled training spots, the prior the shift starts from.
     expression_graph
-        See :func:`label_free_logits`.
+        See ``label_free_logits``.
     member_logits
         ``(n, m)`` logits of the ensemble members whose mean ``logits`` is, for the uncertainty: each
         member's logits go through the same propagation, smoothing, calibration and the section's
@@ -207,7 +208,7 @@ def postprocess(
 
     Returns
     -------
-    :class:`PostprocessResult`; raises :class:`ValueError` if any probability is not finite.
+    A ``PostprocessResult``; raises :class:`ValueError` if any probability is not finite.
 
     """
     if callable(expression_graph) and settings.expression_propagation:
