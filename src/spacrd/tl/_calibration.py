@@ -28,7 +28,8 @@ class Calibration:
         settings does not apply.
     validation
         How the spots it was fitted on were held out of training (``"section"``, ``"block"``,
-        ``"random"``; ``"training"`` when no spots were held out and it had to use the training spots).
+        ``"random"``; ``"training"`` when no spots were held out and it had to use the training spots;
+        ``"given"`` when :meth:`spacrd.model.SpaCRD.calibrate` was passed the labelled spots to fit on).
 
     """
 
