@@ -25,16 +25,16 @@ from ._level import mixture_level
 from ._neighbors import smooth_over_neighbors
 from ._threshold import gmm_threshold
 
-#: Weight of label propagation over each target section's expression graph, by default.
-DEFAULT_PROPAGATION = 0.5
-#: The call of :meth:`spacrd.model.SpaCRD.predict` by default, chosen by the platform-shift benchmark's
-#: nested selection (``benchmarks/platform_shift.py``).
-DEFAULT_CALL = "auto"
-
 Threshold = float | Literal["gmm"] | None
 Call = Literal["mixture", "auto", "source", "prior"]
 #: The label-free calls, how each sets the level of the probabilities (see ``PostprocessSettings``).
 CALLS = ("mixture", "auto", "source", "prior")
+
+#: Weight of label propagation over each target section's expression graph, by default.
+DEFAULT_PROPAGATION = 0.5
+#: The call of :meth:`spacrd.model.SpaCRD.predict` by default, chosen by the platform-shift benchmark's
+#: nested selection (``benchmarks/platform_shift.py``).
+DEFAULT_CALL: Call = "auto"
 
 
 @dataclass(frozen=True)
@@ -237,6 +237,7 @@ def postprocess(
             f"{int((~np.isfinite(probabilities)).sum())} probabilities are NaN or infinite; the network or its "
             "calibration produced non-finite values (a damaged model file, or non-finite inputs)."
         )
+    method: str  # the call's name, or how call="prior" set its threshold
     if settings.call != "prior":  # probability 0.5 is the level the call set
         method, threshold = settings.call, 0.5
     elif settings.threshold is None:
@@ -250,6 +251,7 @@ def postprocess(
         members = label_free_logits(member_logits, neighbors, padding, settings, expression_graph)
         member_p = expit(_levelled(members, calibration, offsets))
         if settings.call == "prior" and settings.prior_shift:
+            assert source_cancer_share is not None  # the prior shift above raised without it
             member_p = shift_to_priors(member_p, source_cancer_share, cancer_share, sections)
         member_p = np.asarray(member_p, dtype=np.float32)
         uncertainty = member_p.astype(np.float64).std(axis=1).astype(np.float32)
