@@ -47,7 +47,7 @@ UNTRAINED_MESSAGE = (
 class FittedStateMixin:
     """``calibrate`` and the fitted state of :class:`~spacrd.model.SpaCRD`.
 
-    Needs of the model class what :class:`~spacrd.model._protocols.ModelCore` lists, and
+    Needs of the model class what :class:`~spacrd.model._protocols.ModelCore` lists, among it
     ``_network_outputs``/``_expression_graph`` of :class:`~spacrd.model._prediction.PredictionMixin`.
     """
 
@@ -135,9 +135,8 @@ class FittedStateMixin:
         >>> model.predict(target, **settings)  # doctest: +SKIP
 
         """
-        self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
+        state = self._trained_state()
         chosen = self._calibration_settings(expression_propagation, spatial_smoothing, **settings)
-        state = self.fitted_state
         table = None
         if adata is not None and adata is not self.adata:
             check_target(self.adata, adata)
@@ -176,7 +175,18 @@ class FittedStateMixin:
             call = "prior" if threshold is not None or prior_shift is not None else DEFAULT_CALL
         return PostprocessSettings(expression_propagation, spatial_smoothing, prior_shift, threshold, call)
 
-    def _calibration_for(self, settings: PostprocessSettings) -> Calibration | None:
+    def _trained_state(self: ModelCore) -> FittedState:
+        """The fitted state of a trained model; an error saying what to do for an untrained one."""
+        self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
+        if self.fitted_state is None:  # trained, but train() stopped before building its state
+            raise RuntimeError(
+                "This SpaCRD model has trained weights but no fitted state (its calibration and training "
+                "profile): `train()` stopped before the end. Call `model.train()` again, or load a trained "
+                "model with `SpaCRD.load(dir_path)`."
+            )
+        return self.fitted_state
+
+    def _calibration_for(self: ModelCore, settings: PostprocessSettings) -> Calibration | None:
         """The stored calibration for ``settings``; an error saying how to fit one when there is none."""
         state = self.fitted_state
         if state is None or not state.calibrations:
@@ -205,7 +215,7 @@ class FittedStateMixin:
 
     def _source_validation(self: ModelCore) -> tuple[SpotInputs, np.ndarray, str]:
         """The registered source's inputs, its validation rows and how they were held out."""
-        state = self.fitted_state
+        state = self._trained_state()
         if self.adata is None:
             raise ValueError(
                 "This model has no registered AnnData (it was loaded without its training data), so "
@@ -223,7 +233,7 @@ class FittedStateMixin:
         return self._inputs(None), state.validation_indices, state.validation_split or "random"
 
     def _fitted_state(
-        self,
+        self: ModelCore,
         inputs: SpotInputs,
         val_idx: np.ndarray,
         how: str,

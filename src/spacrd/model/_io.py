@@ -21,7 +21,7 @@ from ._fitted import FittedState
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ._protocols import Saveable
+    from ._protocols import Saveable, SaveableT
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
@@ -133,8 +133,8 @@ def save_model(
 
 
 def load_model(
-    cls: type[Saveable], dir_path: str, adata: AnnData | None, accelerator: str, device: int | str
-) -> Saveable:
+    cls: type[SaveableT], dir_path: str, adata: AnnData | None, accelerator: str, device: int | str
+) -> SaveableT:
     check_device(accelerator)  # before Lightning's own error, which names no fix
     meta_path, weights_path = os.path.join(dir_path, META_FILE), os.path.join(dir_path, MODEL_FILE)
     for path in (meta_path, weights_path):

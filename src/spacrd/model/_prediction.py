@@ -50,7 +50,7 @@ GPU_MEMORY_SHARE, GPU_BATCH_BOUNDS = 0.25, (8192, 262_144)
 class PredictionMixin:
     """``predict``, ``get_logits`` and ``get_latent_representation`` for :class:`~spacrd.model.SpaCRD`.
 
-    Needs of the model class what :class:`~spacrd.model._protocols.ModelCore` lists, and
+    Needs of the model class what :class:`~spacrd.model._protocols.ModelCore` lists, among it
     ``_calibration_for``/``_calibration_settings`` of :class:`~spacrd.model._fitting.FittedStateMixin`.
     """
 
@@ -68,10 +68,13 @@ class PredictionMixin:
         free, _ = torch.cuda.mem_get_info(device)
         # float32 activations per centre: its k tokens through attention (about a dozen (k, e) tensors),
         # the distinct spots' encoder outputs, and the dense part of the first layers per spot
-        k, width = inputs.neighbors.shape[1], self.module.fusion[0].out_features
-        hidden = max(
-            [width, *[m.out_features for m in self.module.gene_encoder.net if hasattr(m, "out_features")]]
-        )
+        linear = [
+            m
+            for m in (self.module.fusion[0], *self.module.gene_encoder.net)
+            if isinstance(m, torch.nn.Linear)
+        ]
+        k, width = inputs.neighbors.shape[1], linear[0].out_features
+        hidden = max(m.out_features for m in linear)
         per_centre = 4 * (12 * k * width + 4 * hidden + 2 * self.module.n_genes // 8)
         low, high = GPU_BATCH_BOUNDS
         return int(np.clip(GPU_MEMORY_SHARE * free / per_centre, low, high))
@@ -102,7 +105,7 @@ class PredictionMixin:
         return {MODULE_KEYS.LOGITS: logits, MODULE_KEYS.MEMBER_LOGITS: members, MODULE_KEYS.QZ_MEAN: latent}
 
     def predict(
-        self,
+        self: ModelCore,
         adata: AnnData | SpatialData | None = None,
         batch_size: int | None = None,
         *,
@@ -236,7 +239,7 @@ class PredictionMixin:
         ``(n_spots,)`` float array of cancer probabilities.
 
         """
-        self._check_if_trained(warn=False, message=UNTRAINED_MESSAGE)
+        state = self._trained_state()
         settings = self._calibration_settings(
             expression_propagation, spatial_smoothing, call=call, prior_shift=prior_shift, threshold=threshold
         )
@@ -247,7 +250,6 @@ class PredictionMixin:
         table, target, batch_key = self._target(adata, batch_key, table_key, image_key)
         _check_output_keys(self.setup_args, target, prob_key, call_key, uncertainty_key, uns_key, batch_key)
         inputs = self._inputs(table, min_gene_overlap, batch_key)
-        state = self.fitted_state
         profile = state.training_profile
         outputs = self._network_outputs(inputs, batch_size)
         result = postprocess(
@@ -262,6 +264,7 @@ class PredictionMixin:
             member_logits=outputs[MODULE_KEYS.MEMBER_LOGITS],
             target_level_sections=unlike_training(profile, *section_depths(inputs), inputs.gene_overlap),
         )
+        assert result.logits is not None  # postprocess always returns the label-free logits
         report = shift_report(
             profile, inputs, result.logits, result.called, inputs.gene_overlap, result.two_populations
         )
@@ -274,7 +277,7 @@ class PredictionMixin:
         return result.probabilities
 
     def get_logits(
-        self,
+        self: ModelCore,
         adata: AnnData | SpatialData | None = None,
         batch_size: int | None = None,
         *,
@@ -316,7 +319,7 @@ class PredictionMixin:
         return logits, label_free_logits(members, inputs.neighbors, inputs.padding, settings, graph)
 
     def get_latent_representation(
-        self,
+        self: ModelCore,
         adata: AnnData | SpatialData | None = None,
         batch_size: int | None = None,
         *,

@@ -23,6 +23,7 @@ from spacrd.pp import image_features
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
+    from ._protocols import ModelCore
     from ._spec import InputSpec
 
 HISTOLOGY_STATS = DEFAULT_BACKBONE
@@ -128,7 +129,7 @@ def table_region_key(table: AnnData) -> str:
     return _spatial.table_keys(table, "").region_key
 
 
-def registered_table(model_cls: type, data: Any) -> Any:
+def registered_table(model_cls: type[ModelCore], data: Any) -> Any:
     """The table of a SpatialData that ``model_cls.setup_spatialdata`` registered; other data unchanged."""
     if not is_spatialdata(data):
         return data
@@ -174,7 +175,11 @@ def target_table(
     table = _spatial.get_table(data, table_key)
     if histology_key is None or histology_key in table.obsm:
         image_key = None
-    if image_key is not None and (backbone := _source_backbone(source, histology_key)) != HISTOLOGY_STATS:
+    if (
+        image_key is not None
+        and histology_key is not None  # else image_key is None: set just above
+        and (backbone := _source_backbone(source, histology_key)) != HISTOLOGY_STATS
+    ):
         raise ValueError(
             f"The model's histology embeddings came from backbone {backbone!r}; compute the target's with "
             f"spacrd.pp.image_features(sdata, <that backbone>, key_added={histology_key!r}, "

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
 from scvi import settings
 from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
+from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 from spacrd._constants import UNLABELLED
@@ -30,6 +31,11 @@ from ._protocols import ModelCore
 from ._runner import distributed_kwargs, run_interruptible
 from ._thinning import check_thinning
 from ._training_checks import check_train_arguments, check_trainer_kwargs, check_training_labels
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._fitted import FittedState
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +119,7 @@ class SpaCRDTrainingPlan(TrainingPlan):
         if not labelled.any():
             return
         for name in ("auroc", "ap"):
-            metric = self.ranking[f"{name}_{mode}"]
+            metric = cast(Metric, self.ranking[f"{name}_{mode}"])  # a ModuleDict's values are Modules
             metric.update(loss_output.logits.detach()[labelled], labels[labelled].long())
             self.log(f"{name}_{mode}", metric, on_step=False, on_epoch=True, batch_size=int(labelled.sum()))
 
@@ -121,9 +127,13 @@ class SpaCRDTrainingPlan(TrainingPlan):
 class StagedTrainingMixin:
     """``train`` for :class:`~spacrd.model.SpaCRD`: the stages of ``STAGES``, one Lightning run each.
 
-    Needs of the model class what :class:`~spacrd.model._protocols.ModelCore` lists, and of
-    :class:`~spacrd.model._fitting.FittedStateMixin` ``_fitted_state`` and ``_calibration_settings``.
+    Needs of the model class what :class:`~spacrd.model._protocols.ModelCore` lists, among it
+    ``_fitted_state`` and ``_calibration_settings`` of :class:`~spacrd.model._fitting.FittedStateMixin`.
     """
+
+    is_trained_: bool
+    history_: dict[str, pd.DataFrame] | None
+    fitted_state: FittedState | None
 
     def train(
         self: ModelCore,
@@ -222,7 +232,7 @@ class StagedTrainingMixin:
         """
         if self.adata is None:
             raise ValueError("This model has no registered AnnData to train on.")
-        calibrate_for = [self._calibration_settings(**dict(settings)) for settings in calibrate_for]
+        extra_settings = [self._calibration_settings(**dict(settings)) for settings in calibrate_for]
         epochs = {"align": align_epochs, "fuse": fuse_epochs, "classify": classify_epochs}
         lrs = {"align": align_lr, "fuse": fuse_lr, "classify": classify_lr}
         check_train_arguments(epochs, lrs, weight_decay, batch_size, train_size, validation, spots_per_epoch)
@@ -251,6 +261,7 @@ class StagedTrainingMixin:
                 epochs[stage.name] = 0
 
         seed = default_seed()
+        assert inputs.coordinates is not None  # source_inputs reads the coordinates checked at set-up
         train_idx, val_idx, how = validation_split(inputs, inputs.coordinates, validation, train_size, seed)
         if spots_per_epoch == "auto":
             spots_per_epoch = AUTO_SPOTS_PER_EPOCH if len(train_idx) > AUTO_SPOTS_PER_EPOCH else None
@@ -285,18 +296,18 @@ class StagedTrainingMixin:
             trainer_kwargs=trainer_kwargs,
         )
         self.fitted_state = self._fitted_state(
-            inputs, val_idx, how, n_image_spots, float(labelled.mean()), calibrate_for
+            inputs, val_idx, how, n_image_spots, float(labelled.mean()), extra_settings
         )
 
     def _run_stages(
         self: ModelCore,
-        datamodule,
+        datamodule: NeighbourhoodDataModule,
         epochs: dict[str, int],
         lrs: dict[str, float],
         *,
         weight_decay: float,
         accelerator: str,
-        devices,
+        devices: int | list[int] | str,
         early_stopping: bool,
         plan_kwargs: dict | None,
         trainer_kwargs: dict,
@@ -350,4 +361,7 @@ class StagedTrainingMixin:
 def default_seed() -> int:
     """The seed of the epoch samplers and the validation split: :attr:`scvi.settings.seed`."""
     seed = settings.seed
-    return int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+    if seed is not None:
+        return int(seed)
+    entropy = cast(int, np.random.SeedSequence().entropy)  # an int drawn from the OS when none is given
+    return int(entropy % (2**31))
