@@ -42,13 +42,19 @@ def source_inputs(spec: InputSpec, manager: AnnDataManager) -> SpotInputs:
     image = None
     if REGISTRY_KEYS.IMAGE in manager.data_registry:
         image = check_image_features(adata, args["image_key"])
+    neighbors = stored_neighbors(adata, args["neighbors_key"])
+    if neighbors is None:
+        raise ValueError(
+            f"obsm[{args['neighbors_key']!r}], the spatial graph set up with this AnnData, was removed; "
+            "re-run setup_anndata, which computes it again."
+        )
     selector, in_universe, _ = gene_selector(spec.var_names, spec.gene_names, spec.var_names)
     return build_inputs(
         manager.get_from_registry("X"),
         selector,
         in_universe,
         adata.obs[args["batch_key"]].to_numpy() if args["batch_key"] is not None else None,
-        stored_neighbors(adata, args["neighbors_key"]),
+        neighbors,
         labels,
         spec.usable_image(image),
         spec.section_scaling,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from spacrd._constants import TENSOR_KEYS, UNLABELLED
+from spacrd.nn import ShiftedSparse
 
 from . import _thinning
 from ._inputs import SpotInputs
@@ -57,16 +58,17 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.inputs.n_obs
 
-    def __getitem__(self, centres) -> dict[str, torch.Tensor]:
+    def __getitem__(self, centres) -> dict[str, torch.Tensor | ShiftedSparse]:
         centres = np.asarray(centres, dtype=np.int64).reshape(-1)
         inputs = self.inputs
         spots, local = np.unique(inputs.neighbors[centres], return_inverse=True)
+        genes: torch.Tensor | ShiftedSparse
         if self.sparse_genes:
             genes = inputs.shifted_genes(spots)
         else:
             source = inputs if self.thinning is None else self.thinning
             genes = torch.from_numpy(source.genes(spots))
-        batch = {
+        batch: dict[str, torch.Tensor | ShiftedSparse] = {
             TENSOR_KEYS.SPOT_GENES: genes,
             TENSOR_KEYS.NEIGHBORS: torch.from_numpy(local.reshape(len(centres), -1).astype(np.int64)),
             TENSOR_KEYS.PADDING_MASK: torch.from_numpy(self._padding(centres)),
@@ -78,6 +80,7 @@ class NeighbourhoodDataset(torch.utils.data.Dataset):
                 batch[TENSOR_KEYS.SPOT_IMAGE] = torch.zeros(len(spots), n_image)
                 batch[TENSOR_KEYS.SPOT_HAS_IMAGE] = torch.zeros(len(spots), dtype=torch.bool)
             else:
+                assert inputs.has_image is not None  # build_inputs sets it with the image
                 batch[TENSOR_KEYS.SPOT_IMAGE] = torch.from_numpy(inputs.image_features(spots))
                 batch[TENSOR_KEYS.SPOT_HAS_IMAGE] = torch.from_numpy(inputs.has_image[spots])
         return batch
@@ -214,7 +217,8 @@ def validation_split(
             )
             return validation_split(inputs, coordinates, "block", train_size, seed)
         wanted = (1.0 - train_size) * labelled.sum()
-        held, count = [], 0
+        held: list[int] = []
+        count = 0
         for code in rng.permutation(sections):
             if (held and count >= wanted) or len(held) == len(sections) - 1:
                 break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -78,7 +78,9 @@ class FittedState:
             if name != "validation_indices"
         )
 
-    __hash__ = None  # mutable-looking contents (an array): not hashable, like a dict
+    # mutable-looking contents (an array): not hashable, like a dict. typeshed declares object.__hash__ a
+    # method; ClassVar[None] with this ignore is how it declares list and dict unhashable.
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
     @property
     def calibration(self) -> Calibration | None:
@@ -135,9 +137,13 @@ class FittedState:
         calibrations = values.get("calibrations") or []
         if not isinstance(calibrations, list):
             raise ValueError(f"{where}: fitted_state.calibrations must be a list (edited or damaged).")
+        read = [Calibration.from_dict(c) for c in calibrations]
+        stored = tuple(c for c in read if c is not None)
+        if len(stored) < len(read):
+            raise ValueError(f"{where}: fitted_state.calibrations holds a null entry (edited or damaged).")
         return _checked(
             cls(
-                calibrations=tuple(Calibration.from_dict(c) for c in calibrations),
+                calibrations=stored,
                 source_cancer_share=values.get("source_cancer_share"),
                 n_image_training_spots=values.get("n_image_training_spots", 0),
                 validation_split=values.get("validation_split"),

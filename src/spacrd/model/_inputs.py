@@ -177,7 +177,7 @@ def section_stats(
             stop = min(start + READ_CHUNK, len(codes))
             indicator = _indicator(codes[start:stop], n_sections, use[start:stop])
             block = values[start:stop].astype(np.float64)
-            squares = block.multiply(block) if sparse.issparse(block) else block**2
+            squares = block**2 if isinstance(block, np.ndarray) else block.multiply(block)
             sums += _dense(indicator @ block)
             sum_sq += _dense(indicator @ squares)
         counts = np.bincount(codes[use], minlength=n_sections).astype(np.float64)[:, None]
@@ -291,6 +291,8 @@ class SpotInputs:
 
     def image_features(self, rows: np.ndarray) -> np.ndarray:
         """Dense ``(len(rows), n_image_features)`` float32 scaled histology features; 0 without an image."""
+        if self.image is None or self.image_stats is None or self.has_image is None:
+            raise ValueError("These inputs hold no histology embeddings.")
         raw = np.nan_to_num(self.image[rows])
         scaled = self.image_stats.apply(raw, self.codes[rows])
         scaled[~self.has_image[rows]] = 0.0
