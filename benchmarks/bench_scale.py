@@ -12,6 +12,9 @@ and runs the measured call once:
 - ``train epoch``: one epoch of stage III over every spot of the source (``spots_per_epoch=None``),
   timed by a Lightning callback, after ``setup_anndata`` and ``SpaCRD(...)`` (gene selection), whose
   time is reported as ``set-up``;
+- ``train LOSO fold``: ``setup_anndata``, ``SpaCRD(...)`` and ``model.train()`` with their defaults
+  on five sections of the shipped HER2ST subset (:func:`spacrd.datasets.her2st_ctr`, D1 held out): one
+  fold of the leave-one-section-out benchmark, set-up included;
 - ``image``: ``spacrd.pp.image_features`` on a 30,000 × 30,000 px synthetic slide with 50,000 spots,
   from a tiled TIFF and from a dask-backed SpatialData image (``bench_image_scale.run_case``).
 
@@ -25,6 +28,7 @@ second model of the same recipe on unscaled expression (``section_scaling="none"
     python benchmarks/bench_scale.py                                  # all sizes, 1 and 4 sections
     python benchmarks/bench_scale.py --sizes 100000 --old-src /tmp/spacrd_old/src
     python benchmarks/bench_scale.py --sizes 100000 1000000 --sections 1 --ranked --skip-train --skip-image
+    python benchmarks/bench_scale.py --sizes 10000 --sections 1 --skip-train --skip-image   # + the HER2ST fold
 """
 
 from __future__ import annotations
@@ -154,9 +158,27 @@ def child_train(n_spots: int, n_sections: int) -> dict:
     }
 
 
+def child_fold(held_out: str = "D1") -> dict:
+    """One leave-one-section-out fold on the shipped HER2ST subset, with ``train()``'s defaults."""
+    import scvi
+
+    import spacrd
+
+    _quiet()
+    scvi.settings.seed = 0
+    adata = spacrd.datasets.her2st_ctr()
+    source = adata[adata.obs["section"] != held_out].copy()
+    with _Measure() as m:
+        spacrd.model.SpaCRD.setup_anndata(source, labels_key="cancer", batch_key="section")
+        model = spacrd.model.SpaCRD(source)
+        model.train(enable_progress_bar=False)
+    return {"wall_s": m.wall, "cpu_s": m.cpu, "rss_growth_mb": m.growth, "spots": source.n_obs}
+
+
 def child(kind: str, args: dict) -> dict:
     sys.path.insert(0, str(HERE))
-    return {"model": child_model, "predict": child_predict, "train": child_train}[kind](**args)
+    children = {"model": child_model, "predict": child_predict, "train": child_train, "fold": child_fold}
+    return children[kind](**args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch/BLAS threads per process")
     p.add_argument("--skip-train", action="store_true", help="only prediction")
     p.add_argument("--skip-image", action="store_true", help="leave out the whole-slide image cases")
+    p.add_argument("--skip-fold", action="store_true", help="leave out the HER2ST training fold")
     p.add_argument(
         "--old-src",
         help="another spacrd source tree (its src/) to predict every size with, for a within-run ratio",
@@ -269,6 +292,10 @@ def main(argv: list[str] | None = None) -> None:
                 r = run_child("train", args.threads, n_spots=n, n_sections=args.sections[-1])
                 note = f"set-up (graph, gene selection) {r['setup_s']:.1f} s, +{r['setup_rss_growth_mb']:,.0f} MB"
                 report(_row("train epoch", n, args.sections[-1], {**r, "note": note}))
+    if not args.skip_fold:
+        r = run_child("fold", args.threads)
+        note = "HER2ST subset, D1 held out; set-up and all stages, train()'s defaults"
+        report(_row("train LOSO fold", r["spots"], 5, {**r, "note": note}))
     if not args.skip_image:
         sys.path.insert(0, str(HERE))
         from bench_image_scale import run_case

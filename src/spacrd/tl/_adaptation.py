@@ -147,7 +147,7 @@ def propagate_over_neighbors(
     Parameters
     ----------
     values
-        ``(n,)`` scores, e.g. logits.
+        ``(n,)`` scores, e.g. logits, or ``(n, m)``: ``m`` score columns propagated in one pass.
     indices
         ``(n, k)`` neighbour indices, e.g. from ``expression_neighbors``.
     alpha
@@ -157,7 +157,7 @@ def propagate_over_neighbors(
 
     Returns
     -------
-    ``(n,)`` propagated scores, of the dtype of ``values``.
+    Propagated scores of the shape and dtype of ``values``.
 
     """
     if not 0.0 <= alpha < 1.0:

@@ -153,7 +153,7 @@ def label_free_logits(
     settings: PostprocessSettings,
     expression_graph: Callable[[], np.ndarray] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """Logits ``(n,)`` after propagation over the expression graph and spatial smoothing.
+    """Logits ``(n,)`` (or ``(n, m)``, each column alone) after propagation over the expression graph and spatial smoothing.
 
     ``expression_graph`` is the ``(n, k)`` graph of ``expression_neighbors``, or a
     function building it (only called when the propagation is on).
@@ -213,7 +213,13 @@ def postprocess(
     """
     if callable(expression_graph) and settings.expression_propagation:
         expression_graph = expression_graph()  # built once for the ensemble and its members
-    logits = label_free_logits(logits, neighbors, padding, settings, expression_graph)
+    with_members = member_logits is not None and np.ndim(member_logits) == 2 and member_logits.shape[1] > 1
+    if with_members:  # one pass over the graphs for the ensemble and its members (column 0)
+        both = np.column_stack([np.asarray(logits), np.asarray(member_logits, dtype=np.asarray(logits).dtype)])
+        both = label_free_logits(both, neighbors, padding, settings, expression_graph)
+        logits, members = both[:, 0], both[:, 1:]
+    else:
+        logits = label_free_logits(logits, neighbors, padding, settings, expression_graph)
     calibration = calibration or Calibration()
     sections = np.asarray(sections)
     offsets = _section_offsets(logits, sections, settings, calibration, target_level_sections)
@@ -247,8 +253,7 @@ def postprocess(
     else:
         method, threshold = "fixed", float(settings.threshold)
     uncertainty = member_p = None
-    if member_logits is not None and np.ndim(member_logits) == 2 and member_logits.shape[1] > 1:
-        members = label_free_logits(member_logits, neighbors, padding, settings, expression_graph)
+    if with_members:
         member_p = expit(_levelled(members, calibration, offsets))
         if settings.call == "prior" and settings.prior_shift:
             assert source_cancer_share is not None  # the prior shift above raised without it
