@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 EXACT_KNN_MAX_SPOTS = 50_000
 #: Cells of the inverted-file index per square root of the spots, ...
 IVF_CELLS_PER_SQRT_SPOTS = 4
-#: ... the cells searched per spot (about 95 % of the true neighbours on ten expression PCs of
-#: 300,000 spots), ...
+#: ... the cells searched per spot (95 % of the true 10 neighbours on ten expression PCs of a synthetic
+#: 1,000,000-spot section, ``benchmarks/bench_neighbors.py``), ...
 IVF_PROBES = 8
 #: ... and the spots per cell its k-means centres are trained on.
 IVF_TRAINING_SPOTS_PER_CELL = 40
@@ -113,24 +113,32 @@ def _knn(points: np.ndarray, k: int, random_state: int) -> np.ndarray:
     return np.asarray(local, dtype=np.int64).reshape(n, k)
 
 
-def _ivf_knn(points: np.ndarray, k: int, random_state: int) -> np.ndarray:
+def _ivf_knn(
+    points: np.ndarray,
+    k: int,
+    random_state: int,
+    *,
+    cells_per_sqrt_spots: float = IVF_CELLS_PER_SQRT_SPOTS,
+    probes: int = IVF_PROBES,
+) -> np.ndarray:
     """Approximate ``(n, k)`` nearest rows with an inverted-file index over k-means cells (faiss).
 
-    Rows whose searched cells held fewer than ``k`` spots (faiss pads with ``-1``) get an exact k-d tree
+    ``cells_per_sqrt_spots`` and ``probes`` are the index's size and the cells searched per spot
+    (``benchmarks/bench_neighbors.py`` measures other choices). Rows whose searched cells held fewer than ``k`` spots (faiss pads with ``-1``) get an exact k-d tree
     query instead, so every returned index is a real neighbour.
     """
     import faiss
 
     x = np.ascontiguousarray(points, dtype=np.float32)
     n, d = x.shape
-    n_cells = max(1, int(IVF_CELLS_PER_SQRT_SPOTS * np.sqrt(n)))
+    n_cells = max(1, int(cells_per_sqrt_spots * np.sqrt(n)))
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, n_cells)
     index.cp.seed = random_state
     rng = np.random.default_rng(random_state)
     sample = rng.choice(n, size=min(n, IVF_TRAINING_SPOTS_PER_CELL * n_cells), replace=False)
     index.train(x[np.sort(sample)])
     index.add(x)
-    index.nprobe = IVF_PROBES
+    index.nprobe = probes
     _, local = index.search(x, k)
     short = np.flatnonzero((local < 0).any(axis=1))
     if short.size:
