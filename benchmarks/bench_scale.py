@@ -100,7 +100,34 @@ def child_model(out: str, section_scaling: str = "zscore") -> dict:
     return {"genes": len(model.gene_names)}
 
 
-def child_predict(model_dir: str, n_spots: int, n_sections: int, ranker_dir: str | None = None) -> dict:
+#: ``--profile``: the steps of ``predict`` whose cumulative time is reported, by function name
+PREDICT_STEPS = {
+    "inputs (counts check, normalisation, scaling)": "_inputs",
+    "network": "_network_outputs",
+    "expression PCA": "section_pca",
+    "neighbour searches (spatial, expression)": "_knn",
+    "propagation": "propagate_over_neighbors",
+    "spatial smoothing": "smooth_over_neighbors",
+    "post-processing in all": "postprocess",
+}
+
+
+def _step_seconds(profile) -> dict[str, float]:
+    """Cumulative seconds of each of ``PREDICT_STEPS`` in a :class:`cProfile.Profile`."""
+    import pstats
+
+    stats = pstats.Stats(profile).stats
+    return {
+        step: sum(v[3] for (_, _, name), v in stats.items() if name == function)
+        for step, function in PREDICT_STEPS.items()
+    }
+
+
+def child_predict(
+    model_dir: str, n_spots: int, n_sections: int, ranker_dir: str | None = None, profile: bool = False
+) -> dict:
+    import cProfile
+
     import torch
     from _scale_data import scale_section
 
@@ -111,10 +138,22 @@ def child_predict(model_dir: str, n_spots: int, n_sections: int, ranker_dir: str
     model = spacrd.model.SpaCRD.load(model_dir)
     ranker = None if ranker_dir is None else spacrd.model.SpaCRD.load(ranker_dir)
     model.predict(scale_section(2_000, n_sections=1, seed=3), ranking_model=ranker)  # warm-up: first calls
+    profiler = cProfile.Profile() if profile else None
     with _Measure() as m:
+        if profiler is not None:
+            profiler.enable()
         prob = model.predict(target, ranking_model=ranker)
+        if profiler is not None:
+            profiler.disable()
     assert prob.shape == (n_spots,)
-    return {"wall_s": m.wall, "cpu_s": m.cpu, "rss_growth_mb": m.growth, "threads": torch.get_num_threads()}
+    steps = {} if profiler is None else _step_seconds(profiler)
+    return {
+        "wall_s": m.wall,
+        "cpu_s": m.cpu,
+        "rss_growth_mb": m.growth,
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+    }
 
 
 def child_train(n_spots: int, n_sections: int) -> dict:
@@ -194,7 +233,7 @@ def run_child(kind: str, threads: int, src: str | None = None, **kwargs) -> dict
         env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     code = (
         f"import json, sys, torch; torch.set_num_threads({threads}); sys.path.insert(0, {str(HERE)!r}); "
-        f"import bench_scale; print('RESULT' + json.dumps(bench_scale.child({kind!r}, {json.dumps(kwargs)})))"
+        f"import bench_scale; print('RESULT' + json.dumps(bench_scale.child({kind!r}, json.loads({json.dumps(kwargs)!r}))))"
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=HERE)
     for line in done.stdout.splitlines():
@@ -240,10 +279,16 @@ def main(argv: list[str] | None = None) -> None:
         help="another spacrd source tree (its src/) to predict every size with, for a within-run ratio",
     )
     p.add_argument("--ranked", action="store_true", help="also predict with a ranker on unscaled expression")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="time predict's steps under cProfile (its overhead is in the row's times) and print them",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_scale")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    profiles: dict[tuple, dict[str, float]] = {}
 
     def report(row: dict) -> None:
         rows.append(row)
@@ -263,8 +308,16 @@ def main(argv: list[str] | None = None) -> None:
         for n in args.sizes:
             new = {}
             for s in args.sections:
-                new[s] = run_child("predict", args.threads, model_dir=model_dir, n_spots=n, n_sections=s)
+                new[s] = run_child(
+                    "predict",
+                    args.threads,
+                    model_dir=model_dir,
+                    n_spots=n,
+                    n_sections=s,
+                    profile=args.profile,
+                )
                 report(_row("predict", n, s, new[s]))
+                profiles[(n, s, "this tree")] = new[s]["steps"]
                 if args.ranked:
                     r = run_child(
                         "predict",
@@ -284,7 +337,9 @@ def main(argv: list[str] | None = None) -> None:
                     model_dir=old_model_dir,
                     n_spots=n,
                     n_sections=s,
+                    profile=args.profile,
                 )
+                profiles[(n, s, args.old_src)] = old["steps"]
                 ratio = old["wall_s"] / new[s]["wall_s"], old["cpu_s"] / new[s]["cpu_s"]
                 note = f"source tree {args.old_src}; it takes {ratio[0]:.2f}x the wall and {ratio[1]:.2f}x the CPU time"
                 report(_row("predict", n, s, {**old, "note": note}))
@@ -314,8 +369,21 @@ def main(argv: list[str] | None = None) -> None:
                     "note": f"image {r['image_gb']:.1f} GB decoded",
                 }
             )
-    print("\n" + table(rows))
-    (args.out / "bench_scale.md").write_text(table(rows) + "\n")
+    text = table(rows)
+    if args.profile:
+        text += "\n\n" + step_table(profiles)
+    print("\n" + text)
+    (args.out / "bench_scale.md").write_text(text + "\n")
+
+
+def step_table(profiles: dict[tuple, dict[str, float]]) -> str:
+    """Seconds of each step of ``predict`` (cumulative, under cProfile), one column per predicted case."""
+    cases = list(profiles)
+    head = "| step | " + " | ".join(f"{n:,} spots, {s} section(s), {tree}" for n, s, tree in cases) + " |"
+    lines = [head, "|" + "---|" * (len(cases) + 1)]
+    for step in PREDICT_STEPS:
+        lines.append(f"| {step} | " + " | ".join(f"{profiles[c].get(step, 0.0):.1f}" for c in cases) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

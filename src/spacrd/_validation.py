@@ -61,7 +61,9 @@ def check_counts(adata: AnnData, layer: str | None) -> Any:
         if values.size:
             largest = max(largest, float(values.max()))
         non_integer = non_integer or bool(
-            np.issubdtype(values.dtype, np.floating) and values.size and not np.all(np.mod(values, 1) == 0)
+            np.issubdtype(values.dtype, np.floating)
+            and values.size
+            and not np.array_equal(np.rint(values), values)
         )
         empty_spots += int((np.asarray(block.sum(axis=1)).ravel() == 0).sum())
     if largest > FLOAT32_MAX:
