@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         found = _ivf_knn(x, args.k, 0, cells_per_sqrt_spots=cells, probes=int(probes))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         note = "shipped" if (cells, int(probes)) == shipped else ""
-        print(f"| {cells:g} | {int(probes)} | {recall(found[checked], exact):.3f} | {wall:.1f} | {cpu:.1f} | {note} |")
+        print(
+            f"| {cells:g} | {int(probes)} | {recall(found[checked], exact):.3f} | {wall:.1f} | {cpu:.1f} | {note} |"
+        )
 
 
 if __name__ == "__main__":

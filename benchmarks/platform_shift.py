@@ -8,13 +8,14 @@ sections (``--panels``), at 100 % and 10 % depth.
 
 Methods:
 
-* ``spacrd/<call>``: the default recipe (``plain``: ``train()``'s defaults, the one
-  ``scripts/build_pretrained.py`` ships as ``her2st``), with each label-free call of
+* ``spacrd/<call>``: the recipe without depth augmentation (``plain``: ``train(depth_augmentation=None)``,
+  ``train()``'s default until this benchmark chose ``thinning``), with each label-free call of
   :meth:`SpaCRD.predict <spacrd.model.SpaCRD.predict>` (``call=``): ``prior`` (the calibration with
   the EM prior shift, spacrd ≤ 0.4's default), ``source`` (the calibration alone), ``mixture`` (the
   level from the target's own scores) and ``auto`` (``mixture`` for the sections unlike the training
   ones, ``source`` for the others);
-* ``spacrd+thinning/<call>``: the same with depth augmentation, ``train(depth_augmentation=0.03)``;
+* ``spacrd+thinning/<call>``: the same with depth augmentation, ``train(depth_augmentation=0.03)``,
+  now ``train()``'s default and the recipe ``scripts/build_pretrained.py`` ships as ``her2st``;
 * ``spacrd/selected``: per held-out section, the recipe and call chosen by *nested* selection: inner
   leave-one-section-out over the five training sections only (15 models on four sections each, every
   recipe), with the inner targets thinned at the same rates; the recipe with the highest mean inner

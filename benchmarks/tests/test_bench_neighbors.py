@@ -16,7 +16,9 @@ def test_recall_counts_the_shared_neighbours():
 def test_table_has_a_row_per_setting_with_a_high_recall(capsys):
     shipped_setting = f"{IVF_CELLS_PER_SQRT_SPOTS},{IVF_PROBES}"
     bn.main(["--spots", "3000", "--settings", shipped_setting, "1,1", "--threads", "1"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line
+    ]
     assert len(rows) == 3  # header and two settings
     shipped, coarse = (float(r.split("|")[3]) for r in rows[1:])
     assert shipped > 0.9 and coarse < shipped  # one cell searched of a few misses neighbours

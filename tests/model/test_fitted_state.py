@@ -23,7 +23,14 @@ from spacrd.tl import Calibration
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "model_format1"
 MODEL_DIR = Path(__file__).resolve().parents[2] / "src" / "spacrd" / "model"
 NET = {"n_top_genes": 50, "n_embed": 16, "n_heads": 2, "n_latent": 4}
-EPOCHS = {"align_epochs": 4, "fuse_epochs": 4, "classify_epochs": 10, "batch_size": 64}
+# the reference's recipe: train()'s defaults when it was saved, before depth augmentation was one
+EPOCHS = {
+    "align_epochs": 4,
+    "fuse_epochs": 4,
+    "classify_epochs": 10,
+    "batch_size": 64,
+    "depth_augmentation": None,
+}
 UNSMOOTHED = {"expression_propagation": 0.0, "spatial_smoothing": False, "call": "source"}
 
 

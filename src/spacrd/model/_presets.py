@@ -58,6 +58,7 @@ PAPER = Preset(
             "classify_lr": 1e-5,
             "weight_decay": 0.0,
             "batch_size": 512,
+            "depth_augmentation": None,
             "calibrate_for": (MappingProxyType({"expression_propagation": 0.0, "spatial_smoothing": False}),),
         }
     ),

@@ -23,6 +23,10 @@ from ._inputs import TARGET_SUM, SectionScaling, SectionStats, section_stats
 
 #: Rates of the grid, log-spaced from the lowest rate to 1 (full depth, included).
 N_RATES = 7
+#: ``train(depth_augmentation=...)``'s default lowest rate: a thirtieth of the source's depth, about a
+#: Visium HD 8 µm bin's or a Xenium cell's UMIs against a legacy-ST spot's. Chosen by nested
+#: selection on the training sections of ``benchmarks/platform_shift.py`` (docs: benchmark page).
+DEFAULT_DEPTH_AUGMENTATION = 0.03
 #: Per-section statistics of a thinned source are estimated on at most this many spots per section.
 MAX_STATS_SPOTS = 20_000
 

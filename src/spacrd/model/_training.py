@@ -29,7 +29,7 @@ from ._datamodule import (
 )
 from ._protocols import ModelCore
 from ._runner import distributed_kwargs, run_interruptible
-from ._thinning import check_thinning
+from ._thinning import DEFAULT_DEPTH_AUGMENTATION, check_thinning
 from ._training_checks import check_train_arguments, check_trainer_kwargs, check_training_labels
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class StagedTrainingMixin:
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         early_stopping: bool = False,
-        depth_augmentation: float | None = None,
+        depth_augmentation: float | None = DEFAULT_DEPTH_AUGMENTATION,
         calibrate_for: Sequence[Mapping[str, Any]] = (),
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -190,7 +190,8 @@ class StagedTrainingMixin:
             Stop each stage when ``validation_loss`` stops improving (``early_stopping_patience`` and
             friends go through ``trainer_kwargs``).
         depth_augmentation
-            Lowest rate of binomial thinning of the training minibatches, in ``(0, 1)``; ``None``: off.
+            Lowest rate of binomial thinning of the training minibatches, in ``(0, 1)``; ``None``: off
+            (every minibatch at the source's depth, the default of spacrd 0.1). Default 0.03.
             Each minibatch keeps every UMI of its spots with one probability drawn from 7 rates
             log-spaced from this one to 1 (full depth), is log-normalised with its thinned library sizes
             and scaled with the statistics of the sections thinned at that rate, so the network learns

@@ -215,7 +215,9 @@ def postprocess(
         expression_graph = expression_graph()  # built once for the ensemble and its members
     with_members = member_logits is not None and np.ndim(member_logits) == 2 and member_logits.shape[1] > 1
     if with_members:  # one pass over the graphs for the ensemble and its members (column 0)
-        both = np.column_stack([np.asarray(logits), np.asarray(member_logits, dtype=np.asarray(logits).dtype)])
+        both = np.column_stack(
+            [np.asarray(logits), np.asarray(member_logits, dtype=np.asarray(logits).dtype)]
+        )
         both = label_free_logits(both, neighbors, padding, settings, expression_graph)
         logits, members = both[:, 0], both[:, 1:]
     else:
