@@ -366,8 +366,9 @@ def summarise(df: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
         "¹ Threshold at the quantile of the scores equal to the held-out section's true share of "
         "non-cancer spots (the SpaCRD paper's rule). It uses the held-out labels, so it is optimistic.",
         "",
-        "² Label-free call: SpaCRD's own `obs['ctr']` (by default probability ≥ 0.5 after calibration on the "
-        "source and EM adaptation to the section's cancer share); for the baselines, the crossing "
+        "² Label-free call: SpaCRD's own `obs['ctr']` (`predict`'s default `call='auto'`: probability ≥ 0.5 "
+        "after the calibration fitted on the source, with the level of a two-component mixture of the "
+        "section's own scores where the section is unlike the training ones); for the baselines, the crossing "
         "point of the two weighted densities of a 2-component Gaussian mixture fitted to their scores "
         "on the held-out section.",
         "",
