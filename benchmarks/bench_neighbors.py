@@ -33,15 +33,15 @@ def embedding(n_spots: int, seed: int = 2) -> np.ndarray:
     sys.path.insert(0, str(HERE))
     from _scale_data import scale_section
 
+    from spacrd.model._inputs import gene_selector, log_normalised_features
     from spacrd.tl._adaptation import section_pca
 
-    counts = sparse.csr_matrix(scale_section(n_spots, n_sections=1, seed=seed).X)
-    genes = np.argsort(-np.asarray(counts.mean(axis=0)).ravel())[:N_FEATURES]
-    x = counts[:, genes].tocsr()
-    library = np.asarray(counts.sum(axis=1)).ravel()
-    x = sparse.diags(1e4 / np.maximum(library, 1)) @ x
-    x.data = np.log1p(x.data)
-    return section_pca(x.astype(np.float32), np.zeros(n_spots, dtype=np.int64), N_COMPS)
+    section = scale_section(n_spots, n_sections=1, seed=seed)
+    counts = sparse.csr_matrix(section.X)
+    top = section.var_names[np.argsort(-np.asarray(counts.mean(axis=0)).ravel())[:N_FEATURES]]
+    selector, in_universe, _ = gene_selector(section.var_names, top, section.var_names)
+    features, _ = log_normalised_features(counts, selector, in_universe)
+    return section_pca(features, np.zeros(n_spots, dtype=np.int64), N_COMPS)
 
 
 def recall(found: np.ndarray, exact: np.ndarray) -> float:

@@ -124,8 +124,9 @@ def _ivf_knn(
     """Approximate ``(n, k)`` nearest rows with an inverted-file index over k-means cells (faiss).
 
     ``cells_per_sqrt_spots`` and ``probes`` are the index's size and the cells searched per spot
-    (``benchmarks/bench_neighbors.py`` measures other choices). Rows whose searched cells held fewer than ``k`` spots (faiss pads with ``-1``) get an exact k-d tree
-    query instead, so every returned index is a real neighbour.
+    (``benchmarks/bench_neighbors.py`` measures other choices). Rows whose searched cells held fewer
+    than ``k`` spots (faiss pads with ``-1``) get an exact k-d tree query instead, so every returned
+    index is a real neighbour.
     """
     import faiss
 

@@ -153,7 +153,9 @@ def label_free_logits(
     settings: PostprocessSettings,
     expression_graph: Callable[[], np.ndarray] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """Logits ``(n,)`` (or ``(n, m)``, each column alone) after propagation over the expression graph and spatial smoothing.
+    """Logits after propagation over the expression graph and spatial smoothing.
+
+    ``logits`` is ``(n,)``, or ``(n, m)`` with each column treated alone.
 
     ``expression_graph`` is the ``(n, k)`` graph of ``expression_neighbors``, or a
     function building it (only called when the propagation is on).
@@ -215,9 +217,8 @@ def postprocess(
         expression_graph = expression_graph()  # built once for the ensemble and its members
     with_members = member_logits is not None and np.ndim(member_logits) == 2 and member_logits.shape[1] > 1
     if with_members:  # one pass over the graphs for the ensemble and its members (column 0)
-        both = np.column_stack(
-            [np.asarray(logits), np.asarray(member_logits, dtype=np.asarray(logits).dtype)]
-        )
+        logits = np.asarray(logits)
+        both = np.column_stack([logits, np.asarray(member_logits, dtype=logits.dtype)])
         both = label_free_logits(both, neighbors, padding, settings, expression_graph)
         logits, members = both[:, 0], both[:, 1:]
     else:
