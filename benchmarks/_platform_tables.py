@@ -16,6 +16,13 @@ from spacrd.tl._postprocess import CALLS, PostprocessSettings, postprocess
 DOCS_TABLE = Path(__file__).resolve().parents[1] / "docs" / "_static" / "platform_shift.md"
 #: Baselines cached beside the model's outputs; their call is the two-Gaussian cut of their scores.
 BASELINES = ("logreg_hvg_knn", "erbb2")
+#: The candidate separations of ``call="auto"`` (``PostprocessSettings.min_separation``) the nested
+#: selection chooses among; ``inf`` is ``auto`` without the separation test (spacrd 0.5's).
+SEPARATIONS = (2.0, 2.5, 3.0, 3.5, 4.0, float("inf"))
+#: Every call scored: ``predict``'s calls with their defaults, and ``auto`` at each separation.
+CALL_SETTINGS = {call: PostprocessSettings(call=call) for call in CALLS} | {
+    f"auto_d{d:g}": PostprocessSettings(call="auto", min_separation=d) for d in SEPARATIONS
+}
 #: The columns of the summary, with their titles.
 METRICS = {
     "auc": "ROC AUC",
@@ -29,14 +36,14 @@ METRICS = {
 
 
 def apply_call(record: dict, entry: dict, call: str) -> dict[str, np.ndarray]:
-    """Probabilities, call and uncertainty of one cached target under ``call``."""
+    """Probabilities, call and uncertainty of one cached target under ``call`` (a key of ``CALL_SETTINGS``)."""
     counts, genes = depth_by_section(entry["library"], entry["detected"], entry["sections"])
     result = postprocess(
         entry["logits"],
         entry["neighbors"],
         entry["padding"],
         entry["sections"],
-        PostprocessSettings(call=call),
+        CALL_SETTINGS[call],
         record["calibration"],
         record["source_share"],
         entry["graph"],
@@ -78,15 +85,24 @@ def scores(job_list: list[dict], cache: Path) -> pd.DataFrame:
         if not path.exists():
             continue
         scored = path.with_suffix(".scores.csv")
-        if not scored.exists() or scored.stat().st_mtime < path.stat().st_mtime:
-            pd.DataFrame(_model_rows(job, path)).to_csv(scored, index=False)
-        rows.append(pd.read_csv(scored))
+        rows.append(pd.read_csv(scored) if _current(scored, path) else None)
+        if rows[-1] is None:
+            rows[-1] = pd.DataFrame(_model_rows(job, path))
+            rows[-1].to_csv(scored, index=False)
     df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     if len(df):
         df["genes"] = df["genes"].astype(str)
         df["held"] = df["held"].astype(str)
         df["share_error"] = (df["called_share"] - df["prevalence"]).abs()
     return df
+
+
+def _current(scored: Path, path: Path) -> bool:
+    """Whether the kept rows ``scored`` are newer than the model's outputs ``path`` and score every call."""
+    if not scored.exists() or scored.stat().st_mtime < path.stat().st_mtime:
+        return False
+    calls = {m.split("/")[-1] for m in pd.read_csv(scored, usecols=["method"])["method"]}
+    return set(CALL_SETTINGS) <= calls
 
 
 def _model_rows(job: dict, path: Path) -> list[dict]:
@@ -98,7 +114,7 @@ def _model_rows(job: dict, path: Path) -> list[dict]:
     rows = []
     for (section, rate), entry in record["targets"].items():
         truth = entry["truth"]
-        for call in CALLS:
+        for call in CALL_SETTINGS:
             rows.append(_row(job, section, rate, f"{prefix}/{call}", truth, apply_call(record, entry, call)))
         for name in BASELINES:
             if name in entry:
@@ -187,7 +203,40 @@ def _markdown(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def write_tables(job_list: list[dict], cache: Path, out: Path, sections: list[str]) -> None:
+def _separation_table(df: pd.DataFrame) -> list[str]:
+    """Share error and label-free F1 of ``call="auto"`` at each candidate separation, by recipe and rate."""
+    if df.empty:
+        return []
+    df = df.assign(
+        recipe=df["method"].map(_recipe),
+        min_separation=df["method"].str.split("_d").str[-1],
+    )
+    lines = [
+        '### `call="auto"` by its separation test',
+        "",
+        "A section like the training ones takes its own mixture's level when the mixture's components "
+        "separate by at least `min_separation` (Ashman's D); `inf`: never.",
+        "",
+    ]
+    for metric in ("share_error", "f1_free"):
+        pivot = df.pivot_table(index=["recipe", "min_separation"], columns="rate", values=metric)
+        pivot = pivot[sorted(pivot.columns, reverse=True)]
+        lines += [
+            f"{METRICS[metric]}:",
+            "",
+            "| recipe | min_separation | " + " | ".join(f"{r:.0%}" for r in pivot.columns) + " |",
+            "|" + "---|" * (2 + len(pivot.columns)),
+        ]
+        for (recipe, d), values in pivot.iterrows():
+            lines.append(f"| {recipe} | {d} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+        lines.append("")
+    return lines
+
+
+def write_tables(
+    job_list: list[dict], cache: Path, out: Path, sections: list[str], docs: Path | None = DOCS_TABLE
+) -> None:
+    """``scores.csv``, ``selection.csv`` and ``summary.md`` under ``out``; the docs' tables to ``docs``."""
     df = scores(job_list, cache)
     if df.empty:
         print("nothing cached yet")
@@ -206,7 +255,9 @@ def write_tables(job_list: list[dict], cache: Path, out: Path, sections: list[st
         "(`erbb2`: seed 0 only). Produced by `python benchmarks/platform_shift.py`.",
         "",
     ]
-    lines += _table(outer, ["method"], "All genes, by depth")
+    by_separation = outer["method"].str.contains("/auto_d")
+    lines += _table(outer[~by_separation], ["method"], "All genes, by depth")
+    lines += _separation_table(outer[by_separation])
     panels = df[
         (df["kind"] == "panel")
         | ((df["kind"] == "outer") & (df["seed"] == seeds[0]) & (df["rate"].isin([1.0, 0.1])))
@@ -225,9 +276,10 @@ def write_tables(job_list: list[dict], cache: Path, out: Path, sections: list[st
             *_markdown(selection),
             "",
         ]
-    docs = list(lines)
+    docs_lines = list(lines)
     per_section = outer[outer["method"].isin(["spacrd/auto", "spacrd/prior", "logreg_hvg_knn"])]
     lines += _table(per_section, ["section", "method"], "Per section")
     (out / "summary.md").write_text("\n".join(lines))
-    DOCS_TABLE.write_text("\n".join(docs))
+    if docs is not None:
+        docs.write_text("\n".join(docs_lines))
     print("\n".join(lines))

@@ -115,10 +115,9 @@ def jobs(
 
     # the first seed's outer folds and the nested selection first, then the other recipes (a
     # depth-augmented training costs more than a plain one), the panels, the other seeds
-    out = outer(seeds[0], "plain") + (inner(seeds[0], "plain") if nested else [])
-    for recipe in recipes:
-        if recipe != "plain":
-            out += outer(seeds[0], recipe) + (inner(seeds[0], recipe) if nested else [])
+    out: list[dict] = []
+    for recipe in sorted(recipes, key=lambda r: r != "plain"):
+        out += outer(seeds[0], recipe) + (inner(seeds[0], recipe) if nested else [])
     for n_genes, held in itertools.product(panels, sections):
         out.append(
             {
@@ -130,7 +129,7 @@ def jobs(
                 "genes": n_genes,
             }
         )
-    for seed, recipe in itertools.product(seeds[1:], ["plain", *(r for r in recipes if r != "plain")]):
+    for seed, recipe in itertools.product(seeds[1:], sorted(recipes, key=lambda r: r != "plain")):
         out += outer(seed, recipe)
     return out
 
@@ -236,6 +235,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sections", nargs="+", default=list(HER2ST_LABELLED))
     p.add_argument("--shard", default="0/1", help="I/N: train every N-th model, starting at the I-th")
     p.add_argument("--tables-only", action="store_true", help="only summarise the cache")
+    p.add_argument(
+        "--no-docs-table",
+        action="store_true",
+        help="leave docs/_static/platform_shift.md as it is (a partial run)",
+    )
     return p.parse_args(argv)
 
 
@@ -253,9 +257,9 @@ def main(argv: list[str] | None = None) -> None:
         adata, _ = load_data(args.data, [], with_image=False)
         compute(adata, job_list, args.sections, cache, (index, count))
     if count == 1:
-        from _platform_tables import write_tables
+        from _platform_tables import DOCS_TABLE, write_tables
 
-        write_tables(job_list, cache, args.out, args.sections)
+        write_tables(job_list, cache, args.out, args.sections, None if args.no_docs_table else DOCS_TABLE)
 
 
 if __name__ == "__main__":

@@ -45,14 +45,24 @@ def test_mixture_level_one_population_or_few_spots_says_so():
         mixture_level(np.array([0.0, np.nan] * 20))
 
 
+@pytest.mark.parametrize("gap", [3.0, 4.5, 6.0])
+def test_mixture_level_separation_is_ashmans_d(gap):
+    """Two unit-variance populations ``gap`` apart separate by ``D = √2 · gap / √2 = gap``."""
+    scores, _ = _two_populations(n=20_000, share=0.4, gap=gap)
+    assert mixture_level(scores, n_bootstrap=0).separation == pytest.approx(gap, rel=0.12)
+    assert np.isnan(mixture_level(np.zeros(100)).separation)
+
+
 SHIFTED = Calibration(1.0, -1.0)
 
 
-def _chain(logits, call, sections=None, calibration=SHIFTED, **kwargs):
+def _chain(logits, call, sections=None, calibration=SHIFTED, min_separation=float("inf"), **kwargs):
     n = logits.size
     neighbors = np.arange(n)[:, None]
     sections = np.zeros(n, dtype=object) if sections is None else sections
-    settings = PostprocessSettings(expression_propagation=0.0, spatial_smoothing=False, call=call)
+    settings = PostprocessSettings(
+        expression_propagation=0.0, spatial_smoothing=False, call=call, min_separation=min_separation
+    )
     return postprocess(logits, neighbors, None, sections, settings, calibration, 0.5, **kwargs)
 
 
@@ -79,6 +89,26 @@ def test_postprocess_mixture_levels_each_section_by_its_own_scores():
     assert auto.level == {"a": "source", "b": "mixture"}
     np.testing.assert_array_equal(auto.called[: a.size], source.called[: a.size])
     np.testing.assert_array_equal(auto.called[a.size :], result.called[a.size :])
+
+
+def test_postprocess_auto_takes_a_well_separated_mixture_of_a_section_like_the_training_ones():
+    """A section whose scores form two populations far apart is cut between them, though like training."""
+    apart, truth_apart = _two_populations(share=0.2, gap=6.0, offset=2.0, seed=3)
+    close, _ = _two_populations(share=0.5, gap=2.0, offset=2.0, seed=4)
+    logits = np.concatenate([apart, close])
+    sections = np.array(["apart"] * apart.size + ["close"] * close.size, dtype=object)
+    source = _chain(logits, "source", sections)
+    assert source.cancer_share["apart"] > truth_apart.mean() + 0.3  # the calibration over-calls it
+    auto = _chain(logits, "auto", sections, min_separation=4.0)
+    assert auto.level == {"apart": "mixture", "close": "source"}
+    assert abs(auto.cancer_share["apart"] - truth_apart.mean()) < 0.03
+    assert auto.separation["apart"] > 4.0 > auto.separation["close"]
+    np.testing.assert_array_equal(auto.called[apart.size :], source.called[apart.size :])
+    # without the test (inf), only the sections named unlike the training ones take their own level
+    never = _chain(logits, "auto", sections)
+    assert never.level == {"apart": "source", "close": "source"} and never.separation == {}
+    with pytest.raises(ValueError, match="min_separation"):
+        PostprocessSettings(call="auto", min_separation=-1.0)
 
 
 def test_postprocess_mixture_keeps_the_source_level_without_a_mixture():

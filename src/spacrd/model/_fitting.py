@@ -13,7 +13,13 @@ import numpy as np
 from spacrd._constants import MODULE_KEYS, UNLABELLED
 from spacrd._validation import check_number, check_obs_key
 from spacrd.tl._calibration import Calibration, fit_calibration
-from spacrd.tl._postprocess import DEFAULT_CALL, DEFAULT_PROPAGATION, PostprocessSettings, label_free_logits
+from spacrd.tl._postprocess import (
+    DEFAULT_CALL,
+    DEFAULT_MIN_SEPARATION,
+    DEFAULT_PROPAGATION,
+    PostprocessSettings,
+    label_free_logits,
+)
 
 from ._adata_inputs import check_target
 from ._fitted import FittedState
@@ -169,11 +175,14 @@ class FittedStateMixin:
         call: Call | None = None,
         prior_shift: bool | None = None,
         threshold: Any = None,
+        min_separation: float = DEFAULT_MIN_SEPARATION,
     ) -> PostprocessSettings:
         """:meth:`predict`'s post-processing arguments, checked, as ``PostprocessSettings``."""
         if call is None:  # prior_shift or threshold alone: the call they belong to, as before `call`
             call = "prior" if threshold is not None or prior_shift is not None else DEFAULT_CALL
-        return PostprocessSettings(expression_propagation, spatial_smoothing, prior_shift, threshold, call)
+        return PostprocessSettings(
+            expression_propagation, spatial_smoothing, prior_shift, threshold, call, min_separation
+        )
 
     def _trained_state(self: ModelCore) -> FittedState:
         """The fitted state of a trained model; an error saying what to do for an untrained one."""

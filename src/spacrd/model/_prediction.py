@@ -160,11 +160,13 @@ class PredictionMixin:
             members existed).
         uns_key
             ``uns`` key written with ``{"threshold", "threshold_method", "call", "level", "cancer_share",
-            "cancer_share_interval", "shift", "prob_key", "call_key", "spatial_smoothing",
+            "cancer_share_interval", "separation", "shift", "prob_key", "call_key", "spatial_smoothing",
             "expression_propagation", "prior_shift", "version"}``; ``cancer_share`` maps each section to
             its estimated share of cancer spots (empty for ``call="prior"`` without ``prior_shift``),
             ``cancer_share_interval`` each section with a mixture level to the 5–95 % bootstrap interval
-            of that share, ``level`` each section to where its level came from (``"mixture"``,
+            of that share, ``separation`` each section whose scores a mixture was fitted to
+            (``call="mixture"`` or ``"auto"``) to how far apart its two components lie (Ashman's D),
+            ``level`` each section to where its level came from (``"mixture"``,
             ``"source"``, ``"prior"``), and ``shift`` holds the shift detector's numbers: per section
             the median counts and detected genes per spot, the share of scores outside the training
             range and the called share, beside the training sections' (see below). The plots of
@@ -424,6 +426,7 @@ def _write_prediction(
         "level": result.level,
         "cancer_share": result.cancer_share,
         "cancer_share_interval": {k: list(v) for k, v in result.cancer_share_interval.items()},
+        "separation": dict(result.separation),
         "shift": shift,
         "spatial_smoothing": settings.spatial_smoothing,
         "expression_propagation": float(settings.expression_propagation),

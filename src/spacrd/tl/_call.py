@@ -68,8 +68,8 @@ def call(
     -------
     The call, also written to ``adata.obs[key_added]``; ``adata.uns[key_added + "_call"]`` gets
     ``method``, ``prob_key``, ``section_key``, and per section ``threshold`` (on the probability
-    scale), ``cancer_share`` and, for ``"mixture"``, ``cancer_share_interval`` and
-    ``two_populations``. Nothing else in ``adata`` changes.
+    scale), ``cancer_share`` and, for ``"mixture"``, ``cancer_share_interval``, ``two_populations`` and
+    ``separation`` (Ashman's D of the two components). Nothing else in ``adata`` changes.
 
     """
     if method not in CALL_METHODS:
@@ -98,7 +98,7 @@ def call(
         "cancer_share": {},
     }
     if method == "mixture":
-        record["cancer_share_interval"], record["two_populations"] = {}, {}
+        record["cancer_share_interval"], record["two_populations"], record["separation"] = {}, {}, {}
     for name in pd.unique(sections):
         rows = sections == name
         cut = _cut(prob[rows], threshold, method, random_state, record, str(name))
@@ -135,6 +135,7 @@ def _cut(
     level = mixture_level(scores, random_state=random_state)
     record["cancer_share_interval"][name] = [float(v) for v in level.interval]
     record["two_populations"][name] = level.two_populations
+    record["separation"][name] = level.separation
     if not np.isfinite(level.threshold):
         return 0.5
     return float(expit(level.threshold))

@@ -46,6 +46,10 @@ class SectionLevel:
     two_populations
         Whether two components fit the scores better than one (by BIC). When they do not, the cut is
         still the mixture's, but the scores barely separate and the share is uncertain.
+    separation
+        How far apart the two components are, Ashman's ``D = √2 · |μ₁ − μ₂| / √(σ₁² + σ₂²)``
+        (``separation``); above about 2 the two populations are cleanly apart and the cut between them
+        is well placed. ``nan`` without a mixture.
 
     """
 
@@ -53,6 +57,7 @@ class SectionLevel:
     share: float
     interval: tuple[float, float]
     two_populations: bool
+    separation: float = float("nan")
 
 
 def _fit(scores: np.ndarray, random_state: int, start: GaussianMixture | None = None) -> GaussianMixture:
@@ -74,6 +79,12 @@ def _two_populations(gmm: GaussianMixture, scores: np.ndarray, random_state: int
     """Whether two components fit ``scores`` better than one, by the Bayesian information criterion."""
     one = GaussianMixture(n_components=1, random_state=random_state).fit(scores[:, None])
     return bool(gmm.bic(scores[:, None]) < one.bic(scores[:, None]))
+
+
+def separation(gmm: GaussianMixture) -> float:
+    """Ashman's ``D`` of a fitted two-component mixture: the distance of its means in pooled sds, times √2."""
+    means, variances = gmm.means_.ravel(), gmm.covariances_.ravel()
+    return float(np.sqrt(2.0) * abs(means[0] - means[1]) / np.sqrt(variances.sum()))
 
 
 def _crossing(gmm: GaussianMixture) -> float:
@@ -121,6 +132,7 @@ def mixture_level(
     two = _two_populations(gmm, fit, random_state)
     if gmm.weights_.min() < MIN_COMPONENT_WEIGHT:
         return SectionLevel(nan, nan, (nan, nan), two)
+    apart = separation(gmm)
     threshold = _crossing(gmm)
     share = float(np.mean(scores >= threshold))
     size = min(scores.size, MAX_BOOTSTRAP_SPOTS)
@@ -130,9 +142,9 @@ def mixture_level(
         cut = _crossing(_fit(sample, random_state, start=gmm))
         deviations.append(np.mean(sample >= cut) - np.mean(sample >= threshold))
     if not deviations:
-        return SectionLevel(threshold, share, (share, share), two)
+        return SectionLevel(threshold, share, (share, share), two, apart)
     low, high = np.quantile(deviations, INTERVAL) * np.sqrt(size / scores.size)
     # the resample's sampling noise of the share at a fixed cut, on top of the cut's own
     noise = np.sqrt(share * (1 - share) / scores.size) * 1.645
     interval = (float(np.clip(share + low - noise, 0, 1)), float(np.clip(share + high + noise, 0, 1)))
-    return SectionLevel(threshold, share, interval, two)
+    return SectionLevel(threshold, share, interval, two, apart)

@@ -35,6 +35,10 @@ DEFAULT_PROPAGATION = 0.5
 #: The call of :meth:`spacrd.model.SpaCRD.predict` by default, chosen by the platform-shift benchmark's
 #: nested selection (``benchmarks/platform_shift.py``).
 DEFAULT_CALL: Call = "auto"
+#: With ``call="auto"``, a section like the training sections takes its own mixture's level when the
+#: mixture's components lie at least this far apart (Ashman's ``D``, ``mixture_level``); chosen by
+#: the platform-shift benchmark's nested selection.
+DEFAULT_MIN_SEPARATION = float("inf")
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,14 @@ class PostprocessSettings:
         section's own label-free logits, cut where a two-component mixture fitted to them crosses
         (``mixture_level``); the calibration's scale is kept and its shift replaced so
         that probability 0.5 falls on that cut; a section where no mixture can be fitted (fewer than
-        20 spots, a component of under 3 %) keeps the calibration's level. ``"auto"``: ``"mixture"`` for the sections named by
-        ``postprocess``'s ``target_level_sections`` (those unlike the training sections), the
+        20 spots, a component of under 3 %) keeps the calibration's level. ``"auto"``: ``"mixture"``
+        for the sections named by ``postprocess``'s ``target_level_sections`` (those unlike the
+        training sections) and for those whose mixture separates by at least ``min_separation``, the
         calibration's level for the others.
+    min_separation
+        With ``call="auto"``: the separation (Ashman's ``D``, ``mixture_level``) at which a section
+        like the training ones takes its own mixture's level, two populations this far apart placing
+        the cut between them better than a calibration fitted on other sections; ``inf``: never.
 
     """
 
@@ -72,9 +81,12 @@ class PostprocessSettings:
     prior_shift: bool | None = None
     threshold: Threshold = None
     call: Call = "prior"
+    min_separation: float = DEFAULT_MIN_SEPARATION
 
     def __post_init__(self):
         check_number("expression_propagation", self.expression_propagation, low=0, high=1, high_open=True)
+        if self.min_separation != float("inf"):  # inf: never for sections like the training ones
+            check_number("min_separation", self.min_separation, low=0)
         check_bool("spatial_smoothing", self.spatial_smoothing)
         if self.prior_shift is None:  # on for the call it belongs to
             object.__setattr__(self, "prior_shift", self.call == "prior")
@@ -130,6 +142,9 @@ class PostprocessResult:
     two_populations
         Per section with a mixture level, whether two components fit its scores better than one (by
         BIC); where they do not, the call's level is uncertain.
+    separation
+        Per section whose mixture was fitted (``call="mixture"`` or ``"auto"``), Ashman's ``D`` of its
+        two components (``nan`` where none could be fitted).
 
     """
 
@@ -144,6 +159,7 @@ class PostprocessResult:
     level: dict[str, str] = field(default_factory=dict)
     cancer_share_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
     two_populations: dict[str, bool] = field(default_factory=dict)
+    separation: dict[str, float] = field(default_factory=dict)
 
 
 def label_free_logits(
@@ -206,7 +222,8 @@ def postprocess(
         member's logits go through the same propagation, smoothing, calibration and the section's
         estimated cancer share, and the spread of the resulting probabilities is returned.
     target_level_sections
-        With ``settings.call="auto"``, the sections whose level comes from their own scores.
+        With ``settings.call="auto"``, the sections whose level comes from their own scores whatever
+        their separation (those unlike the training sections).
 
     Returns
     -------
@@ -275,6 +292,7 @@ def postprocess(
         offsets.level,
         offsets.interval,
         offsets.two_populations,
+        offsets.separation,
     )
 
 
@@ -286,6 +304,7 @@ class _Offsets:
     level: dict[str, str]
     interval: dict[str, tuple[float, float]]
     two_populations: dict[str, bool] = field(default_factory=dict)
+    separation: dict[str, float] = field(default_factory=dict)
 
 
 def _section_offsets(
@@ -300,18 +319,25 @@ def _section_offsets(
     names = list(pd.unique(sections))
     if settings.call in ("prior", "source"):
         return _Offsets(None, dict.fromkeys(names, settings.call), {})
-    wanted = set(names) if settings.call == "mixture" else {str(s) for s in target_level_sections}
+    unlike = set(names) if settings.call == "mixture" else {str(s) for s in target_level_sections}
+    fit_all = settings.call == "mixture" or np.isfinite(settings.min_separation)
     shift = np.full(logits.shape[0], calibration.shift, dtype=np.float64)
-    level, interval, two = {}, {}, {}
+    level, interval, two, apart = {}, {}, {}, {}
     for name in names:
         rows = sections == name
-        found = mixture_level(logits[rows]) if name in wanted else None
-        if found is None or not np.isfinite(found.threshold):
+        found = mixture_level(logits[rows]) if fit_all or name in unlike else None
+        if found is not None:
+            apart[name] = found.separation
+        if (
+            found is None
+            or not np.isfinite(found.threshold)
+            or (name not in unlike and not found.separation >= settings.min_separation)
+        ):
             level[name] = "source"
             continue
         shift[rows] = -calibration.scale * found.threshold
         level[name], interval[name], two[name] = "mixture", found.interval, found.two_populations
-    return _Offsets(shift, level, interval, two)
+    return _Offsets(shift, level, interval, two, apart)
 
 
 def _levelled(logits: np.ndarray, calibration: Calibration, offsets: _Offsets) -> np.ndarray:
