@@ -23,6 +23,11 @@ Run from the repository root::
 
     python benchmarks/bench_image_scale.py                      # tiff and spatialdata, 30,000 px, 50,000 spots
     python benchmarks/bench_image_scale.py --cases jpeg:10000   # the Pillow route, for comparison
+    python benchmarks/bench_image_scale.py --cases tiff:30000 --keep /tmp/slides --old-src /tmp/old/src
+
+``--old-src DIR`` runs every case a second time with another source tree first on ``PYTHONPATH`` (e.g.
+``git archive HEAD src | tar -x -C /tmp/old``), on the same files, for a within-run ratio; its rows
+say ``source``. The features of both runs are compared (``max_abs_diff``).
 
 Another script can call :func:`run_case` directly.
 """
@@ -187,7 +192,7 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def _worker(kind: str, path: str, n_spots: int, size: int) -> dict:
+def _worker(kind: str, path: str, n_spots: int, size: int, features_out: str = "") -> dict:
     import gc
     import time
 
@@ -218,7 +223,10 @@ def _worker(kind: str, path: str, n_spots: int, size: int) -> dict:
     table = data.tables["table"] if kind == "spatialdata" else data
     features = table.obsm["X_histology"]
     assert features.shape[0] == n_spots and np.isfinite(features).all()
+    if features_out:
+        np.save(features_out, features)
     return {
+        "spacrd": str(Path(spacrd.__file__).parent),
         "wall_s": wall,
         "cpu_s": cpu,
         "rss_before_mb": rss_before / 1024,
@@ -227,7 +235,15 @@ def _worker(kind: str, path: str, n_spots: int, size: int) -> dict:
     }
 
 
-def run_case(kind: str, n_spots: int, size: int, *, workdir: str | Path | None = None) -> dict:
+def run_case(
+    kind: str,
+    n_spots: int,
+    size: int,
+    *,
+    workdir: str | Path | None = None,
+    src: str | None = None,
+    features_out: str | Path | None = None,
+) -> dict:
     """Write a ``size`` × ``size`` slide as ``kind``, featurise ``n_spots`` spots in a fresh process.
 
     Parameters
@@ -240,6 +256,10 @@ def run_case(kind: str, n_spots: int, size: int, *, workdir: str | Path | None =
         Side of the square slide in pixels (decoded size ``3 * size**2`` bytes).
     workdir
         Folder for the files; default a temporary one, removed afterwards.
+    src
+        Source tree to import spacrd from (put first on ``PYTHONPATH``); default the installed one.
+    features_out
+        Save the features (``.npy``) here.
 
     Returns
     -------
@@ -268,8 +288,12 @@ def run_case(kind: str, n_spots: int, size: int, *, workdir: str | Path | None =
             str(path),
             str(n_spots),
             str(size),
+            str(features_out or ""),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+        env = os.environ.copy()
+        if src is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"case {kind} failed:\n{done.stderr[-4000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -283,6 +307,7 @@ def run_case(kind: str, n_spots: int, size: int, *, workdir: str | Path | None =
             shutil.rmtree(folder, ignore_errors=True)
     return {
         "case": kind,
+        "source": str(src) if src is not None else "this tree",
         "size": size,
         "spots": n_spots,
         "image_gb": 3 * size**2 / 1e9,
@@ -295,12 +320,12 @@ def run_case(kind: str, n_spots: int, size: int, *, workdir: str | Path | None =
 def format_table(rows: list[dict]) -> str:
     """Markdown table of :func:`run_case` results."""
     lines = [
-        "| case | image (px) | decoded GB | spots | crop px | wall s | CPU s | spots/s | peak RSS growth MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | source | image (px) | decoded GB | spots | crop px | wall s | CPU s | spots/s | peak RSS growth MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['case']} | {r['size']:,} × {r['size']:,} | {r['image_gb']:.2f} | {r['spots']:,} | {r['crop_px']} "
+            f"| {r['case']} | {r.get('source', 'this tree')} | {r['size']:,} × {r['size']:,} | {r['image_gb']:.2f} | {r['spots']:,} | {r['crop_px']} "
             f"| {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['spots_per_s']:.0f} | {r['peak_rss_growth_mb']:.0f} |"
         )
     return "\n".join(lines)
@@ -315,18 +340,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--keep", metavar="DIR", help="write the files here and keep them (reused if present)"
     )
+    parser.add_argument(
+        "--old-src", metavar="DIR", help="also run each case with this source tree (for a same-run ratio)"
+    )
     args = parser.parse_args(argv)
     rows = []
-    for case in args.cases:
-        kind, _, size = case.partition(":")
-        rows.append(run_case(kind, args.spots, int(size or 30_000), workdir=args.keep))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="spacrd-bench-features-") as scratch:
+        for case in args.cases:
+            kind, _, size = case.partition(":")
+            trees = [None, args.old_src] if args.old_src else [None]
+            for i, src in enumerate(trees):
+                out = Path(scratch) / f"{kind}_{size}_{i}.npy"
+                rows.append(
+                    run_case(
+                        kind, args.spots, int(size or 30_000), workdir=args.keep, src=src, features_out=out
+                    )
+                )
+                if i:  # the same spots and image in both trees: how far apart are their features?
+                    rows[-1]["max_abs_diff"] = float(
+                        np.abs(np.load(out) - np.load(Path(scratch) / f"{kind}_{size}_0.npy")).max()
+                    )
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(format_table(rows))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         kind, path, n_spots, size = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-        print(json.dumps(_worker(kind, path, n_spots, size)))
+        print(json.dumps(_worker(kind, path, n_spots, size, sys.argv[6] if len(sys.argv) > 6 else "")))
     else:
         main()

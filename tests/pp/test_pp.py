@@ -678,6 +678,106 @@ def test_histology_stats_edge_cases():
     assert set(spacrd.pp.HISTOLOGY_STATS_FEATURES) == set(FEATURE_NAMES)
 
 
+def test_batched_glcm_matches_skimage_crop_by_crop(adata):
+    """The co-occurrence features of a whole batch at once equal graycomatrix/graycoprops per crop."""
+    from skimage.feature import graycomatrix, graycoprops
+
+    from spacrd.pp._histology_stats import _GLCM_ANGLES, _GLCM_LEVELS, _glcm_props
+
+    real = spacrd.pp.spot_crops(adata, size=64, library_id="A1")[:24].astype(np.float32) / 255
+    gray = real @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    gray = np.concatenate(
+        [
+            gray,
+            rng.random((3, 64, 64), dtype=np.float32),
+            np.full((1, 64, 64), 0.5, np.float32),  # constant: correlation is 1 by graycoprops' rule
+            np.tile(np.linspace(0, 1, 64, dtype=np.float32), (1, 64, 1)),  # a ramp: rows constant
+        ]
+    )
+    levels = np.clip((gray * _GLCM_LEVELS).astype(np.int64), 0, _GLCM_LEVELS - 1).astype(np.uint8)
+    expected = np.empty((4, len(gray)))
+    for k, image in enumerate(levels):
+        glcm = graycomatrix(image, [1], _GLCM_ANGLES, levels=_GLCM_LEVELS, symmetric=True, normed=True)
+        expected[:, k] = [
+            graycoprops(glcm, prop).mean() for prop in ("contrast", "homogeneity", "energy", "correlation")
+        ]
+    np.testing.assert_allclose(np.stack(_glcm_props(gray)), expected.astype(np.float32), rtol=1e-6, atol=1e-7)
+    assert _glcm_props(gray)[3][-2] == 1.0
+
+
+def test_resize_crops_equals_torch_on_the_whole_tensor():
+    """The element-wise steps moved to numpy; the resized pixels are torch's, bit for bit."""
+    import torch.nn.functional as F
+
+    from spacrd.pp._crops import resize_crops
+
+    crops = np.random.default_rng(3).integers(0, 256, (5, 37, 37, 3), dtype=np.uint8)
+    expected = F.interpolate(
+        torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0),
+        size=(16, 16),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    ).clamp_(0.0, 1.0)
+    torch.testing.assert_close(resize_crops(crops, 16), expected, rtol=0, atol=0)
+    same = resize_crops(crops, 37)  # no resize: just scaled
+    torch.testing.assert_close(
+        same, torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255, rtol=0, atol=0
+    )
+
+
+def test_crops_read_ahead_arrive_in_order_and_errors_surface():
+    """iter_crops reads the next batch in a second thread: same crops, same read order, same errors."""
+    from spacrd.pp._crop_options import CropOptions
+    from spacrd.pp._crops import crop_origin, iter_crops
+    from spacrd.pp._image_sources import InMemorySource
+    from spacrd.pp._libraries import Library
+
+    image = np.random.default_rng(4).integers(0, 256, (120, 150, 3), dtype=np.uint8)
+    centres = np.random.default_rng(5).uniform(0, 149, (23, 2))
+    centres[:, 1] = np.minimum(centres[:, 1], 119)
+    library = Library(
+        name="s1",
+        rows=np.arange(23) + 100,
+        spot_names=np.array([f"s{i}" for i in range(23)]),
+        centres=centres,
+        crop_diameter=11.0,
+        crop_px=11,
+        open_source=None,
+        source_kind="test",
+        source_path=None,
+    )
+
+    class Recording(InMemorySource):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.calls: list = []
+
+        def read(self, boxes):
+            self.calls.append(boxes)
+            if len(self.calls) == 3 and fail:
+                raise OSError("tile 3 is corrupt")
+            return super().read(boxes)
+
+    fail = False
+    source = Recording(image, "yxc", None, "test image")
+    options = CropOptions(batch_size=5, pad_mode="constant", pad_value=7)
+    batches = list(iter_crops(library, source, options))
+    assert len(source.calls) == len(batches) == 5
+    rows = np.concatenate([b[0] for b in batches])
+    np.testing.assert_array_equal(rows, np.arange(23) + 100)  # no order for in-memory images: row order
+    padded = np.pad(image, ((11, 11), (11, 11), (0, 0)), constant_values=7)
+    origin = crop_origin(centres, 11)
+    expected = np.stack([padded[y + 11 : y + 22, x + 11 : x + 22] for x, y in origin])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), expected)
+    crosses = (origin < 0).any(1) | (origin[:, 0] + 11 > 150) | (origin[:, 1] + 11 > 120)
+    assert sum(b[2] for b in batches) == crosses.sum()
+    fail, source = True, Recording(image, "yxc", None, "test image")
+    with pytest.raises(OSError, match="tile 3 is corrupt"):
+        list(iter_crops(library, source, options))
+
+
 def test_large_sections_get_an_approximate_search_close_to_the_exact_one(monkeypatch):
     from scipy.spatial import cKDTree
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -53,40 +54,67 @@ def iter_crops(
     order = source.order(origin[:, 0], origin[:, 1])
     if order is None:
         order = np.arange(len(centres))
-    for start in range(0, len(centres), options.batch_size):
-        batch = order[start : start + options.batch_size]
-        x0, y0 = origin[batch, 0], origin[batch, 1]
-        cx0, cy0 = np.maximum(x0, 0), np.maximum(y0, 0)
-        cx1, cy1 = np.minimum(x0 + size, source.width), np.minimum(y0 + size, source.height)
-        blocks = source.read(list(zip(cx0.tolist(), cy0.tolist(), cx1.tolist(), cy1.tolist(), strict=True)))
-        crops = np.empty((len(batch), size, size, 3), dtype=np.uint8)
-        n_padded = 0
-        for k, block in enumerate(blocks):
-            pads = ((cy0[k] - y0[k], y0[k] + size - cy1[k]), (cx0[k] - x0[k], x0[k] + size - cx1[k]))
-            if any(p for pair in pads for p in pair):
-                n_padded += 1
-                pad_width = (*pads, (0, 0))
-                if options.pad_mode == "constant":
-                    block = np.pad(block, pad_width, mode="constant", constant_values=options.pad_value)
-                else:
-                    block = np.pad(block, pad_width, mode=options.pad_mode)
-            crops[k] = block
-        yield library.rows[batch], crops, n_padded
+    batches = [
+        order[start : start + options.batch_size] for start in range(0, len(order), options.batch_size)
+    ]
+    # Read one batch ahead in a second thread while the caller featurises the current one: decoding
+    # (tifffile, dask, Pillow) and the backbone's numpy and torch work release the GIL, so the two
+    # overlap. Batches are still read one at a time and in order, so a source sees the same calls.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spacrd-crops") as reader:
+        pending = reader.submit(_read_batch, source, origin, size, options, batches[0]) if batches else None
+        for k, batch in enumerate(batches):
+            assert pending is not None
+            crops, n_padded = pending.result()
+            pending = (
+                reader.submit(_read_batch, source, origin, size, options, batches[k + 1])
+                if k + 1 < len(batches)
+                else None
+            )
+            yield library.rows[batch], crops, n_padded
+
+
+def _read_batch(
+    source: Source, origin: np.ndarray, size: int, options: CropOptions, batch: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Crops ``(b, size, size, 3)`` uint8 with top-left pixels ``origin[batch]``, padded; and how many were padded."""
+    x0, y0 = origin[batch, 0], origin[batch, 1]
+    cx0, cy0 = np.maximum(x0, 0), np.maximum(y0, 0)
+    cx1, cy1 = np.minimum(x0 + size, source.width), np.minimum(y0 + size, source.height)
+    blocks = source.read(list(zip(cx0.tolist(), cy0.tolist(), cx1.tolist(), cy1.tolist(), strict=True)))
+    crops = np.empty((len(batch), size, size, 3), dtype=np.uint8)
+    n_padded = 0
+    for k, block in enumerate(blocks):
+        pads = ((cy0[k] - y0[k], y0[k] + size - cy1[k]), (cx0[k] - x0[k], x0[k] + size - cx1[k]))
+        if any(p for pair in pads for p in pair):
+            n_padded += 1
+            pad_width = (*pads, (0, 0))
+            if options.pad_mode == "constant":
+                block = np.pad(block, pad_width, mode="constant", constant_values=options.pad_value)
+            else:
+                block = np.pad(block, pad_width, mode=options.pad_mode)
+        crops[k] = block
+    return crops, n_padded
 
 
 def resize_crops(crops: np.ndarray, size: int | tuple[int, int]):
     """Resize uint8 crops ``(b, s, s, 3)`` to a float32 torch tensor ``(b, 3, h, w)`` in [0, 1].
 
-    Bilinear with antialiasing (area-like when shrinking), as for tensors in torchvision.
+    Bilinear with antialiasing (area-like when shrinking), as for tensors in torchvision. The
+    element-wise steps (scaling to [0, 1], clamping) run in numpy, single-threaded: torch's threads
+    cost more than they save on arrays this small, most of all on a busy machine; the values are the
+    same.
     """
     import torch
     import torch.nn.functional as F
 
     h, w = (size, size) if isinstance(size, int | np.integer) else size
-    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    scaled = np.asarray(crops, dtype=np.float32)
+    scaled = np.divide(scaled, np.float32(255.0), out=scaled if scaled is not crops else None)
+    x = torch.from_numpy(scaled).permute(0, 3, 1, 2)
     if x.shape[-2:] != (h, w):
         x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-        x = x.clamp_(0.0, 1.0)
+        out = x.numpy()
+        np.clip(out, 0.0, 1.0, out=out)
     return x
 
 
