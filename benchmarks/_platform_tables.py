@@ -132,7 +132,9 @@ def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
     """Per outer section, the recipe and call chosen on inner folds of the training sections only.
 
     The recipe is the one with the highest mean inner ROC AUC (its representation's ranking across the
-    inner targets and rates), then its call with the lowest mean inner share error. The inner model for
+    inner targets and rates), then its call with the lowest mean inner share error (``chosen``); and,
+    of that recipe's ``auto`` at each candidate separation, the one with the lowest mean inner share
+    error (``chosen_separation``). The inner model for
     outer section ``o`` and inner target ``j`` was trained on the four other sections (neither ``o``
     nor ``j``) and scored on ``j`` at every rate; ``o`` plays no part.
     """
@@ -147,11 +149,14 @@ def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
         ranking = pairs.groupby(pairs["method"].map(_recipe))["auc"].mean()
         recipe = ranking.idxmax()
         means = pairs.groupby("method")["share_error"].mean()
-        chosen = means[means.index.map(_recipe) == recipe].idxmin()
+        ours = means[means.index.map(_recipe) == recipe]
+        chosen = ours.idxmin()
+        separations = ours[ours.index.str.contains("/auto_d")]
         rows.append(
             {
                 "outer": outer,
                 "chosen": chosen,
+                "chosen_separation": separations.idxmin() if len(separations) else None,
                 **{f"inner_auc[{r}]": ranking[r] for r in ranking.index},
                 **{f"inner_error[{m.removeprefix('spacrd/')}]": means[m] for m in means.index},
             }
@@ -160,15 +165,19 @@ def nested_selection(df: pd.DataFrame, sections: list[str]) -> pd.DataFrame:
 
 
 def with_selected(df: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
-    """``df`` plus rows ``spacrd/selected``: each outer section scored with the recipe and call chosen for it."""
+    """``df`` plus rows ``spacrd/selected`` and ``spacrd/auto_selected``: each outer section scored with
+    the recipe and call, and the separation of ``auto``, chosen for it."""
     if selection.empty:
         return df
-    chosen = dict(zip(selection["outer"], selection["chosen"], strict=True))
     # outer folds only: the panels are trained with one recipe, whichever was chosen
     outer = df[(df["kind"] == "outer") & df["method"].str.startswith("spacrd")]
-    picked = outer[outer.apply(lambda r: chosen.get(r["section"]) == r["method"], axis=1)].copy()
-    picked["method"] = "spacrd/selected"
-    return pd.concat([df, picked], ignore_index=True)
+    added = [df]
+    for column, name in (("chosen", "spacrd/selected"), ("chosen_separation", "spacrd/auto_selected")):
+        chosen = dict(zip(selection["outer"], selection[column], strict=True))
+        picked = outer[outer.apply(lambda r, c=chosen: c.get(r["section"]) == r["method"], axis=1)].copy()
+        picked["method"] = name
+        added.append(picked)
+    return pd.concat(added, ignore_index=True)
 
 
 def _table(df: pd.DataFrame, index: list[str], title: str) -> list[str]:

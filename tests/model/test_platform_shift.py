@@ -12,6 +12,7 @@ from spacrd._atomic import write_h5ad
 from spacrd.model import SpaCRD
 from spacrd.model._shift import TrainingProfile
 from spacrd.model._thinning import _thinned, check_thinning
+from spacrd.tl._postprocess import DEFAULT_MIN_SEPARATION
 
 FAST = {"align_epochs": 2, "fuse_epochs": 4, "classify_epochs": 8, "enable_progress_bar": False}
 SMALL = {"n_hidden": (64,), "n_embed": 32, "n_heads": 2, "n_latent": 8}
@@ -86,7 +87,13 @@ def test_a_target_like_the_training_sections_does_not_warn(trained):
         model.predict(target)
     meta = target.uns["spacrd"]
     assert meta["shift"]["warnings"] == [] and meta["shift"]["gene_overlap"] == 1.0
-    assert meta["level"] == {"S3": "source"}  # like the training sections: the calibration's level
+    # like the training sections: the calibration's level, unless its scores separate cleanly
+    separation = meta["separation"].get("S3", np.nan)  # none fitted when the test is off (inf)
+    assert meta["level"] == {"S3": "mixture" if separation >= DEFAULT_MIN_SEPARATION else "source"}
+    source = target.copy()
+    model.predict(source, call="source")
+    if meta["level"]["S3"] == "source":
+        np.testing.assert_array_equal(source.obs["ctr"], target.obs["ctr"])
     model.predict(target, call="mixture")
     meta = target.uns["spacrd"]
     truth = target.obs["cancer"].mean()

@@ -38,7 +38,7 @@ DEFAULT_CALL: Call = "auto"
 #: With ``call="auto"``, a section like the training sections takes its own mixture's level when the
 #: mixture's components lie at least this far apart (Ashman's ``D``, ``mixture_level``); chosen by
 #: the platform-shift benchmark's nested selection.
-DEFAULT_MIN_SEPARATION = float("inf")
+DEFAULT_MIN_SEPARATION = 3.0
 
 
 @dataclass(frozen=True)
