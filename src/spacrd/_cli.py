@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--call",
         choices=["mixture", "auto", "source", "prior"],
         help="where the call's level comes from (default auto: each section's own scores where it is "
-        "unlike the training sections; see SpaCRD.predict's `call`)",
+        "unlike the training sections or its scores form two populations far apart; see "
+        "SpaCRD.predict's `call`)",
     )
     predict.add_argument(
         "--threshold",

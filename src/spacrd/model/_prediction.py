@@ -200,10 +200,10 @@ class PredictionMixin:
             ``"auto"`` (the default): from each target section's own scores for the sections unlike the
             training sections (median counts or detected genes per spot outside the training range, or
             a different gene panel: the shift detector's test below) and for those whose scores form
-            two populations far apart (a two-component mixture on them separates by Ashman's D of at
-            least ``spacrd.tl._postprocess.DEFAULT_MIN_SEPARATION``: the cut between two such
-            populations is better placed than a calibration fitted on other sections), from the
-            calibration fitted in :meth:`train` for the others. ``"mixture"``: from every section's own scores, cut where a
+            two populations far apart (the two components of a mixture fitted to them lie at least 3
+            apart in Ashman's D, ``uns[uns_key]["separation"]``: the cut between two such populations
+            is better placed than a calibration fitted on other sections), from the calibration fitted
+            in :meth:`train` for the others. ``"mixture"``: from every section's own scores, cut where a
             two-component mixture fitted to its label-free logits crosses (as :func:`spacrd.tl.call`
             with ``method="mixture"`` does on a stored prediction); a section where no mixture can be
             fitted keeps the calibration's level. Depth and panel move every logit of a target, which a
