@@ -259,7 +259,14 @@ def main(argv: list[str] | None = None) -> None:
     if count == 1:
         from _platform_tables import DOCS_TABLE, write_tables
 
-        write_tables(job_list, cache, args.out, args.sections, None if args.no_docs_table else DOCS_TABLE)
+        # the command that trains what the tables show (without the run's own flags)
+        own = {"--tables-only", "--no-docs-table"}
+        command = " ".join(
+            ["python benchmarks/platform_shift.py", *(a for a in argv or sys.argv[1:] if a not in own)]
+        )
+        write_tables(
+            job_list, cache, args.out, args.sections, None if args.no_docs_table else DOCS_TABLE, command
+        )
 
 
 if __name__ == "__main__":

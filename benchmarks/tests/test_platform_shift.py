@@ -67,3 +67,33 @@ def test_nested_selection_takes_the_better_ranking_recipe_then_its_best_call():
     selection = tables.nested_selection(pd.concat([plain, thinning]), ["A", "B", "C"]).set_index("outer")
     assert (selection["chosen"] == "spacrd+thinning/mixture").all()
     np.testing.assert_allclose(selection["inner_auc[spacrd+thinning]"], 0.9)
+
+
+def test_jobs_of_one_recipe_train_only_it():
+    jobs = ps.jobs(["A", "B", "C"], [0, 1], ["thinning"], [], nested=True)
+    assert {j["recipe"] for j in jobs} == {"thinning"}
+    assert len([j for j in jobs if j["kind"] == "inner"]) == 3  # the first seed's pairs
+    assert len([j for j in jobs if j["kind"] == "outer"]) == 3 * 2
+
+
+def test_nested_selection_chooses_the_separation_of_auto_among_its_candidates():
+    # "mixture" has the lowest error of all calls, but the separation is chosen among auto's only
+    pairs = [("A", "B"), ("A", "C"), ("B", "C")]
+    df = _inner_rows(
+        {pair: {"mixture": 0.01, "auto_d2": 0.3, "auto_d3": 0.1, "auto_dinf": 0.2} for pair in pairs}
+    )
+    df.loc[(df["section"] == "A") & (df["method"] == "spacrd/auto_d3"), "share_error"] = 0.9
+    selection = tables.nested_selection(df, ["A", "B", "C"]).set_index("outer")
+    assert (selection["chosen"] == "spacrd/mixture").all()
+    assert selection.loc["A", "chosen_separation"] == "spacrd/auto_d3"  # A's own error is not read
+    assert selection.loc["B", "chosen_separation"] == "spacrd/auto_dinf"  # its inner targets hold A
+    outer = pd.DataFrame(
+        [
+            {"kind": "outer", "section": s, "method": f"spacrd/{c}", "share_error": e}
+            for s in "ABC"
+            for c, e in (("auto_d3", 0.1), ("auto_dinf", 0.2), ("mixture", 0.3))
+        ]
+    )
+    picked = tables.with_selected(outer, selection.reset_index())
+    chosen = picked[picked["method"] == "spacrd/auto_selected"].set_index("section")["share_error"]
+    assert chosen.to_dict() == {"A": 0.1, "B": 0.2, "C": 0.2}

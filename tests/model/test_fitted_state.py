@@ -19,6 +19,7 @@ from scvi.train import TrainRunner
 
 from spacrd.model import FittedState, InputSpec, SpaCRD, StagedTrainRunner
 from spacrd.tl import Calibration
+from spacrd.tl._postprocess import DEFAULT_MIN_SEPARATION
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "model_format1"
 MODEL_DIR = Path(__file__).resolve().parents[2] / "src" / "spacrd" / "model"
@@ -80,7 +81,9 @@ def test_a_format1_model_predicts_as_before(reference):
     model = SpaCRD.load(str(REFERENCE / "model"))
     ranker = SpaCRD.load(str(REFERENCE / "ranker"))
     predicted = target.copy()
-    model.predict(predicted)
+    # the reference's default call was "auto" without the separation test: for this target, which is
+    # like the training sections, the calibration's level, "source"
+    model.predict(predicted, call="source")
     np.testing.assert_allclose(predicted.obs["ctr_prob"], expected["ctr_prob"], rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(predicted.obs["ctr"].astype(str), expected["ctr"])
     np.testing.assert_allclose(
@@ -89,8 +92,15 @@ def test_a_format1_model_predicts_as_before(reference):
     for call in ("prior", "mixture"):
         prob = model.predict(target.copy(), call=call)
         np.testing.assert_allclose(prob, expected[f"ctr_prob_{call}"], rtol=1e-5, atol=1e-7)
+    # today's default takes the mixture's level where the scores separate by D >= 3, else the source's
+    default = target.copy()
+    model.predict(default)
+    level = "mixture" if default.uns["spacrd"]["separation"]["S3"] >= DEFAULT_MIN_SEPARATION else "source"
+    assert default.uns["spacrd"]["level"] == {"S3": level}
+    column = "ctr_prob_mixture" if level == "mixture" else "ctr_prob"
+    np.testing.assert_allclose(default.obs["ctr_prob"], expected[column], rtol=1e-5, atol=1e-7)
     ranked = target.copy()
-    model.predict(ranked, ranking_model=ranker)
+    model.predict(ranked, ranking_model=ranker, call="source")
     np.testing.assert_allclose(ranked.obs["ctr_prob"], expected["ctr_prob_ranked"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(
         ranked.obs["ctr_uncertainty"], expected["ctr_uncertainty_ranked"], rtol=1e-5, atol=1e-7
@@ -111,7 +121,7 @@ def test_training_again_builds_the_same_state_and_predictions(fresh, reference):
     assert fitted.source_cancer_share == pytest.approx(state["source_cancer_share"])
     assert fitted.n_source_spots == model.adata.n_obs
     _assert_close(fitted.calibration, state["calibration"])
-    np.testing.assert_allclose(model.predict(target.copy()), expected["ctr_prob"], atol=1e-3)
+    np.testing.assert_allclose(model.predict(target.copy(), call="source"), expected["ctr_prob"], atol=1e-3)
     # what predict refitted for other settings before, calibrate fits now, on the same spots
     calibration = model.calibrate(**UNSMOOTHED)
     _assert_close(calibration, state["calibration_unsmoothed"])
