@@ -22,7 +22,7 @@ Columns: wall and CPU seconds (``time.perf_counter`` / ``time.process_time``, al
 second of wall time, and peak RSS growth (``VmHWM`` after the call minus ``VmRSS`` just before it).
 ``--old-src`` adds, at every size, the prediction of a model of the same recipe, trained and run by another spacrd
 source tree (e.g. the release before the streamed input path) on the same machine, in the same run,
-for a within-run ratio. ``--ranked`` adds ``model.predict(target, ranking_model=ranker)`` with a
+for a within-run ratio; the training epoch and the HER2ST fold are then also run by that tree. ``--ranked`` adds ``model.predict(target, ranking_model=ranker)`` with a
 second model of the same recipe on unscaled expression (``section_scaling="none"``).
 
     python benchmarks/bench_scale.py                                  # all sizes, 1 and 4 sections
@@ -255,6 +255,19 @@ def _row(case: str, spots: int, sections: int, r: dict) -> dict:
     }
 
 
+def _train_note(r: dict) -> str:
+    """Set-up of a ``train epoch`` row, and the whole ``train()`` call (its own set-up included) per spot."""
+    return (
+        f"set-up (graph, gene selection) {r['setup_s']:.1f} s, +{r['setup_rss_growth_mb']:,.0f} MB; "
+        f"the train() call {r['train_call_s']:.1f} s"
+    )
+
+
+def _ratio_note(old_src: str, old: dict, new: dict) -> str:
+    ratio = old["wall_s"] / new["wall_s"], old["cpu_s"] / new["cpu_s"]
+    return f"source tree {old_src}; it takes {ratio[0]:.2f}x the wall and {ratio[1]:.2f}x the CPU time"
+
+
 def table(rows: list[dict]) -> str:
     head = "| case | spots | sections | wall (s) | CPU (s) | spots/s | peak RSS growth (MB) | note |"
     lines = [head, "|" + "---|" * 8]
@@ -344,13 +357,22 @@ def main(argv: list[str] | None = None) -> None:
                 note = f"source tree {args.old_src}; it takes {ratio[0]:.2f}x the wall and {ratio[1]:.2f}x the CPU time"
                 report(_row("predict", n, s, {**old, "note": note}))
             if not args.skip_train:
-                r = run_child("train", args.threads, n_spots=n, n_sections=args.sections[-1])
-                note = f"set-up (graph, gene selection) {r['setup_s']:.1f} s, +{r['setup_rss_growth_mb']:,.0f} MB"
-                report(_row("train epoch", n, args.sections[-1], {**r, "note": note}))
+                s = args.sections[-1]
+                r = run_child("train", args.threads, n_spots=n, n_sections=s)
+                report(_row("train epoch", n, s, {**r, "note": _train_note(r)}))
+                if args.old_src:  # the same epoch trained by the other tree, for a within-run ratio
+                    old = run_child("train", args.threads, src=args.old_src, n_spots=n, n_sections=s)
+                    note = f"{_train_note(old)}; {_ratio_note(args.old_src, old, r)}"
+                    report(_row("train epoch", n, s, {**old, "note": note}))
     if not args.skip_fold:
         r = run_child("fold", args.threads)
         note = "HER2ST subset, D1 held out; set-up and all stages, train()'s defaults"
         report(_row("train LOSO fold", r["spots"], 5, {**r, "note": note}))
+        if args.old_src:
+            old = run_child("fold", args.threads, src=args.old_src)
+            report(
+                _row("train LOSO fold", old["spots"], 5, {**old, "note": _ratio_note(args.old_src, old, r)})
+            )
     if not args.skip_image:
         sys.path.insert(0, str(HERE))
         from bench_image_scale import run_case

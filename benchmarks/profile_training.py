@@ -2,8 +2,9 @@
 
 Trains on five labelled sections (A1 held out by default) under :mod:`cProfile` and prints a table of
 wall time per phase (set-up, model construction with gene selection, the three stages, prediction)
-and, inside training, the share of the network's parts (encoders, cross-attention, VAE), the loss, the backward pass, the
-Adam update and minibatch gathering; the rest is Lightning's loop and logging.
+and, inside training, the share of the network's parts (encoders, cross-attention, VAE), the dropout masks, the loss,
+the backward pass, the Adam update and minibatch gathering (with its depth thinning); the rest is Lightning's loop and
+logging.
 
 Run from the repository root::
 
@@ -32,12 +33,15 @@ def _parts() -> list[tuple[str, object]]:
     from torch.optim.adam import adam
 
     from spacrd.model._datamodule import NeighbourhoodDataset
+    from spacrd.model._thinning import DepthThinning
     from spacrd.module import SpaCRDModule
     from spacrd.nn import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder
+    from spacrd.nn._blocks import dropout
 
     return [
         ("forward pass (SpaCRDModule.inference)", SpaCRDModule.inference),
         ("  modality encoders (MLPEncoder)", MLPEncoder.forward),
+        ("dropout, every layer (spacrd.nn dropout)", dropout),
         ("  cross-attention (CrossAttentionBlock)", CrossAttentionBlock.forward),
         ("  VAE encoder (GaussianEncoder)", GaussianEncoder.forward),
         ("VAE decoder (MLPDecoder)", MLPDecoder.forward),
@@ -45,6 +49,7 @@ def _parts() -> list[tuple[str, object]]:
         ("backward pass (autograd engine)", None),
         ("Adam parameter update", adam),
         ("minibatch gathering (NeighbourhoodDataset)", NeighbourhoodDataset.__getitem__),
+        ("  depth thinning (DepthThinning.genes)", DepthThinning.genes),
     ]
 
 

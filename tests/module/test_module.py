@@ -201,3 +201,31 @@ def test_centre_query_equals_row_zero_of_full_attention():
     mask = torch.zeros(5, 7, dtype=torch.bool)
     mask[3, 4:] = True
     torch.testing.assert_close(block(query[:, 0], context, mask), block(query, context, mask)[:, 0])
+
+
+def test_token_mean_is_the_masked_mean():
+    from spacrd.module._tokens import masked_mean as _masked_mean
+    from spacrd.module._tokens import token_mean as _token_mean
+
+    torch.manual_seed(0)
+    tokens = torch.randn(10, 5, 30)
+    padding = torch.zeros(10, 5, dtype=torch.bool)
+    padding[:3, 2:] = True
+    torch.testing.assert_close(_token_mean(tokens, padding), _masked_mean(tokens, padding))
+    torch.testing.assert_close(_token_mean(tokens, None), _masked_mean(tokens, None))
+
+
+def test_fusion_stage_inference_skips_the_classifier_and_keeps_the_fused_outputs():
+    module = SpaCRDModule(n_genes=30, n_hidden=(32,), n_embed=16, n_heads=4, n_latent=6).train()
+    inputs = module._get_inference_input(_batch(with_image=False))
+    torch.manual_seed(1)
+    full = module.inference(**inputs)
+    torch.manual_seed(1)
+    fused = module.inference(**inputs, classify=False)
+    assert "logits" not in fused and "member_logits" not in fused
+    for key in ("h", "qz_mean", "qz_log_var", "z"):
+        torch.testing.assert_close(fused[key], full[key])
+    _, _, loss = module(
+        _batch(with_image=False), inference_kwargs={"classify": False}, loss_kwargs={"stage": "fuse"}
+    )
+    assert torch.isfinite(loss.loss)

@@ -13,18 +13,14 @@ from spacrd._stages import STAGES as TRAINING_STAGES
 from spacrd._stages import Stage
 from spacrd._validation import check_bool, check_number
 from spacrd.nn import CrossAttentionBlock, GaussianEncoder, MLPDecoder, MLPEncoder, ShiftedSparse
-from spacrd.nn._blocks import linear_input
+from spacrd.nn._blocks import Dropout, linear_input
+
+from ._tokens import masked_mean as _masked_mean
+from ._tokens import token_mean as _token_mean
+from ._tokens import tokens as _tokens
 
 #: Names of the module's stage losses, in training order (the training schedule is :data:`spacrd.model.STAGES`).
 STAGES: tuple[Stage, ...] = tuple(stage.name for stage in TRAINING_STAGES)
-
-
-def _masked_mean(tokens: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the neighbourhood axis of ``tokens`` ``(B, k, d)``, leaving out padded slots: ``(B, d)``."""
-    if padding_mask is None:
-        return tokens.mean(dim=1)
-    keep = (~padding_mask.bool()).unsqueeze(-1).to(tokens.dtype)
-    return (tokens * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
 
 
 #: Upper bound of the layer widths a module may declare (a model file asking for more is damaged).
@@ -179,9 +175,7 @@ class SpaCRDModule(BaseModuleClass):
         self.classifier = _head(n_latent)
         self.member_heads = nn.ModuleList([_head(n_latent) for _ in range(n_members - 1)])
         self.wide = (
-            nn.Sequential(nn.Dropout(input_dropout), nn.Linear(n_genes, n_members, bias=False))
-            if wide
-            else None
+            nn.Sequential(Dropout(input_dropout), nn.Linear(n_genes, n_members, bias=False)) if wide else None
         )
 
     # ------------------------------------------------------------------ inference
@@ -221,6 +215,7 @@ class SpaCRDModule(BaseModuleClass):
         padding_mask: torch.Tensor | None,
         spot_image: torch.Tensor | None,
         spot_has_image: torch.Tensor | None,
+        gene_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fused embedding ``h`` ``(B, n_embed)`` of each neighbourhood and its centre spot's embeddings.
 
@@ -228,12 +223,15 @@ class SpaCRDModule(BaseModuleClass):
         of a minibatch gets an independent input-dropout mask in each, as in the method. Without dropout
         (evaluation) the encoders are deterministic, so each distinct spot is encoded once, its attention
         keys and values are projected once, and the neighbourhoods gather them: the same result for
-        ``k`` times less work.
+        ``k`` times less work. ``gene_tokens`` (training) is ``spot_genes[neighbors]`` when the caller
+        has it already.
         """
         if self.training:
-            image = spot_image[neighbors] if spot_image is not None else None
-            has_image = spot_has_image[neighbors] if spot_has_image is not None else None
-            gene_emb, image_emb, mask = self._embed(spot_genes[neighbors], image, has_image)
+            if gene_tokens is None:
+                gene_tokens = _tokens(spot_genes, neighbors)
+            image = _tokens(spot_image, neighbors) if spot_image is not None else None
+            has_image = _tokens(spot_has_image, neighbors) if spot_has_image is not None else None
+            gene_emb, image_emb, mask = self._embed(gene_tokens, image, has_image)
             gene_centre, image_centre, mask_centre = gene_emb[:, 0], image_emb[:, 0], mask[:, 0]
             context = {"padding_mask": padding_mask}
         else:
@@ -261,6 +259,7 @@ class SpaCRDModule(BaseModuleClass):
         spot_image: torch.Tensor | None = None,
         spot_has_image: torch.Tensor | None = None,
         centre_only: bool = False,
+        classify: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Encode neighbourhoods.
 
@@ -280,13 +279,17 @@ class SpaCRDModule(BaseModuleClass):
             ``(U,)`` true where the spot has a histology embedding.
         centre_only
             Only embed the centre spots (stage I); skips attention and the VAE.
+        classify
+            Compute the cancer logits; stage II, whose loss does not read them, skips the classifier heads
+            and the wide term.
 
         Returns
         -------
         Dict (keys in :data:`spacrd._constants.MODULE_KEYS`): ``gene_emb``, ``image_emb`` ``(B, e)`` and
         ``has_image`` ``(B,)`` of the centre spots; unless ``centre_only`` also the fused embedding ``h``
         ``(B, n_embed)``, the posterior ``qz_mean``, ``qz_log_var``, a sample ``z`` ``(B, n_latent)`` and
-        the cancer ``logits`` ``(B,)``.
+        with ``classify`` the cancer ``logits`` ``(B,)`` and each member's ``member_logits``
+        ``(B, n_members)``.
 
         """
         if isinstance(spot_genes, ShiftedSparse):
@@ -304,37 +307,47 @@ class SpaCRDModule(BaseModuleClass):
                 MODULE_KEYS.HAS_IMAGE: mask,
             }
 
-        h, outputs = self._fuse(spot_genes, neighbors, padding_mask, spot_image, spot_has_image)
+        # in training the encoder and the wide term read the same tokens: gathered once
+        gene_tokens = _tokens(spot_genes, neighbors) if self.training else None
+        h, outputs = self._fuse(spot_genes, neighbors, padding_mask, spot_image, spot_has_image, gene_tokens)
         qz_mean, qz_log_var = self.vae_encoder(h)
         qz = Normal(qz_mean, torch.exp(0.5 * qz_log_var))
         z = qz.rsample() if self.training else qz_mean
-        posterior = torch.cat([qz_mean, qz.scale], dim=-1)
-        member_logits = torch.cat([head(posterior) for head in (self.classifier, *self.member_heads)], dim=-1)
-        if self.wide is not None:
-            member_logits = member_logits + self._wide_term(spot_genes, neighbors, padding_mask)
         outputs.update(
             {
                 MODULE_KEYS.H: h,
                 MODULE_KEYS.QZ_MEAN: qz_mean,
                 MODULE_KEYS.QZ_LOG_VAR: qz_log_var,
                 MODULE_KEYS.Z: z,
-                MODULE_KEYS.LOGITS: member_logits.mean(-1),
-                MODULE_KEYS.MEMBER_LOGITS: member_logits,
             }
         )
+        if not classify:
+            return outputs
+        posterior = torch.cat([qz_mean, qz.scale], dim=-1)
+        member_logits = torch.cat([head(posterior) for head in (self.classifier, *self.member_heads)], dim=-1)
+        if self.wide is not None:
+            member_logits = member_logits + self._wide_term(spot_genes, neighbors, padding_mask, gene_tokens)
+        outputs.update({MODULE_KEYS.LOGITS: member_logits.mean(-1), MODULE_KEYS.MEMBER_LOGITS: member_logits})
         return outputs
 
     def _wide_term(
-        self, spot_genes: torch.Tensor, neighbors: torch.Tensor, padding_mask: torch.Tensor | None
+        self,
+        spot_genes: torch.Tensor,
+        neighbors: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        gene_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Linear term of every member on each neighbourhood's mean expression, ``(B, n_members)``.
 
         Training applies input dropout to the mean vector, as the method does. The linear map has no
         bias, so in evaluation the mean of the per-spot terms is the same number at a fraction of the cost.
+        ``gene_tokens`` (training) is ``spot_genes[neighbors]`` when the caller has it already.
         """
         assert self.wide is not None  # called only for a model with a wide term
         if self.training:
-            return self.wide(_masked_mean(spot_genes[neighbors], padding_mask))
+            if gene_tokens is None:
+                gene_tokens = _tokens(spot_genes, neighbors)
+            return self.wide(_token_mean(gene_tokens, padding_mask))
         per_spot = linear_input(self.wide, spot_genes)  # dropout is the identity in evaluation
         return _masked_mean(per_spot[neighbors], padding_mask)
 
