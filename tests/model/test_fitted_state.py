@@ -56,9 +56,8 @@ def reference():
     )
 
 
-@pytest.fixture(scope="module")
-def fresh():
-    """The reference's recipe trained again: same seed, same data."""
+def train_fresh() -> tuple[SpaCRD, object]:
+    """The reference's recipe trained again: same seed, same data (also ``fresh_training/make.py``)."""
     source, target = _data()
     scvi.settings.seed = 0
     model = SpaCRD(source, **NET)
@@ -66,6 +65,11 @@ def fresh():
         warnings.simplefilter("ignore")
         model.train(**EPOCHS, enable_progress_bar=False)
     return model, target
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    return train_fresh()
 
 
 def _assert_close(calibration: Calibration, expected: dict) -> None:

@@ -50,6 +50,10 @@ def test_mixture_level_separation_is_ashmans_d(gap):
     """Two unit-variance populations ``gap`` apart separate by ``D = √2 · gap / √2 = gap``."""
     scores, _ = _two_populations(n=20_000, share=0.4, gap=gap)
     assert mixture_level(scores, n_bootstrap=0).separation == pytest.approx(gap, rel=0.12)
+    # the interval is resampled only where a caller would use the level
+    below = mixture_level(scores, min_separation=gap * 1.5)
+    assert np.isnan(below.interval).all() and np.isfinite(below.threshold)
+    assert np.isfinite(mixture_level(scores, min_separation=gap * 0.5).interval).all()
     assert np.isnan(mixture_level(np.zeros(100)).separation)
 
 

@@ -98,7 +98,7 @@ def _crossing(gmm: GaussianMixture) -> float:
 
 
 def mixture_level(
-    scores: np.ndarray, *, n_bootstrap: int = N_BOOTSTRAP, random_state: int = 0
+    scores: np.ndarray, *, n_bootstrap: int = N_BOOTSTRAP, random_state: int = 0, min_separation: float = 0.0
 ) -> SectionLevel:
     """The call's threshold from one section's own scores, with a bootstrap interval of its share.
 
@@ -113,6 +113,9 @@ def mixture_level(
         deviations scaled by ``sqrt(m / n)``.
     random_state
         Seed of the mixtures and the resamples.
+    min_separation
+        The interval is resampled only for a mixture separating by at least this much (the level a
+        caller will use); below it the interval is ``(nan, nan)``.
 
     Returns
     -------
@@ -135,6 +138,8 @@ def mixture_level(
     apart = separation(gmm)
     threshold = _crossing(gmm)
     share = float(np.mean(scores >= threshold))
+    if not apart >= min_separation:
+        return SectionLevel(threshold, share, (nan, nan), two, apart)
     size = min(scores.size, MAX_BOOTSTRAP_SPOTS)
     deviations = []
     for _ in range(n_bootstrap):

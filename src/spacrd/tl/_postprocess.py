@@ -325,7 +325,9 @@ def _section_offsets(
     level, interval, two, apart = {}, {}, {}, {}
     for name in names:
         rows = sections == name
-        found = mixture_level(logits[rows]) if fit_all or name in unlike else None
+        # a section like the training ones needs its mixture's interval only if it takes its level
+        needed = 0.0 if name in unlike else settings.min_separation
+        found = mixture_level(logits[rows], min_separation=needed) if fit_all or name in unlike else None
         if found is not None:
             apart[name] = found.separation
         if (

@@ -7,22 +7,12 @@ training is compared with this file, and the format-1 model's own predictions wi
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
-import scvi
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "model"))
-from test_fitted_state import EPOCHS, NET, UNSMOOTHED, _data  # noqa: E402
+from test_fitted_state import UNSMOOTHED, train_fresh  # noqa: E402
 
-from spacrd.model import SpaCRD  # noqa: E402
-
-source, target = _data()
-scvi.settings.seed = 0
-model = SpaCRD(source, **NET)
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    model.train(**EPOCHS, enable_progress_bar=False)
+model, target = train_fresh()
 expected = {
     "calibration": model.fitted_state.calibration.to_dict(),
     "ctr_prob_source": model.predict(target.copy(), call="source").tolist(),
